@@ -1,0 +1,214 @@
+"""Compatibility check from config files and safetensors headers only: no tensor data is read."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from merging.errors import IncompatibleModelsError, ShapeMismatchError, VocabMismatchError
+from merging.io.headers import DTYPE_BYTES, TensorHeader
+
+VOCAB_TENSOR_HINTS = ("embed_tokens", "lm_head", "wte", "embed_in", "embed_out", "word_embeddings")
+FLOAT_DTYPES = {"F32", "F16", "BF16", "F64"}
+OUT_DTYPE_CODES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    """Headers and config of one source, however they were obtained (disk or Hub)."""
+
+    label: str
+    headers: dict[str, TensorHeader]
+    config: dict[str, Any]
+
+    @property
+    def architecture(self) -> str:
+        archs = self.config.get("architectures") or ["?"]
+        return str(archs[0])
+
+    @property
+    def parameters(self) -> int:
+        return sum(h.numel for h in self.headers.values())
+
+    @property
+    def vocab_size(self) -> int | None:
+        value = self.config.get("vocab_size")
+        return int(value) if value is not None else None
+
+    @property
+    def tied_embeddings(self) -> bool:
+        return bool(self.config.get("tie_word_embeddings", False))
+
+
+@dataclass(frozen=True)
+class Mismatch:
+    tensor: str
+    source: str
+    shape: tuple[int, ...]
+    expected: tuple[int, ...]
+
+    def __str__(self) -> str:
+        return f"{self.tensor}: {self.source} has shape {self.shape}, the reference {self.expected}"
+
+
+@dataclass
+class CompatibilityReport:
+    """What `hubmerge check` prints; ``ok`` says whether the merge can run."""
+
+    reference: str
+    sources: list[SourceInfo]
+    output: list[TensorHeader] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    mismatches: list[Mismatch] = field(default_factory=list)
+    vocab_rows: dict[str, int] = field(default_factory=dict)
+    output_bytes: int = 0
+    download_bytes: int = 0
+    peak_memory_bytes: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    def raise_for_errors(self) -> None:
+        if self.ok:
+            return
+        text = "models cannot be merged:\n  " + "\n  ".join(self.errors)
+        if self.mismatches:
+            raise ShapeMismatchError(text)
+        if any("vocab" in e for e in self.errors):
+            raise VocabMismatchError(text)
+        raise IncompatibleModelsError(text)
+
+    def render(self) -> str:
+        lines = ["Sources:"]
+        for s in self.sources:
+            tied = ", tied embeddings" if s.tied_embeddings else ""
+            lines.append(
+                f"  {s.label}: {s.architecture}, {s.parameters / 1e6:.1f}M params, "
+                f"vocab {s.vocab_size}{tied}, {len(s.headers)} tensors"
+            )
+        lines.append(f"Output: {len(self.output)} tensors, {self.output_bytes / 1e9:.3f} GB")
+        lines.append(
+            f"Disk needed: {(self.output_bytes + self.download_bytes) / 1e9:.3f} GB "
+            f"({self.download_bytes / 1e9:.3f} GB of downloads); "
+            f"peak memory ≈ {self.peak_memory_bytes / 1e9:.3f} GB"
+        )
+        lines += [f"warning: {w}" for w in self.warnings]
+        lines += [f"error: {e}" for e in self.errors]
+        lines.append("mergeable" if self.ok else "NOT mergeable")
+        return "\n".join(lines)
+
+
+def is_vocab_tensor(name: str) -> bool:
+    return any(hint in name for hint in VOCAB_TENSOR_HINTS)
+
+
+def output_dtype_code(header: TensorHeader, out_dtype: str) -> str:
+    return OUT_DTYPE_CODES[out_dtype] if header.dtype in FLOAT_DTYPES else header.dtype
+
+
+def compare_sources(
+    reference: SourceInfo,
+    others: list[SourceInfo],
+    *,
+    out_dtype: str,
+    vocab_policy: str = "error",
+    prefetch: int = 2,
+) -> CompatibilityReport:
+    """Check that every source has every reference tensor with the same shape.
+
+    Vocabulary rows (embeddings, LM head) that differ follow ``vocab_policy``: ``error`` reports
+    both sizes; ``base`` keeps the reference's row count; ``union`` takes the largest.
+    """
+    report = CompatibilityReport(reference.label, [reference, *others])
+    archs = {s.architecture for s in report.sources if s.config}
+    if len(archs) > 1:
+        report.errors.append(f"architectures differ: {', '.join(sorted(archs))}")
+    _check_tied(report)
+    for other in others:
+        missing = [n for n in reference.headers if n not in other.headers]
+        extra = [n for n in other.headers if n not in reference.headers]
+        if missing:
+            report.errors.append(
+                f"{other.label} lacks {len(missing)} tensor(s) of {reference.label}: "
+                + ", ".join(missing[:5])
+                + (" …" if len(missing) > 5 else "")
+            )
+        if extra:
+            report.warnings.append(f"{other.label}: {len(extra)} extra tensor(s) ignored")
+    for name, header in reference.headers.items():
+        rows = _reconcile(report, name, header, others, vocab_policy)
+        shape = header.shape if rows is None else (rows, *header.shape[1:])
+        report.output.append(TensorHeader(name, shape, output_dtype_code(header, out_dtype)))
+    report.output_bytes = sum(h.nbytes for h in report.output)
+    largest = max((h.numel for h in report.output), default=0)
+    # per source: `prefetch` float32 tensors in flight; plus the method's working set
+    report.peak_memory_bytes = largest * 4 * (len(report.sources) * (prefetch + 1) + 4)
+    return report
+
+
+def _check_tied(report: CompatibilityReport) -> None:
+    tied = {s.label: s.tied_embeddings for s in report.sources if s.config}
+    if len(set(tied.values())) > 1:
+        report.warnings.append(
+            "tie_word_embeddings differs: "
+            + ", ".join(f"{k}={v}" for k, v in tied.items())
+            + "; the output follows the reference's config"
+        )
+
+
+def _reconcile(
+    report: CompatibilityReport,
+    name: str,
+    header: TensorHeader,
+    others: list[SourceInfo],
+    vocab_policy: str,
+) -> int | None:
+    """Record shape problems for one tensor; return the output row count if vocab rows differ."""
+    shapes = {o.label: o.headers[name].shape for o in others if name in o.headers}
+    differing = {k: s for k, s in shapes.items() if s != header.shape}
+    if not differing:
+        return None
+    rows_only = all(
+        len(s) == len(header.shape) and s[1:] == header.shape[1:] for s in differing.values()
+    )
+    if rows_only and is_vocab_tensor(name):
+        all_rows = {report.reference: header.shape[0]} | {k: s[0] for k, s in shapes.items()}
+        report.vocab_rows.update(all_rows)
+        if vocab_policy == "error":
+            sizes = ", ".join(f"{k}: {v}" for k, v in all_rows.items())
+            report.errors.append(
+                f"vocab sizes differ on {name} ({sizes}); set vocab_policy: base (keep the "
+                "base's rows) or union (pad to the largest) — rows are never dropped silently"
+            )
+            return None
+        if vocab_policy == "base":
+            report.warnings.append(f"{name}: vocab rows aligned to the base's {header.shape[0]}")
+            return header.shape[0]
+        rows = max(all_rows.values())
+        report.warnings.append(f"{name}: vocab rows padded to the union size {rows}")
+        return rows
+    for label, shape in differing.items():
+        report.mismatches.append(Mismatch(name, label, shape, header.shape))
+        report.errors.append(str(report.mismatches[-1]))
+    return None
+
+
+def estimate_download(headers: dict[str, TensorHeader]) -> int:
+    return sum(h.numel * DTYPE_BYTES.get(h.dtype, 4) for h in headers.values())
+
+
+def layer_count(config: dict[str, Any], headers: dict[str, TensorHeader]) -> int:
+    for key in ("num_hidden_layers", "n_layer", "num_layers"):
+        if isinstance(config.get(key), int):
+            return int(config[key])
+    from merging.engine import layer_index
+
+    indices = [layer_index(n) for n in headers]
+    found = [i for i in indices if i is not None]
+    return max(found) + 1 if found else 1
+
+
+__all__ = ["CompatibilityReport", "SourceInfo", "compare_sources", "is_vocab_tensor", "math"]
