@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from merging.errors import IncompatibleModelsError, ShapeMismatchError, VocabMismatchError
-from merging.io.headers import DTYPE_BYTES, TensorHeader
+from merging.io.headers import TensorHeader
+from merging.recipe import Recipe
 
 VOCAB_TENSOR_HINTS = ("embed_tokens", "lm_head", "wte", "embed_in", "embed_out", "word_embeddings")
 FLOAT_DTYPES = {"F32", "F16", "BF16", "F64"}
@@ -196,19 +196,47 @@ def _reconcile(
     return None
 
 
-def estimate_download(headers: dict[str, TensorHeader]) -> int:
-    return sum(h.numel * DTYPE_BYTES.get(h.dtype, 4) for h in headers.values())
+def check_recipe(
+    recipe: Recipe, *, token: str | None = None, endpoint: str | None = None
+) -> CompatibilityReport:
+    """`hubmerge check`: compare every source of a recipe from configs and headers only.
+
+    Hub sources are read with HTTP range requests on the shard headers: no weight is
+    downloaded, so a 7B and a 13B are found incompatible in seconds.
+    """
+    from merging.methods import get_method
+    from merging.sources import remote_info
+
+    method = get_method(recipe.merge_method)
+    names = ([recipe.base_model] if method.needs_base and recipe.base_model else []) + [
+        s.model for s in (recipe.inputs() if method.needs_base else recipe.models)
+    ]
+    infos: dict[str, SourceInfo] = {}
+    download = 0
+    for name in dict.fromkeys(names):
+        info, commit = remote_info(name, token=token, endpoint=endpoint)
+        infos[name] = info
+        if commit is not None:
+            download += sum(h.nbytes for h in info.headers.values())
+    ordered = [infos[n] for n in names]
+    reference = ordered[0]
+    out_dtype = recipe.output_dtype(reference.config.get("torch_dtype"))  # type: ignore[arg-type]
+    if out_dtype not in OUT_DTYPE_CODES:
+        out_dtype = recipe.output_dtype()
+    report = compare_sources(
+        reference, ordered[1:], out_dtype=out_dtype, vocab_policy=recipe.vocab_policy
+    )
+    report.download_bytes = download
+    adapters = [s for s in recipe.models if s.adapter]
+    if adapters:
+        from merging import lora
+
+        for spec in adapters:
+            assert spec.adapter is not None
+            report.errors += lora.adapter_problems(
+                spec.adapter, infos.get(spec.model) or reference, token=token, endpoint=endpoint
+            )
+    return report
 
 
-def layer_count(config: dict[str, Any], headers: dict[str, TensorHeader]) -> int:
-    for key in ("num_hidden_layers", "n_layer", "num_layers"):
-        if isinstance(config.get(key), int):
-            return int(config[key])
-    from merging.engine import layer_index
-
-    indices = [layer_index(n) for n in headers]
-    found = [i for i in indices if i is not None]
-    return max(found) + 1 if found else 1
-
-
-__all__ = ["CompatibilityReport", "SourceInfo", "compare_sources", "is_vocab_tensor", "math"]
+__all__ = ["CompatibilityReport", "SourceInfo", "check_recipe", "compare_sources"]
