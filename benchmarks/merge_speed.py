@@ -1,0 +1,242 @@
+"""Merge speed and memory: hubmerge vs mergekit vs a raw read/write lower bound.
+
+Builds Llama-shaped bf16 checkpoints (a base and N perturbed "fine-tunes", random weights
+written directly, no downloads), then runs each method as a separate process, paired and
+repeated, and prints medians of wall time, CPU time, peak RSS (anonymous and file-mapped
+pages sampled separately), input GB/s and hubmerge/mergekit ratios.
+
+Usage:
+    python benchmarks/merge_speed.py --sizes 0.25B,1B --repeats 3 \
+        [--mergekit /path/to/venv/bin/mergekit-yaml] [--work /tmp/hubmerge-bench]
+
+Not a test: nothing here asserts timings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+SHAPES = {
+    # name: (hidden, intermediate, layers, vocab)
+    "0.25B": (1024, 2816, 16, 32000),
+    "1B": (2048, 5632, 22, 32000),
+}
+METHODS = {
+    "task_arithmetic": {},
+    "ties": {"density": 0.5},
+    "dare_ties": {"density": 0.5},
+    "linear": {},
+}
+
+
+def llama_tensors(hidden: int, inter: int, layers: int, vocab: int) -> dict[str, tuple[int, ...]]:
+    shapes: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (vocab, hidden)}
+    kv = hidden // 4
+    for i in range(layers):
+        p = f"model.layers.{i}."
+        shapes |= {
+            p + "self_attn.q_proj.weight": (hidden, hidden),
+            p + "self_attn.k_proj.weight": (kv, hidden),
+            p + "self_attn.v_proj.weight": (kv, hidden),
+            p + "self_attn.o_proj.weight": (hidden, hidden),
+            p + "mlp.gate_proj.weight": (inter, hidden),
+            p + "mlp.up_proj.weight": (inter, hidden),
+            p + "mlp.down_proj.weight": (hidden, inter),
+            p + "input_layernorm.weight": (hidden,),
+            p + "post_attention_layernorm.weight": (hidden,),
+        }
+    shapes |= {"model.norm.weight": (hidden,), "lm_head.weight": (vocab, hidden)}
+    return shapes
+
+
+def build_checkpoint(path: Path, size: str, seed: int, base: Path | None) -> None:
+    """Write a bf16 checkpoint in 2 GB shards; a fine-tune is base + small seeded noise."""
+    from safetensors.torch import load_file, save_file
+
+    if (path / "config.json").exists():
+        return
+    hidden, inter, layers, vocab = SHAPES[size]
+    shapes = llama_tensors(hidden, inter, layers, vocab)
+    gen = torch.Generator().manual_seed(seed)
+    tmp = path.with_name(path.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    base_tensors = {}
+    if base is not None:
+        for f in sorted(base.glob("*.safetensors")):
+            base_tensors |= load_file(f)
+    shard: dict[str, torch.Tensor] = {}
+    weight_map: dict[str, str] = {}
+    files: list[str] = []
+
+    def flush() -> None:
+        name = f"part-{len(files)}.safetensors"
+        save_file(shard, tmp / name, metadata={"format": "pt"})
+        files.append(name)
+        weight_map.update({k: name for k in shard})
+        shard.clear()
+
+    size_bytes = 0
+    for name, shape in shapes.items():
+        if base is None:
+            t = torch.randn(shape, generator=gen) * 0.02
+        else:
+            t = base_tensors[name].float() + torch.randn(shape, generator=gen) * 0.002
+        shard[name] = t.to(torch.bfloat16)
+        size_bytes += shard[name].numel() * 2
+        if size_bytes > 2_000_000_000:
+            flush()
+            size_bytes = 0
+    if shard:
+        flush()
+    n = len(files)
+    renamed = {f: f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i, f in enumerate(files)}
+    for old, new in renamed.items():
+        (tmp / old).rename(tmp / new)
+    index = {"metadata": {}, "weight_map": {k: renamed[v] for k, v in weight_map.items()}}
+    (tmp / "model.safetensors.index.json").write_text(json.dumps(index))
+    config = {
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": hidden,
+        "intermediate_size": inter, "num_hidden_layers": layers, "num_attention_heads": 16,
+        "num_key_value_heads": 4, "vocab_size": vocab, "torch_dtype": "bfloat16",
+        "rms_norm_eps": 1e-5, "max_position_embeddings": 2048, "tie_word_embeddings": False,
+    }  # fmt: skip
+    (tmp / "config.json").write_text(json.dumps(config))
+    tmp.rename(path)
+
+
+def recipe_yaml(method: str, base: Path, inputs: list[Path]) -> str:
+    params = METHODS[method]
+    lines = [f"merge_method: {method}", f"base_model: {base}", "models:"]
+    for p in inputs:
+        extra = "".join(f", {k}: {v}" for k, v in params.items())
+        lines.append(f"  - model: {p}\n    parameters: {{weight: {1 / len(inputs):.4f}{extra}}}")
+    lines.append("dtype: bfloat16")
+    return "\n".join(lines) + "\n"
+
+
+def _sample_memory(pid: int, peak: dict[str, int], stop: threading.Event) -> None:
+    while not stop.is_set():
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            break
+        values = {}
+        for line in status.splitlines():
+            key, _, rest = line.partition(":")
+            if key in ("RssAnon", "RssFile", "VmRSS"):
+                values[key] = int(rest.split()[0]) * 1024
+        for key, value in values.items():
+            peak[key] = max(peak.get(key, 0), value)
+        stop.wait(0.05)
+
+
+def run_measured(cmd: list[str], env: dict[str, str] | None = None) -> dict[str, float]:
+    """Run a command; wall and CPU seconds, peak anonymous / file-mapped / total RSS."""
+    before = os.times()
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    peak: dict[str, int] = {}
+    stop = threading.Event()
+    sampler = threading.Thread(target=_sample_memory, args=(proc.pid, peak, stop))
+    sampler.start()
+    _, err = proc.communicate()
+    stop.set()
+    sampler.join()
+    wall = time.perf_counter() - start
+    after = os.times()
+    if proc.returncode != 0:
+        raise RuntimeError(f"{cmd[0]} failed:\n{err.decode()[-2000:]}")
+    cpu = (after.children_user - before.children_user) + (
+        after.children_system - before.children_system
+    )
+    return {
+        "wall": wall,
+        "cpu": cpu,
+        "rss_gb": peak.get("VmRSS", 0) / 1e9,
+        "anon_gb": peak.get("RssAnon", 0) / 1e9,
+        "file_gb": peak.get("RssFile", 0) / 1e9,
+    }
+
+
+def input_bytes(paths: list[Path]) -> int:
+    return sum(f.stat().st_size for p in paths for f in p.glob("*.safetensors"))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sizes", default="0.25B,1B")
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--inputs", type=int, default=2, help="fine-tunes besides the base")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--mergekit", help="path to mergekit-yaml (e.g. in its own venv)")
+    parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "hm-bench")
+    args = parser.parse_args()
+    rows = []
+    for size in args.sizes.split(","):
+        root = args.work / size
+        base = root / "base"
+        build_checkpoint(base, size, 0, None)
+        inputs = [root / f"ft{i}" for i in range(1, args.inputs + 1)]
+        for i, p in enumerate(inputs, start=1):
+            build_checkpoint(p, size, i, base)
+        total_in = input_bytes([base, *inputs])
+        for method in args.methods.split(","):
+            recipe = root / f"{method}.yaml"
+            recipe.write_text(recipe_yaml(method, base, inputs))
+            tools = {
+                "hubmerge": [sys.executable, "-m", "app.cli", "merge", str(recipe), "-o"],
+                "bare": [sys.executable, str(Path(__file__).with_name("bare_copy.py")), str(recipe)],
+            }
+            if args.mergekit:
+                tools["mergekit"] = [args.mergekit, str(recipe), "--no-copy-tokenizer"]
+            samples: dict[str, list[dict[str, float]]] = {k: [] for k in tools}
+            for _ in range(args.repeats):
+                for tool, cmd in tools.items():  # paired: each repeat runs every tool once
+                    out = root / f"out-{tool}"
+                    shutil.rmtree(out, ignore_errors=True)
+                    samples[tool].append(run_measured([*cmd, str(out)]))
+                    shutil.rmtree(out, ignore_errors=True)
+            for tool, runs in samples.items():
+                med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+                med["gbps"] = total_in / 1e9 / med["wall"]
+                rows.append({"size": size, "method": method, "tool": tool, **med})
+                print(json.dumps(rows[-1]), flush=True)
+    print_table(rows)
+
+
+def print_table(rows: list[dict[str, object]]) -> None:
+    print("\n| size | method | tool | wall s | CPU s | peak RSS GB | anon GB | file GB | in GB/s |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r['size']} | {r['method']} | {r['tool']} | {r['wall']:.1f} | {r['cpu']:.1f} | "
+            f"{r['rss_gb']:.2f} | {r['anon_gb']:.2f} | {r['file_gb']:.2f} | {r['gbps']:.2f} |"
+        )
+    by_key = {(r["size"], r["method"], r["tool"]): r for r in rows}
+    print("\n| size | method | mergekit / hubmerge | hubmerge / bare |")
+    print("|---|---|---|---|")
+    for (size, method, tool), r in by_key.items():
+        if tool != "hubmerge":
+            continue
+        mk = by_key.get((size, method, "mergekit"))
+        bare = by_key.get((size, method, "bare"))
+        speedup = f"{mk['wall'] / r['wall']:.2f}x" if mk else "n/a"  # type: ignore[operator]
+        vs_bare = f"{r['wall'] / bare['wall']:.2f}x" if bare else "n/a"  # type: ignore[operator]
+        print(f"| {size} | {method} | {speedup} | {vs_bare} |")
+
+
+if __name__ == "__main__":
+    main()
