@@ -56,3 +56,19 @@ class AdapterError(MergeError, ValueError):
 
 class MergeCancelled(MergeError):
     """The merge was cancelled by its caller; nothing was left at the destination."""
+
+
+class AuthError(HubError, PermissionError):
+    """The Hub refused the token: missing, invalid, or without access to the repo."""
+
+
+class GatedRepoAccessError(AuthError):
+    """The repo is gated and this account has not accepted its conditions on the Hub page."""
+
+
+class NotFoundError(HubError, LookupError):
+    """A repo, revision or file does not exist on the Hub (or is private and not visible)."""
+
+
+class RepoExistsError(HubError, FileExistsError):
+    """The destination repo already exists and overwriting it was not requested."""
