@@ -23,13 +23,20 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 
-from merging.errors import AuthError, GatedRepoAccessError, HubError, NotFoundError, RepoExistsError
+from merging.errors import (
+    AuthError,
+    GatedRepoAccessError,
+    HubError,
+    MergeError,
+    NotFoundError,
+    RepoExistsError,
+)
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 TRANSIENT_STATUS = frozenset({429, 500, 502, 503, 504})
 _transport = getattr(getattr(hf_utils, "httpx", None), "TransportError", OSError)
-TRANSIENT_EXCEPTIONS: tuple[type[BaseException], ...] = (OSError, _transport)
+TRANSIENT_EXCEPTIONS: tuple[type[BaseException], ...] = (ConnectionError, TimeoutError, _transport)
 
 
 def as_hub_error(error: Exception, *, action: str, repo_id: str, revision: str | None) -> HubError:
@@ -66,7 +73,7 @@ def as_hub_error(error: Exception, *, action: str, repo_id: str, revision: str |
 def is_transient(error: Exception) -> bool:
     if isinstance(error, HfHubHTTPError):
         return getattr(error.response, "status_code", None) in TRANSIENT_STATUS
-    return isinstance(error, TRANSIENT_EXCEPTIONS) and not isinstance(error, FileNotFoundError)
+    return isinstance(error, TRANSIENT_EXCEPTIONS)
 
 
 def call(
@@ -82,8 +89,8 @@ def call(
     for attempt in range(retries + 1):
         try:
             return fn()
-        except (HfHubHTTPError, *TRANSIENT_EXCEPTIONS) as e:
-            if isinstance(e, HubError):
+        except (HfHubHTTPError, LocalEntryNotFoundError, *TRANSIENT_EXCEPTIONS) as e:
+            if isinstance(e, MergeError):
                 raise
             # hf_hub_download hides HTTP/connection failures behind LocalEntryNotFoundError
             cause = e.__cause__ if isinstance(e, LocalEntryNotFoundError) else None
