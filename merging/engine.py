@@ -27,7 +27,7 @@ from merging.errors import MergeCancelled, RecipeError
 from merging.io.headers import TensorHeader
 from merging.io.source import SAFETENSORS_TO_TORCH, TensorSource
 from merging.io.writer import DEFAULT_SHARD_SIZE, ShardWriter
-from merging.methods import get_method, resolve_params, tensor_generator
+from merging.methods import get_method, random_stream, resolve_params
 from merging.recipe import Recipe
 from merging.sources import (
     ResolvedModel,
@@ -203,10 +203,16 @@ def merge(
     num_layers = _num_layers(reference)
 
     def load(name: str) -> list[torch.Tensor]:
-        return [src.get(name).to(device=device, dtype=compute) for src in all_sources]
+        tensors = [src.get(name) for src in all_sources]
+        for tensor in tensors:
+            touch_pages(tensor)
+        return tensors
 
     headers = report.output
     total_bytes = sum(h.nbytes for h in headers)
+    out_dtype = TORCH_DTYPES[recipe.output_dtype(_config_dtype(reference.config))]
+    workspace = torch.empty(max((h.numel for h in headers), default=0), dtype=out_dtype)
+    context = _TensorContext(recipe, method, specs, base is not None, num_layers, device, compute)
     prefetcher = _Prefetcher([h.name for h in headers], load, options.readers, options.prefetch)
     try:
         with ShardWriter(
@@ -216,7 +222,7 @@ def merge(
                 if options.cancel is not None and options.cancel.is_set():
                     raise MergeCancelled(f"merge into {output} cancelled; nothing was written")
                 tensors = prefetcher.next()
-                result = _merge_tensor(recipe, method, specs, header, tensors, base, num_layers)
+                result = context.merge(header, tensors, workspace)
                 writer.write(header.name, result.to(SAFETENSORS_TO_TORCH[header.dtype]))
                 if options.progress is not None:
                     options.progress(
@@ -232,24 +238,77 @@ def merge(
     return MergeResult(path, len(headers), total_bytes, seconds, pinned, report)
 
 
-def _merge_tensor(
-    recipe: Recipe,
-    method: Any,
-    specs: list[Any],
-    header: TensorHeader,
-    tensors: list[torch.Tensor],
-    base: TensorSource | None,
-    num_layers: int,
-) -> torch.Tensor:
-    if not tensors[0].is_floating_point() or header.dtype not in ("F32", "F16", "BF16"):
-        return tensors[0]
-    if any(t.shape != tensors[0].shape for t in tensors) or tensors[0].shape != header.shape:
-        tensors = align_rows(tensors, header.shape[0])
-    base_tensor, inputs = (tensors[0], tensors[1:]) if base is not None else (None, tensors)
-    t = layer_position(header.name, num_layers)
-    params, per_source = resolve_params(method, recipe, specs, header.name, t)
-    rng = tensor_generator(recipe.seed, header.name)
-    return method.fn(base_tensor, inputs, per_source, params, rng)
+def touch_pages(tensor: torch.Tensor, page: int = 4096) -> None:
+    """Fault a memory-mapped tensor's pages in (one byte per page), so that reader threads,
+    not the compute thread, wait for the disk."""
+    if tensor.numel() and tensor.is_contiguous():
+        flat = tensor.reshape(-1).view(torch.uint8)
+        flat[::page].sum()
+
+
+@dataclass(frozen=True)
+class _TensorContext:
+    """What every tensor's merge needs besides its data."""
+
+    recipe: Recipe
+    method: Any
+    specs: list[Any]
+    has_base: bool
+    num_layers: int
+    device: torch.device
+    compute: torch.dtype
+
+    def merge(
+        self, header: TensorHeader, tensors: list[torch.Tensor], workspace: torch.Tensor
+    ) -> torch.Tensor:
+        if header.dtype not in ("F32", "F16", "BF16") or not tensors[0].is_floating_point():
+            return tensors[0]
+        t = layer_position(header.name, self.num_layers)
+        params, per_source = resolve_params(self.method, self.recipe, self.specs, header.name, t)
+        rng = random_stream(self.recipe.seed, header.name)
+        aligned = all(x.shape == header.shape for x in tensors)
+        if self.method.kernel is not None and aligned:
+            kernel = self.method.kernel(params, per_source, rng, header.numel)
+            flats = [x.reshape(-1) for x in tensors]
+            out = workspace[: header.numel]
+            run_kernel(kernel, flats, out, has_base=self.has_base, device=self.device,
+                       dtype=self.compute)  # fmt: skip
+            return out.view(header.shape)
+        full = [x.to(device=self.device, dtype=self.compute) for x in tensors]
+        if not aligned:
+            full = align_rows(full, header.shape[0])
+        base_tensor, inputs = (full[0], full[1:]) if self.has_base else (None, full)
+        return self.method.fn(base_tensor, inputs, per_source, params, rng)
+
+
+CHUNK = 1 << 20  # elements per chunk: 4 MB of float32, a multiple of the RNG block
+
+
+def run_kernel(
+    kernel: Any,
+    flats: list[torch.Tensor],
+    out: torch.Tensor,
+    *,
+    has_base: bool,
+    device: torch.device,
+    dtype: torch.dtype,
+    chunk: int = CHUNK,
+) -> None:
+    """Drive a kernel over flat inputs: its reduction passes, then the output pass into ``out``."""
+    numel = out.numel()
+
+    def chunks() -> Any:
+        for offset in range(0, numel, chunk):
+            parts = [x[offset : offset + chunk].to(device=device, dtype=dtype) for x in flats]
+            yield offset, (parts[0] if has_base else None), (parts[1:] if has_base else parts)
+
+    for step in range(kernel.reductions):
+        for offset, base, inputs in chunks():
+            kernel.reduce(step, base, inputs, offset)
+        kernel.end_pass(step)
+    for offset, base, inputs in chunks():
+        result = kernel.apply(base, inputs, offset)
+        out[offset : offset + result.numel()].copy_(result)
 
 
 def _resolve_all(recipe: Recipe, options: MergeOptions) -> dict[str, ResolvedModel]:

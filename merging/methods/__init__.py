@@ -6,15 +6,14 @@ with `register`, then add one import line below.
 
 from __future__ import annotations
 
-import hashlib
 from typing import TYPE_CHECKING, Any
 
-import torch
 from pydantic import ValidationError
 
 from merging.errors import RecipeError, RegistryError
 from merging.methods import linear, slerp, task_arithmetic  # noqa: F401  (registration)
 from merging.methods._base import METHODS, Method, MethodParams, SourceParams, register
+from merging.methods._ops import RandomStream
 from merging.recipe import evaluate_parameter, scalars_of
 
 if TYPE_CHECKING:
@@ -26,9 +25,9 @@ __all__ = [
     "MethodParams",
     "SourceParams",
     "get_method",
+    "random_stream",
     "register",
     "resolve_params",
-    "tensor_generator",
     "validate_recipe_parameters",
 ]
 
@@ -161,7 +160,6 @@ def resolve_params(
     return params, per_source
 
 
-def tensor_generator(seed: int, tensor_name: str) -> torch.Generator:
-    """A generator seeded from ``(seed, tensor_name)``: results don't depend on order or threads."""
-    digest = hashlib.sha256(f"{seed}\x00{tensor_name}".encode()).digest()
-    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
+def random_stream(seed: int, tensor_name: str) -> RandomStream:
+    """Randomness for one tensor, from ``(seed, tensor_name)``: independent of order and threads."""
+    return RandomStream(seed, tensor_name)

@@ -6,10 +6,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
-import torch
 from pydantic import BaseModel, ConfigDict
 from torch import Tensor
 
+from merging.methods._ops import RandomStream
 from merging.registry import Registry
 
 
@@ -37,7 +37,7 @@ class MergeFunction(Protocol[P, S]):
         inputs: Sequence[Tensor],
         sources: Sequence[S],
         params: P,
-        rng: torch.Generator,
+        rng: RandomStream,
     ) -> Tensor: ...
 
 
@@ -55,6 +55,8 @@ class Method(Generic[P, S]):
         min_inputs / max_inputs: how many non-base inputs it accepts.
         randomized: whether the result depends on the seed.
         semantics: renders the exact rules in effect for given parameters (for model cards).
+        kernel: builds the chunked kernel computing the same result in bounded memory
+            (see `merging.methods._kernels`); `None` means whole tensors only.
     """
 
     name: str
@@ -68,6 +70,7 @@ class Method(Generic[P, S]):
     max_inputs: int | None = None
     randomized: bool = False
     semantics: Callable[[P], str] | None = None
+    kernel: Callable[[P, Sequence[S], RandomStream, int], Any] | None = None
 
     def describe(self, params: P) -> str:
         text = f"{self.name}: {self.formula}"

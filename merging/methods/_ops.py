@@ -6,6 +6,7 @@ only from the generator it is given.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from typing import Literal
 
@@ -63,12 +64,43 @@ def prune_magnitude_outliers(delta: Tensor, density: float, gamma: float) -> Ten
     return torch.where(mask.reshape(delta.shape), delta, torch.zeros((), dtype=delta.dtype))
 
 
-def bernoulli_mask(shape: torch.Size, density: float, rng: torch.Generator) -> Tensor:
-    """A boolean mask with each element kept with probability ``density``."""
-    return torch.rand(shape, generator=rng) < density
+PARALLEL_THRESHOLD = 0.9995  # SLERP falls back to lerp above this |cos Ω|
+BLOCK = 1 << 16  # random masks are drawn per block of this many elements
 
 
-def prune_random(delta: Tensor, density: float, rng: torch.Generator, rescale: Rescale) -> Tensor:
+class RandomStream:
+    """Deterministic randomness for one tensor, keyed by ``(seed, tensor name, source, block)``.
+
+    Masks are drawn block by block over the flattened tensor, so a mask does not depend on
+    how the tensor is split into chunks, on execution order, or on threads.
+    """
+
+    def __init__(self, seed: int, tensor_name: str) -> None:
+        self.seed = seed
+        self.tensor_name = tensor_name
+
+    def _generator(self, source: int, block: int) -> torch.Generator:
+        key = f"{self.seed}\x00{self.tensor_name}\x00{source}\x00{block}".encode()
+        digest = hashlib.sha256(key).digest()
+        return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
+
+    def mask(self, source: int, offset: int, length: int, density: float) -> Tensor:
+        """Flat boolean mask for elements [offset, offset + length): each kept w.p. density."""
+        parts = []
+        position = offset
+        end = offset + length
+        while position < end:
+            block, start = divmod(position, BLOCK)
+            stop = min(BLOCK, start + end - position)
+            draws = torch.rand(stop, generator=self._generator(source, block))[start:]
+            parts.append(draws < density)
+            position += stop - start
+        return torch.cat(parts) if len(parts) != 1 else parts[0]
+
+
+def prune_random(
+    delta: Tensor, density: float, rng: RandomStream, rescale: Rescale, *, source: int = 0
+) -> Tensor:
     """DARE: drop each element with probability 1 − density, then rescale.
 
     Rescale rules: ``density`` divides the survivors by the density (the DARE paper, PEFT);
@@ -77,7 +109,8 @@ def prune_random(delta: Tensor, density: float, rng: torch.Generator, rescale: R
     """
     if density >= 1:
         return delta
-    kept = torch.where(bernoulli_mask(delta.shape, density, rng), delta, 0.0)
+    keep = rng.mask(source, 0, delta.numel(), density).reshape(delta.shape)
+    kept = torch.where(keep, delta, 0.0)
     return rescale_kept(delta, kept, rescale, density)
 
 
@@ -112,3 +145,36 @@ def elect_sign(votes: Tensor, method: Literal["sum", "count"]) -> Tensor:
 def agreement_mask(votes: Tensor, sign: Tensor) -> Tensor:
     """True where a vote is non-zero and has the elected sign (zeros never agree)."""
     return votes.sign() == sign
+
+
+def combine_deltas(
+    deltas: Sequence[Tensor],
+    weights: Sequence[float],
+    *,
+    consensus: bool,
+    normalize: bool,
+    divide_by: str = "weights",
+    sign_method: str = "sum",
+) -> Tensor:
+    """Mix task vectors: Σᵢ wᵢ·δᵢ (masked to the elected sign with ``consensus``), ÷ divisor.
+
+    Sign election (``consensus``): ``sum`` elects the sign of Σ wᵢ·δᵢ and ``count`` the majority
+    sign of the wᵢ·δᵢ (mergekit); ``total`` the sign of Σ δᵢ, unweighted (PEFT). A tie elects +.
+    An entry takes part only if it is non-zero and has the elected sign.
+    Divisor (``normalize``): ``weights`` = Σ of the weights of the entries that take part
+    (mergekit), ``count`` = how many take part (the TIES paper, PEFT); a zero divisor becomes 1.
+    """
+    stacked, w = stack_weighted(deltas, weights)
+    weighted = stacked * w
+    if consensus:
+        votes = stacked if sign_method == "total" else weighted
+        sign = elect_sign(votes, "count" if sign_method == "count" else "sum")
+        mask = agreement_mask(votes, sign)
+        mixed = torch.where(mask, weighted, 0.0).sum(0)
+        divisor = (torch.where(mask, w, 0.0) if divide_by == "weights" else mask.to(w.dtype)).sum(0)
+        divisor = torch.where(divisor == 0, 1.0, divisor)
+    else:
+        mixed = weighted.sum(0)
+        total = float(w.sum()) if divide_by == "weights" else float(len(deltas))
+        divisor = torch.tensor(1.0 if abs(total) < 1e-8 else total)
+    return mixed / divisor if normalize else mixed

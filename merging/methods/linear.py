@@ -8,6 +8,8 @@ import torch
 from torch import Tensor
 
 from merging.methods._base import MethodParams, SourceParams, register
+from merging.methods._kernels import LinearKernel
+from merging.methods._ops import RandomStream
 
 
 class LinearParams(MethodParams):
@@ -27,13 +29,14 @@ def _semantics(p: LinearParams) -> str:
     paper="https://arxiv.org/abs/2203.05482",
     needs_base=False,
     semantics=_semantics,
+    kernel=lambda p, s, rng, numel: LinearKernel(p, s),
 )
 def linear(
     base: Tensor | None,
     inputs: Sequence[Tensor],
     sources: Sequence[SourceParams],
     params: LinearParams,
-    rng: torch.Generator,
+    rng: RandomStream,
 ) -> Tensor:
     """Model soup: the weighted average of the inputs (Wortsman et al., 2022).
 

@@ -10,8 +10,9 @@ from pydantic import Field
 from torch import Tensor
 
 from merging.methods._base import MethodParams, SourceParams, register
+from merging.methods._kernels import SlerpKernel
+from merging.methods._ops import PARALLEL_THRESHOLD, RandomStream
 
-PARALLEL_THRESHOLD = 0.9995
 EPS = 1e-8
 
 
@@ -44,6 +45,7 @@ def slerp_tensors(t: float, v0: Tensor, v1: Tensor) -> Tensor:
     paper="https://dl.acm.org/doi/10.1145/325165.325242",
     min_inputs=1,
     max_inputs=1,
+    kernel=lambda p, s, rng, numel: SlerpKernel(p),
     semantics=lambda p: (
         "t = 0 gives the base, t = 1 the other model; each tensor is one flat vector; "
         f"falls back to linear interpolation when |cos Ω| > {PARALLEL_THRESHOLD}."
@@ -54,7 +56,7 @@ def slerp(
     inputs: Sequence[Tensor],
     sources: Sequence[SourceParams],
     params: SlerpParams,
-    rng: torch.Generator,
+    rng: RandomStream,
 ) -> Tensor:
     """SLERP from the base (t = 0) to the single other model (t = 1)."""
     assert base is not None

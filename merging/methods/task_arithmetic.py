@@ -12,19 +12,18 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
-import torch
 from pydantic import Field, field_validator
 from torch import Tensor
 
 from merging.methods._base import MethodParams, SourceParams, register
+from merging.methods._kernels import FamilyKernel, Kernel
 from merging.methods._ops import (
+    RandomStream,
     Rescale,
-    agreement_mask,
-    elect_sign,
+    combine_deltas,
     prune_magnitude,
     prune_magnitude_outliers,
     prune_random,
-    stack_weighted,
     task_vectors,
 )
 
@@ -68,56 +67,23 @@ class BreadcrumbsSource(DensitySource):
     gamma: float = Field(0.01, ge=0, lt=1)
 
 
-Sparsifier = Callable[[Tensor, Any, Any, torch.Generator], Tensor]
+Sparsifier = Callable[[Tensor, Any, Any, RandomStream, int], Tensor]
 
 
-def _no_sparsify(delta: Tensor, source: Any, params: Any, rng: torch.Generator) -> Tensor:
+def _no_sparsify(delta: Tensor, source: Any, params: Any, rng: RandomStream, index: int) -> Tensor:
     return delta
 
 
-def _magnitude(delta: Tensor, source: Any, params: Any, rng: torch.Generator) -> Tensor:
+def _magnitude(delta: Tensor, source: Any, params: Any, rng: RandomStream, index: int) -> Tensor:
     return prune_magnitude(delta, source.density)
 
 
-def _random(delta: Tensor, source: Any, params: Any, rng: torch.Generator) -> Tensor:
-    return prune_random(delta, source.density, rng, params.rescale)
+def _random(delta: Tensor, source: Any, params: Any, rng: RandomStream, index: int) -> Tensor:
+    return prune_random(delta, source.density, rng, params.rescale, source=index)
 
 
-def _outliers(delta: Tensor, source: Any, params: Any, rng: torch.Generator) -> Tensor:
+def _outliers(delta: Tensor, source: Any, params: Any, rng: RandomStream, index: int) -> Tensor:
     return prune_magnitude_outliers(delta, source.density, source.gamma)
-
-
-def combine_deltas(
-    deltas: Sequence[Tensor],
-    weights: Sequence[float],
-    *,
-    consensus: bool,
-    normalize: bool,
-    divide_by: str = "weights",
-    sign_method: str = "sum",
-) -> Tensor:
-    """Mix task vectors: Σᵢ wᵢ·δᵢ (masked to the elected sign with ``consensus``), ÷ divisor.
-
-    Sign election (``consensus``): ``sum`` elects the sign of Σ wᵢ·δᵢ and ``count`` the majority
-    sign of the wᵢ·δᵢ (mergekit); ``total`` the sign of Σ δᵢ, unweighted (PEFT). A tie elects +.
-    An entry takes part only if it is non-zero and has the elected sign.
-    Divisor (``normalize``): ``weights`` = Σ of the weights of the entries that take part
-    (mergekit), ``count`` = how many take part (the TIES paper, PEFT); a zero divisor becomes 1.
-    """
-    stacked, w = stack_weighted(deltas, weights)
-    weighted = stacked * w
-    if consensus:
-        votes = stacked if sign_method == "total" else weighted
-        sign = elect_sign(votes, "count" if sign_method == "count" else "sum")
-        mask = agreement_mask(votes, sign)
-        mixed = torch.where(mask, weighted, 0.0).sum(0)
-        divisor = (torch.where(mask, w, 0.0) if divide_by == "weights" else mask.to(w.dtype)).sum(0)
-        divisor = torch.where(divisor == 0, 1.0, divisor)
-    else:
-        mixed = weighted.sum(0)
-        total = float(w.sum()) if divide_by == "weights" else float(len(deltas))
-        divisor = torch.tensor(1.0 if abs(total) < 1e-8 else total)
-    return mixed / divisor if normalize else mixed
 
 
 def _family(sparsify: Sparsifier, consensus: bool) -> Callable[..., Tensor]:
@@ -126,12 +92,14 @@ def _family(sparsify: Sparsifier, consensus: bool) -> Callable[..., Tensor]:
         inputs: Sequence[Tensor],
         sources: Sequence[Any],
         params: Any,
-        rng: torch.Generator,
+        rng: RandomStream,
     ) -> Tensor:
         assert base is not None
         deltas = [
-            sparsify(delta, source, params, rng)
-            for delta, source in zip(task_vectors(base, inputs), sources, strict=True)
+            sparsify(delta, source, params, rng, index)
+            for index, (delta, source) in enumerate(
+                zip(task_vectors(base, inputs), sources, strict=True)
+            )
         ]
         mixed = combine_deltas(
             deltas,
@@ -189,6 +157,13 @@ _PRESETS = [
      "θ = θ_base + λ·Σᵢ wᵢ·mᵢ⊙crumbs(δᵢ)", "https://arxiv.org/abs/2312.06795"),
 ]  # fmt: skip
 
+
+def _kernel_factory(label: str, consensus: bool) -> Callable[..., Kernel] | None:
+    if label == "outliers":
+        return None  # breadcrumbs: whole-tensor reference function only
+    return lambda p, s, rng, numel: FamilyKernel(label, consensus, p, s, rng, numel)
+
+
 for _name, _fn, _label, _consensus, _params, _source, _formula, _paper in _PRESETS:
     register(
         _name,
@@ -198,4 +173,5 @@ for _name, _fn, _label, _consensus, _params, _source, _formula, _paper in _PRESE
         paper=_paper,
         randomized=_label == "random",
         semantics=_describe(_label, _consensus),
+        kernel=_kernel_factory(_label, _consensus),
     )(_family(_fn, _consensus))

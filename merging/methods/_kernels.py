@@ -1,0 +1,210 @@
+"""Chunked kernels: the same methods, computed over flat chunks with per-tensor statistics.
+
+A method's pure function is the reference: it takes whole float32 tensors. For speed and
+bounded memory the engine instead feeds a *kernel* flat chunks (a few MB each). A kernel may
+first make reduction passes over the chunks to gather what the whole tensor determines — the
+TIES trim threshold (an exact radix select on the float bit patterns, no sort), DARE's L1
+norms, SLERP's norms and angle — and then computes each output chunk elementwise. Tests check
+every kernel against its pure function.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from merging.methods._ops import PARALLEL_THRESHOLD, RandomStream, combine_deltas, keep_count
+
+
+class Kernel:
+    """Base kernel: no reductions; subclasses implement `apply`."""
+
+    reductions = 0
+
+    def reduce(self, step: int, base: Tensor | None, inputs: Sequence[Tensor], offset: int) -> None:
+        """Observe one chunk during reduction pass ``step``."""
+
+    def end_pass(self, step: int) -> None:
+        """Called after every chunk was seen in reduction pass ``step``."""
+
+    def apply(self, base: Tensor | None, inputs: Sequence[Tensor], offset: int) -> Tensor:
+        raise NotImplementedError
+
+
+class RadixSelect:
+    """Exact k-th largest value of non-negative float32s seen in chunks, in two passes.
+
+    Non-negative floats order like their int32 bit patterns: pass 0 histograms the high 16 bits,
+    pass 1 the low 16 bits of the elements in the bucket that holds the k-th largest.
+    """
+
+    def __init__(self, k: int) -> None:
+        self.k = k
+        self.high_hist = torch.zeros(1 << 15, dtype=torch.int64)
+        self.low_hist = torch.zeros(1 << 16, dtype=torch.int64)
+        self.high = 0
+        self.need = 0
+        self.threshold = torch.tensor(0.0)
+
+    def observe(self, step: int, magnitudes: Tensor) -> None:
+        bits = magnitudes.contiguous().view(torch.int32)
+        high = bits >> 16
+        if step == 0:
+            self.high_hist += torch.bincount(high, minlength=1 << 15)
+        else:
+            low = bits[high == self.high] & 0xFFFF
+            self.low_hist += torch.bincount(low, minlength=1 << 16)
+
+    @staticmethod
+    def _locate(hist: Tensor, k: int) -> tuple[int, int]:
+        """Bucket holding the k-th largest, and how many of its elements are needed."""
+        from_top = hist.flip(0).cumsum(0)
+        index = int(torch.searchsorted(from_top, torch.tensor(k)))
+        bucket = hist.numel() - 1 - index
+        above = int(from_top[index]) - int(hist[bucket])
+        return bucket, k - above
+
+    def end_pass(self, step: int) -> None:
+        if step == 0:
+            self.high, self.need = self._locate(self.high_hist, self.k)
+        else:
+            low, _ = self._locate(self.low_hist, self.need)
+            bits = torch.tensor([(self.high << 16) | low], dtype=torch.int32)
+            self.threshold = bits.view(torch.float32)[0]
+
+
+class FamilyKernel(Kernel):
+    """Task arithmetic, TIES, DARE (not breadcrumbs) over chunks."""
+
+    def __init__(
+        self,
+        sparsify: str,
+        consensus: bool,
+        params: Any,
+        sources: Sequence[Any],
+        rng: RandomStream,
+        numel: int,
+    ) -> None:
+        self.sparsify = sparsify
+        self.consensus = consensus
+        self.params = params
+        self.sources = sources
+        self.rng = rng
+        dense = [s.density >= 1 for s in sources] if sparsify != "none" else [True] * len(sources)
+        self.dense = dense
+        self.selectors = [
+            None if d or sparsify != "magnitude" else RadixSelect(keep_count(numel, s.density))
+            for d, s in zip(dense, sources, strict=True)
+        ]
+        self.l1 = [[0.0, 0.0] for _ in sources]
+        if sparsify == "magnitude" and not all(dense):
+            self.reductions = 2
+        elif sparsify == "random" and params.rescale == "l1" and not all(dense):
+            self.reductions = 1
+
+    def _mask(self, index: int, offset: int, length: int) -> Tensor:
+        return self.rng.mask(index, offset, length, self.sources[index].density)
+
+    def reduce(self, step: int, base: Tensor | None, inputs: Sequence[Tensor], offset: int) -> None:
+        assert base is not None
+        for index, x in enumerate(inputs):
+            if self.dense[index]:
+                continue
+            magnitudes = (x - base).abs_()
+            selector = self.selectors[index]
+            if selector is not None:
+                selector.observe(step, magnitudes)
+            else:
+                keep = self._mask(index, offset, magnitudes.numel())
+                self.l1[index][0] += float(magnitudes.sum(dtype=torch.float64))
+                self.l1[index][1] += float(
+                    torch.where(keep, magnitudes, 0.0).sum(dtype=torch.float64)
+                )
+
+    def end_pass(self, step: int) -> None:
+        for selector in self.selectors:
+            if selector is not None:
+                selector.end_pass(step)
+
+    def _sparsified(self, index: int, delta: Tensor, offset: int) -> Tensor:
+        if self.dense[index]:
+            return delta
+        selector = self.selectors[index]
+        if selector is not None:
+            return torch.where(delta.abs() >= selector.threshold, delta, 0.0)
+        kept = torch.where(self._mask(index, offset, delta.numel()), delta, 0.0)
+        rule = self.params.rescale
+        if rule == "density":
+            return kept / self.sources[index].density
+        if rule == "l1":
+            before, after = self.l1[index]
+            if before < 1e-7 or after < 1e-7:
+                return kept
+            return kept * (before / after)
+        return kept
+
+    def apply(self, base: Tensor | None, inputs: Sequence[Tensor], offset: int) -> Tensor:
+        assert base is not None
+        deltas = [self._sparsified(i, x - base, offset) for i, x in enumerate(inputs)]
+        mixed = combine_deltas(
+            deltas,
+            [s.weight for s in self.sources],
+            consensus=self.consensus,
+            normalize=self.params.normalize,
+            divide_by=self.params.divide_by,
+            sign_method=getattr(self.params, "sign_method", "sum"),
+        )
+        return base + self.params.lambda_ * mixed
+
+
+class LinearKernel(Kernel):
+    def __init__(self, params: Any, sources: Sequence[Any]) -> None:
+        self.weights = [s.weight for s in sources]
+        total = sum(self.weights)
+        self.divisor = total if params.normalize and abs(total) > 1e-8 else 1.0
+
+    def apply(self, base: Tensor | None, inputs: Sequence[Tensor], offset: int) -> Tensor:
+        out = torch.zeros_like(inputs[0])
+        for weight, x in zip(self.weights, inputs, strict=True):
+            out.add_(x, alpha=weight)
+        return out.div_(self.divisor)
+
+
+class SlerpKernel(Kernel):
+    reductions = 1
+
+    def __init__(self, params: Any) -> None:
+        self.t = params.t
+        self.sums = [0.0, 0.0, 0.0]  # ‖v0‖², ‖v1‖², v0·v1
+        self.coefficients: tuple[float, float] | None = None
+
+    def reduce(self, step: int, base: Tensor | None, inputs: Sequence[Tensor], offset: int) -> None:
+        assert base is not None
+        v1 = inputs[0]
+        self.sums[0] += float((base * base).sum(dtype=torch.float64))
+        self.sums[1] += float((v1 * v1).sum(dtype=torch.float64))
+        self.sums[2] += float((base * v1).sum(dtype=torch.float64))
+
+    def end_pass(self, step: int) -> None:
+        n0 = max(math.sqrt(self.sums[0]), 1e-8)
+        n1 = max(math.sqrt(self.sums[1]), 1e-8)
+        dot = self.sums[2] / (n0 * n1)
+        if abs(dot) > PARALLEL_THRESHOLD:
+            return
+        omega = math.acos(max(-1.0, min(1.0, dot)))
+        sin_omega = math.sin(omega)
+        self.coefficients = (
+            math.sin((1 - self.t) * omega) / sin_omega,
+            math.sin(self.t * omega) / sin_omega,
+        )
+
+    def apply(self, base: Tensor | None, inputs: Sequence[Tensor], offset: int) -> Tensor:
+        assert base is not None
+        if self.coefficients is None:
+            return torch.lerp(base, inputs[0], self.t)
+        s0, s1 = self.coefficients
+        return base * s0 + inputs[0] * s1
