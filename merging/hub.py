@@ -60,6 +60,7 @@ MERGE_FILES = (
     "chat_template.jinja",
     "chat_template.json",
     "adapter_config.json",
+    "README.md",  # the card: its licence goes into the merged model's card when sources agree
 )
 PICKLE_FILES = ("*.bin", "pytorch_model.bin.index.json")
 SAFETENSORS_INDEX = "model.safetensors.index.json"
