@@ -1,0 +1,348 @@
+"""UI values → library calls. Errors the user can fix become `gr.Error`; the rest are logged.
+
+Every long action (merge, evaluate, push, greedy soup) is a job (`app.jobs`): the handler
+validates its inputs, submits the work and then follows the job, yielding its state and
+reporting progress through `gr.Progress`, so an API client sees status updates too. Jobs keep
+running when the client goes away; `job_status` polls them by id.
+
+Tokens: a handler receives the user's token (the OAuth sign-in on Spaces, else the token
+field) and closes over it in the job's work function; it is never stored or logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import gradio as gr
+
+from app import forms, workflows
+from app.jobs import FINISHED, JobRecord, JobRunner
+from app.settings import Settings
+from merging.errors import MergeError, RecipeError
+
+logger = logging.getLogger(__name__)
+
+POLL_SECONDS = 0.2
+JOB_COLUMNS = ["id", "kind", "state", "created", "seconds", "output", "error"]
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Errors whose message is meant for the user (bad recipe, missing token, …)."""
+    from evaluation.errors import EvaluationError
+
+    return (MergeError, EvaluationError, workflows.InputError)
+
+
+def as_gr_error(err: BaseException) -> gr.Error:
+    if isinstance(err, user_errors()):
+        return gr.Error(str(err), print_exception=False)
+    logger.exception("unexpected failure", exc_info=err)
+    return gr.Error("Something went wrong on the server; the log has the details.")
+
+
+def public(record: JobRecord) -> dict[str, Any]:
+    """A job record for clients: ``path`` keys are renamed (gradio_client would take a dict
+    with a ``path`` for a file to download)."""
+
+    def rename(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {("model_path" if k == "path" else k): rename(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [rename(v) for v in value]
+        return value
+
+    return rename(record.to_dict())
+
+
+def _token(token: str | None, oauth_token: gr.OAuthToken | None) -> str | None:
+    if oauth_token is not None and getattr(oauth_token, "token", None):
+        return oauth_token.token
+    return (token or "").strip() or None
+
+
+class Handlers:
+    """The app's event handlers, bound to one settings object and one job runner."""
+
+    def __init__(self, settings: Settings, runner: JobRunner) -> None:
+        self.settings = settings
+        self.runner = runner
+        self.store = runner.store
+
+    # ------------------------------------------------------------------ models and recipe
+    def search_models(self, query: str, token: str | None = None) -> list[dict[str, Any]]:
+        """Hub search; each hit as a dict (id, architecture, parameters, adapter facts)."""
+        from merging.hub import search_models
+
+        try:
+            hits = search_models(
+                query or "", limit=20, token=_token(token, None),
+                endpoint=self.settings.hub_endpoint,
+            )  # fmt: skip
+        except Exception as err:
+            raise as_gr_error(err) from None
+        return [hit.model_dump(mode="json") for hit in hits]
+
+    def suggest(self, query: str) -> Any:
+        """Type-ahead: refresh a dropdown's choices from a Hub search (never raises)."""
+        query = (query or "").strip()
+        try:
+            ids = [hit["id"] for hit in self.search_models(query)] if len(query) >= 2 else []
+        except gr.Error:
+            ids = []
+        return gr.update(choices=list(dict.fromkeys([*ids, *([query] if query else [])])))
+
+    def on_key_up(self, data: gr.KeyUpData) -> Any:
+        return self.suggest(data.input_value)
+
+    def add_model(self, rows: Any, model: str | None) -> list[list[Any]]:
+        rows = forms._as_rows(rows)
+        rows = [r for r in rows if r and not forms._blank(r[0])]
+        model = (model or "").strip()
+        if not model:
+            raise gr.Error("Pick or type a model id (or a local folder) to add.")
+        width = len(forms.source_columns())
+        rows.append([model, 1.0, *([None] * (width - 2))])
+        return rows
+
+    def form_to_yaml(self, current: str, method: str, base: str, rows: Any, *values: Any) -> str:
+        return forms.form_to_yaml(current, method, base, rows, list(values))
+
+    def yaml_to_form(self, text: str) -> list[Any]:
+        """Fill the form from pasted YAML; leaves the form alone while the YAML is invalid."""
+        count = 3 + len(forms.param_fields())
+        try:
+            form = forms.yaml_to_form(text, soup=forms.is_soup(text))
+        except (MergeError, ValueError):
+            return [gr.update()] * count
+        return [form.method, form.base, form.rows, *form.values]
+
+    def method_changed(self, method: str) -> list[Any]:
+        """Show the chosen method's inputs and description."""
+        engine = forms.engine_method(method)
+        groups = [gr.update(visible=(name == engine)) for name in forms.METHODS.names()]
+        return [forms.method_info(method), gr.update(visible=method == forms.GREEDY_SOUP),
+                *groups]  # fmt: skip
+
+    def preview_check(
+        self, text: str, token: str | None, oauth_token: gr.OAuthToken | None = None
+    ) -> str:
+        """The header-only compatibility report, for the live preview (never raises)."""
+        try:
+            return self._check(text, _token(token, oauth_token))
+        except Exception as err:
+            if isinstance(err, user_errors()):
+                return f"⚠️ {err}"
+            logger.exception("compatibility check failed")
+            return "⚠️ the compatibility check failed unexpectedly (see the server log)"
+
+    def check(self, text: str, token: str | None, oauth_token: gr.OAuthToken | None = None) -> str:
+        """API ``check``: the compatibility report; a bad recipe is a `gr.Error`."""
+        try:
+            return self._check(text, _token(token, oauth_token))
+        except Exception as err:
+            raise as_gr_error(err) from None
+
+    def _check(self, text: str, token: str | None) -> str:
+        from merging.check import check_recipe
+
+        if not (text or "").strip():
+            return "Add a base model and the models to merge."
+        recipe = workflows.parse(text, self.settings)
+        report = check_recipe(recipe, token=token, endpoint=self.settings.hub_endpoint)
+        return report.render()
+
+    # ------------------------------------------------------------------ jobs
+    def validate_recipe(self, text: str) -> None:
+        try:
+            workflows.parse(text, self.settings)
+        except Exception as err:
+            raise as_gr_error(err) from None
+
+    def merge(
+        self,
+        text: str,
+        token: str | None,
+        soup_examples: str | None = None,
+        soup_metric: str | None = None,
+        oauth_token: gr.OAuthToken | None = None,
+        progress: gr.Progress = gr.Progress(),  # noqa: B008 - gradio's injection idiom
+    ) -> Iterator[tuple[str, str, dict[str, Any]]]:
+        """API ``merge``: start a merge (or greedy soup) job and stream its state."""
+        try:
+            job_id = workflows.submit_merge(
+                self.runner, self.settings, text, token=_token(token, oauth_token),
+                examples=(soup_examples or "").strip() or None, metric=soup_metric or "loss",
+            )  # fmt: skip
+        except Exception as err:
+            raise as_gr_error(err) from None
+        yield from self._follow(job_id, progress, lambda r: (r.id, r.log, public(r)))
+
+    def greedy_soup(
+        self,
+        models: str,
+        examples: str | None,
+        metric: str,
+        token: str | None,
+        oauth_token: gr.OAuthToken | None = None,
+        progress: gr.Progress = gr.Progress(),  # noqa: B008
+    ) -> Iterator[tuple[str, str, dict[str, Any]]]:
+        """API ``greedy_soup``: models one per line (or comma-separated); examples a jsonl path."""
+        try:
+            names = [m.strip() for m in (models or "").replace(",", "\n").splitlines() if m.strip()]
+            text = forms.SOUP_NOTE + forms.form_to_yaml("", "linear", "", [[n] for n in names], [])
+            job_id = workflows.submit_merge(
+                self.runner, self.settings, text, token=_token(token, oauth_token),
+                examples=examples or None, metric=metric or "loss",
+            )  # fmt: skip
+        except Exception as err:
+            raise as_gr_error(err) from None
+        yield from self._follow(job_id, progress, lambda r: (r.id, r.log, public(r)))
+
+    def evaluate(
+        self,
+        merge_job: str,
+        suite: str | None,
+        tasks: str | None,
+        limit: float | None,
+        plot: bool,
+        token: str | None,
+        oauth_token: gr.OAuthToken | None = None,
+        progress: gr.Progress = gr.Progress(),  # noqa: B008
+    ) -> Iterator[tuple[str, str, str | None, dict[str, Any]]]:
+        """API ``evaluate``: base / inputs / merge of a merge job on a suite or task list."""
+        try:
+            job_id = workflows.submit_evaluate(
+                self.runner, self.settings, (merge_job or "").strip(), suite=suite or None,
+                tasks=tasks or None, limit=int(limit) if limit else None, plot=bool(plot),
+                token=_token(token, oauth_token),
+            )  # fmt: skip
+        except Exception as err:
+            raise as_gr_error(err) from None
+
+        def render(record: JobRecord) -> tuple[str, str, str | None, dict[str, Any]]:
+            result = record.result or {}
+            return record.id, result.get("table", ""), result.get("plot"), public(record)
+
+        yield from self._follow(job_id, progress, render)
+
+    def card_preview(self, merge_job: str) -> str:
+        """The model card that `push` will upload (with the latest evaluation's results)."""
+        try:
+            return workflows.card_text(self.store, (merge_job or "").strip())
+        except Exception as err:
+            if isinstance(err, user_errors()):
+                return f"⚠️ {err}"
+            logger.exception("card preview failed")
+            return "⚠️ could not render the card (see the server log)"
+
+    def validate_push(
+        self,
+        merge_job: str,
+        repo_id: str,
+        private: bool,
+        exist_ok: bool,
+        token: str | None,
+        oauth_token: gr.OAuthToken | None = None,
+    ) -> None:
+        try:
+            workflows.validate_push(
+                self.store, self.settings, (merge_job or "").strip(), (repo_id or "").strip(),
+                token=_token(token, oauth_token), exist_ok=bool(exist_ok),
+            )  # fmt: skip
+        except Exception as err:
+            raise as_gr_error(err) from None
+
+    def push(
+        self,
+        merge_job: str,
+        repo_id: str,
+        private: bool,
+        exist_ok: bool,
+        token: str | None,
+        oauth_token: gr.OAuthToken | None = None,
+        progress: gr.Progress = gr.Progress(),  # noqa: B008
+    ) -> Iterator[tuple[str, str, dict[str, Any]]]:
+        """API ``push``: upload a merge job's output (card with results) to ``repo_id``."""
+        user_token = _token(token, oauth_token)
+        try:
+            workflows.validate_push(
+                self.store, self.settings, (merge_job or "").strip(), (repo_id or "").strip(),
+                token=user_token, exist_ok=bool(exist_ok),
+            )  # fmt: skip
+            job_id = workflows.submit_push(
+                self.runner, self.settings, merge_job.strip(), repo_id.strip(),
+                private=bool(private), exist_ok=bool(exist_ok), token=user_token,
+            )  # fmt: skip
+        except Exception as err:
+            raise as_gr_error(err) from None
+
+        def render(record: JobRecord) -> tuple[str, str, dict[str, Any]]:
+            url = (record.result or {}).get("commit_url", "")
+            return record.id, url, public(record)
+
+        yield from self._follow(job_id, progress, render)
+
+    def cancel(self, job_id: str) -> str:
+        """API ``cancel``: stop a queued or running job (its partial output is removed)."""
+        job_id = (job_id or "").strip()
+        if self.runner.cancel(job_id):
+            return f"cancelling {job_id}…"
+        record = self.store.get(job_id)
+        return f"{job_id} is {record.state}" if record else f"no job {job_id!r}"
+
+    def job_status(self, job_id: str) -> dict[str, Any]:
+        """API ``job_status``: the job record (state, timings, recipe, results, output)."""
+        record = self.store.get((job_id or "").strip())
+        if record is None:
+            raise gr.Error(f"No job with id {job_id!r}.", print_exception=False)
+        data = public(record)
+        live = self.runner.live(record.id)
+        if live is not None and record.state not in FINISHED:
+            data["progress"] = {"stage": live.stage, "done": live.done, "total": live.total,
+                                "eta": live.eta, "log": "\n".join(live.lines)}  # fmt: skip
+        return data
+
+    def list_jobs(self, limit: float | None = 50) -> list[list[Any]]:
+        """API ``list_jobs``: the latest jobs, newest first, as table rows."""
+        rows = []
+        for record in self.store.list(limit=int(limit or 50)):
+            data = public(record)
+            data["created"] = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.created))
+            rows.append([data[c] if data[c] is not None else "" for c in JOB_COLUMNS])
+        return rows
+
+    # ------------------------------------------------------------------ following a job
+    def _follow(
+        self, job_id: str, progress: gr.Progress, render: Callable[[JobRecord], Any]
+    ) -> Iterator[Any]:
+        last: tuple[Any, ...] | None = None
+        while True:
+            record = self.store.get(job_id)
+            assert record is not None
+            live = self.runner.live(job_id)
+            finished = self.runner.is_done(job_id) or record.state in FINISHED
+            if finished:
+                break
+            if live is not None:
+                if live.total:
+                    progress((live.done, live.total), desc=live.describe(), unit=live.unit)
+                else:
+                    progress(None, desc=live.describe())
+                record.log = "\n".join(live.lines)
+            key = (record.state, live.stage if live else None, live.done if live else 0,
+                   len(live.lines) if live else 0)  # fmt: skip
+            if key != last:
+                last = key
+                yield render(record)
+            time.sleep(POLL_SECONDS)
+        record = self.store.get(job_id)
+        assert record is not None
+        if record.state == "failed":
+            raise gr.Error(f"{record.error} (job {record.id})", print_exception=False)
+        yield render(record)
+
+
+__all__ = ["Handlers", "RecipeError", "as_gr_error", "user_errors"]

@@ -1,0 +1,353 @@
+"""The app's jobs, without any UI: merge, greedy soup, evaluate, push.
+
+Each ``submit_*`` validates what it can up front (raising `InputError` or a `MergeError`
+the user can act on), then hands a work function to the `JobRunner`. The user's token is a
+closure variable of that function only.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from app import forms
+from app.jobs import JobContext, JobRunner, JobStore
+from app.settings import Settings
+from merging import MergeOptions, Progress, Recipe, load_recipe, merge
+from merging.io.refs import ModelRef
+
+logger = logging.getLogger(__name__)
+
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$")
+
+
+class InputError(ValueError):
+    """A form value the user must fix (missing token, unknown job, bad repo name, …)."""
+
+
+def parse(text: str, settings: Settings) -> Recipe:
+    """Parse recipe YAML; refuse local folders where the settings forbid them."""
+    if not (text or "").strip():
+        raise InputError("The recipe is empty: add models (step 1) and pick a method (step 2).")
+    recipe = load_recipe(text if "\n" in text else text + "\n")
+    if not settings.allow_local_paths:
+        names = [recipe.base_model, *(s.model for s in recipe.models),
+                 *(s.adapter for s in recipe.models)]  # fmt: skip
+        local = [n for n in names if n and ModelRef.parse(n).local]
+        if local:
+            raise InputError(f"Local folders are not allowed here ({local[0]}); use Hub ids.")
+    return recipe
+
+
+def _examples(settings: Settings, path: str | None) -> list[Any]:
+    from evaluation.scoring import load_examples
+
+    if path:
+        return load_examples(path)
+    if settings.probe_examples is not None:
+        return load_examples(settings.probe_examples)
+    return load_examples(Path(__file__).with_name("heldout_examples.jsonl"))
+
+
+def submit_merge(
+    runner: JobRunner,
+    settings: Settings,
+    text: str,
+    *,
+    token: str | None,
+    examples: str | None = None,
+    metric: str = "loss",
+) -> str:
+    """Start a merge job (a greedy-soup job when the YAML carries the soup note)."""
+    recipe = parse(text, settings)
+    if forms.is_soup(text):
+        return _submit_soup(runner, settings, recipe, token=token, examples=examples,
+                            metric=metric)  # fmt: skip
+    delay = settings.tensor_delay
+
+    def work(ctx: JobContext) -> dict[str, Any]:
+        ctx.log(f"merging with {recipe.merge_method}: {len(recipe.models)} model(s)")
+
+        def report(event: Progress) -> None:
+            unit = "models" if event.stage == "download" else "tensors"
+            ctx.progress(event.stage, event.done, event.total, unit)
+            if event.stage == "merge" and delay:
+                time.sleep(delay)
+
+        result = merge(
+            recipe,
+            ctx.output_dir / "merged",
+            options=MergeOptions(
+                progress=report, cancel=ctx.cancel, token=token,
+                endpoint=settings.hub_endpoint, device=settings.device,
+            ),
+        )  # fmt: skip
+        ctx.log(result.report.render())
+        ctx.log(f"wrote {result.tensors} tensors ({result.bytes_written / 1e6:.2f} MB) "
+                f"in {result.seconds:.1f} s")  # fmt: skip
+        return {
+            "output": str(result.output),
+            "tensors": result.tensors,
+            "bytes": result.bytes_written,
+            "resolved": result.resolved,
+        }
+
+    return runner.submit("merge", work, recipe=recipe.to_yaml())
+
+
+def _submit_soup(
+    runner: JobRunner,
+    settings: Settings,
+    recipe: Recipe,
+    *,
+    token: str | None,
+    examples: str | None,
+    metric: str,
+) -> str:
+    from app.soup import greedy_soup
+
+    rows = _examples(settings, examples)
+    ingredients = [s.model + (f"+{s.adapter}" if s.adapter else "") for s in recipe.models]
+
+    def work(ctx: JobContext) -> dict[str, Any]:
+        ctx.log(f"greedy soup of {len(ingredients)} ingredient(s), scored by {metric}")
+        result = greedy_soup(
+            ingredients, rows, output=ctx.output_dir / "merged", metric=metric,
+            template=recipe, token=token, endpoint=settings.hub_endpoint,
+            device=settings.device or "cpu", cancel=ctx.cancel, log=ctx.log,
+            progress=lambda done, total: ctx.progress("soup", done, total, "steps"),
+        )  # fmt: skip
+        ctx.log(result.describe())
+        return {"output": str(result.output), "soup": result.to_dict()}
+
+    params = {"soup": True, "metric": metric}
+    return runner.submit("merge", work, recipe=forms.SOUP_NOTE + recipe.to_yaml(), params=params)
+
+
+def merge_record(store: JobStore, job_id: str) -> tuple[Any, Recipe, Path]:
+    """The finished merge job `job_id`, its recipe and output folder."""
+    record = store.get(job_id) if job_id else None
+    if record is None or record.kind != "merge":
+        raise InputError(f"No merge job {job_id!r}: run a merge first (step 3) or pick a job id.")
+    if record.state != "succeeded" or not record.output or not Path(record.output).is_dir():
+        raise InputError(f"Merge job {job_id} has no output (state: {record.state}).")
+    text = (record.recipe or "").replace(forms.SOUP_NOTE, "")
+    if record.result and record.result.get("soup"):
+        text = record.result["soup"]["recipe"]
+    return record, load_recipe(text), Path(record.output)
+
+
+def submit_evaluate(
+    runner: JobRunner,
+    settings: Settings,
+    merge_job: str,
+    *,
+    suite: str | None,
+    tasks: str | None,
+    limit: int | None,
+    plot: bool,
+    token: str | None,
+) -> str:
+    """Evaluate base / inputs / merge of a merge job on the same items."""
+    from evaluation.harness import EvalOptions
+
+    _, recipe, merged = merge_record(runner.store, merge_job)
+    common: dict[str, Any] = {
+        "include_paths": tuple(settings.eval_include_paths),
+        "device": settings.device or "auto",
+    }
+    if limit:
+        common["limit"] = limit
+    task_names = tuple(t.strip() for t in (tasks or "").replace("\n", ",").split(",") if t.strip())
+    if task_names:
+        options = EvalOptions(tasks=task_names, **common)
+    elif suite:
+        options = EvalOptions.from_suite(suite, **common)
+    else:
+        raise InputError("Choose a suite or type harness task names.")
+    labelled: dict[str, str] = {}
+    if recipe.base_model:
+        labelled["base"] = recipe.base_model
+    for spec in recipe.inputs() if recipe.base_model else recipe.models:
+        if spec.adapter is None and spec.model not in labelled.values():
+            labelled[Path(spec.model).name or spec.model] = spec.model
+    examples = _examples(settings, None) if plot else None
+    probe_from = recipe.base_model or recipe.models[0].model
+
+    def work(ctx: JobContext) -> dict[str, Any]:
+        from evaluation.harness import build_task_manager, evaluate_model, harness_version
+        from evaluation.report import Report, comparison_table, save_report
+        from merging.sources import resolve_model
+
+        paths = {}
+        for label, name in labelled.items():
+            paths[label] = str(resolve_model(name, token=token,
+                                             endpoint=settings.hub_endpoint).path)  # fmt: skip
+        paths["merge"] = str(merged)
+        manager = build_task_manager(options)
+        results = []
+        for index, (label, path) in enumerate(paths.items()):
+            ctx.progress("evaluate", index, len(paths), "models")
+            ctx.log(f"evaluating {label} on {', '.join(options.tasks)}")
+            results.append(evaluate_model(path, options, label=label, task_manager=manager))
+            ctx.check_cancelled()
+        ctx.progress("evaluate", len(paths), len(paths), "models")
+        report = Report(harness_version=harness_version(), models=results)
+        save_report(report, ctx.output_dir / "report.json")
+        out: dict[str, Any] = {
+            "output": str(ctx.output_dir),
+            "table": comparison_table(report),
+            "report": report.model_dump(mode="json"),
+            "merge_job": merge_job,
+        }
+        if plot:
+            out["plot"] = _probe(ctx, paths[_label_of(paths, probe_from, labelled)], str(merged),
+                                 examples)  # fmt: skip
+        return out
+
+    params = {"suite": suite, "tasks": list(options.tasks), "limit": options.limit, "plot": plot}
+    return runner.submit("evaluate", work, params=params, parent=merge_job)
+
+
+def _label_of(paths: dict[str, str], name: str, labelled: dict[str, str]) -> str:
+    return next((label for label, ref in labelled.items() if ref == name), "merge")
+
+
+def _probe(ctx: JobContext, start: str, end: str, examples: Any) -> str:
+    from evaluation.probe import interpolation_probe, plot_probe
+
+    ctx.log("interpolation probe: loss along base → merge")
+    result = interpolation_probe(
+        start, end, examples, alphas=[i / 6 for i in range(7)], device="cpu",
+        progress=lambda done, total: ctx.progress("probe", done, total, "points"),
+    )  # fmt: skip
+    return str(plot_probe(result, ctx.output_dir / "interpolation.png"))
+
+
+def latest_evaluation(store: JobStore, merge_job: str) -> Any:
+    for record in store.list(limit=200, kind="evaluate"):
+        if record.parent == merge_job and record.state == "succeeded" and record.result:
+            return record
+    return None
+
+
+def _results_rows(store: JobStore, merge_job: str) -> list[dict[str, Any]]:
+    from evaluation.report import Report, report_to_model_index
+
+    record = latest_evaluation(store, merge_job)
+    if record is None:
+        return []
+    report = Report.model_validate(record.result["report"])
+    return report_to_model_index(report, label="merge")
+
+
+def card_text(store: JobStore, merge_job: str, *, model_name: str | None = None) -> str:
+    """The merged model's card, with the latest evaluation's results added."""
+    from merging.hub import write_eval_results_to_card
+
+    _, _, folder = merge_record(store, merge_job)
+    rows = _results_rows(store, merge_job)
+    staging = folder.parent / f".card-{os.getpid()}-{time.monotonic_ns()}"
+    staging.mkdir()
+    try:
+        shutil.copy2(folder / "README.md", staging / "README.md")
+        if rows:
+            write_eval_results_to_card(staging, rows, model_name=model_name or folder.name)
+        return (staging / "README.md").read_text(encoding="utf-8")
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def validate_push(
+    store: JobStore,
+    settings: Settings,
+    merge_job: str,
+    repo_id: str,
+    *,
+    token: str | None,
+    exist_ok: bool,
+) -> None:
+    """Raise `InputError` / `HubError` for what the user must fix before pushing."""
+    merge_record(store, merge_job)
+    if not token:
+        where = "Sign in with Hugging Face" if settings.on_spaces else "Paste a Hub write token"
+        raise InputError(f"{where} to push: pushing needs a token with write access.")
+    if not _REPO_ID.match(repo_id or ""):
+        raise InputError(f"{repo_id!r} is not a repo id: use namespace/name, e.g. you/my-merge.")
+    if exist_ok:
+        return
+    from huggingface_hub import HfApi
+
+    from merging.errors import RepoExistsError
+
+    api = HfApi(endpoint=settings.hub_endpoint, token=token)
+    try:
+        exists = api.repo_exists(repo_id)
+    except Exception:  # the push itself reports Hub problems precisely
+        return
+    if exists:
+        raise RepoExistsError(
+            f"{repo_id} already exists; choose another name or tick 'update if it exists'."
+        )
+
+
+def submit_push(
+    runner: JobRunner,
+    settings: Settings,
+    merge_job: str,
+    repo_id: str,
+    *,
+    private: bool,
+    exist_ok: bool,
+    token: str | None,
+) -> str:
+    """Upload a merge's folder (card with evaluation results) to `repo_id`."""
+    from merging.hub import push_folder, write_eval_results_to_card
+
+    _, _, folder = merge_record(runner.store, merge_job)
+    rows = _results_rows(runner.store, merge_job)
+    assert token is not None
+
+    def work(ctx: JobContext) -> dict[str, Any]:
+        staging = ctx.output_dir / "upload"
+        ctx.progress("prepare", 0, 1)
+        _link_tree(folder, staging)
+        if rows:
+            write_eval_results_to_card(staging, rows, model_name=repo_id.split("/")[-1])
+            ctx.log(f"added {len(rows)} evaluation result(s) to the card")
+        ctx.log(f"pushing to {repo_id} ({'private' if private else 'public'})")
+        ctx.progress("upload", 0, 1)
+        result = push_folder(staging, repo_id=repo_id, token=token, private=private,
+                             exist_ok=exist_ok, endpoint=settings.hub_endpoint)  # fmt: skip
+        ctx.progress("upload", 1, 1)
+        shutil.rmtree(staging, ignore_errors=True)
+        ctx.log(f"committed {result.commit_url}")
+        return {"output": result.repo_url, **result.model_dump(mode="json"), "repo_id": repo_id}
+
+    params = {"repo_id": repo_id, "private": private, "exist_ok": exist_ok}
+    return runner.submit("push", work, params=params, parent=merge_job)
+
+
+def _link_tree(source: Path, target: Path) -> None:
+    """Hard-link files into `target` (copy the card, which gets edited)."""
+    target.mkdir(parents=True, exist_ok=True)
+    for path in source.iterdir():
+        if not path.is_file():
+            continue
+        if path.name == "README.md":
+            shutil.copy2(path, target / path.name)
+            continue
+        try:
+            os.link(path, target / path.name)
+        except OSError:
+            shutil.copy2(path, target / path.name)
+
+
+def dumps(data: Any) -> str:
+    return json.dumps(data, indent=2, default=str)
