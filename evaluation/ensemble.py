@@ -24,7 +24,7 @@ from evaluation.harness import (
     results_to_model_result,
     run_harness,
 )
-from evaluation.loading import load_model, load_tokenizer
+from evaluation.loading import input_device, load_model, load_tokenizer
 from evaluation.report import ModelResult, Report
 
 
@@ -60,6 +60,7 @@ class EnsembleLM(HFLM):  # type: ignore[misc]
         if len(sizes) != 1:
             raise IncompatibleModelsError(f"ensemble members' output vocabularies differ: {sizes}")
         super().__init__(pretrained=models[0], tokenizer=tokenizer, batch_size=batch_size)
+        self._device = input_device(models[0])
         self._members = list(models)
 
     def _model_call(self, inps: Any, attn_mask: Any = None, labels: Any = None) -> Any:
@@ -68,7 +69,7 @@ class EnsembleLM(HFLM):  # type: ignore[misc]
         if attn_mask is not None or labels is not None:
             raise HarnessError("the output ensemble supports decoder-only (causal) models only")
         with torch.no_grad():
-            logits = [m(inps.to(m.device)).logits.to(inps.device) for m in self._members]
+            logits = [m(inps.to(input_device(m))).logits.to(inps.device) for m in self._members]
         return mean_log_probs(logits)
 
     def _model_generate(self, *args: Any, **kwargs: Any) -> Any:

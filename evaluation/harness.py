@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from evaluation.data import MMLU_TASK_PREFIX, ensure_mmlu
 from evaluation.errors import HarnessError, UnknownTaskError
-from evaluation.loading import load_model, load_tokenizer
+from evaluation.loading import input_device, load_model, load_tokenizer
 from evaluation.report import ModelResult, Report, TaskResult
 from evaluation.suites import DEFAULT_SEED, Suite, get_suite
 
@@ -49,6 +49,7 @@ class EvalOptions(BaseModel):
         device (`str`): ``"auto"`` (accelerate placement) or one device.
         dtype (`str`): ``"auto"`` or a torch dtype name.
         offload_folder (`Path`, *optional*): accelerate's disk offload folder.
+        max_memory (`dict`, *optional*): accelerate's per-device budget with ``"auto"``.
         trust_remote_code (`bool`): run code shipped with checkpoints (off by default).
         include_defaults (`bool`, *optional*): search the harness's ~10k built-in tasks
             (slow to index, and their data comes from the Hub): `None` does so only when a
@@ -67,6 +68,7 @@ class EvalOptions(BaseModel):
     device: str = "auto"
     dtype: str = "auto"
     offload_folder: Path | None = None
+    max_memory: dict[int | str, int | str] | None = None
     trust_remote_code: bool = False
     include_defaults: bool | None = None
 
@@ -200,7 +202,9 @@ def run_harness(lm: LM, options: EvalOptions, *, task_manager: TaskManager | Non
 def make_hflm(model: Any, tokenizer: Any, *, batch_size: int) -> LM:
     from lm_eval.models.huggingface import HFLM
 
-    return HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+    lm._device = input_device(model)  # not `meta` when parts are offloaded to disk
+    return lm
 
 
 def evaluate_model(
@@ -217,6 +221,7 @@ def evaluate_model(
         dtype=options.dtype,
         offload_folder=options.offload_folder,
         trust_remote_code=options.trust_remote_code,
+        max_memory=options.max_memory,
     )
     tokenizer = load_tokenizer(model, trust_remote_code=options.trust_remote_code)
     try:

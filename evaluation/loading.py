@@ -57,6 +57,7 @@ def load_model(
     dtype: str = "auto",
     offload_folder: str | Path | None = None,
     trust_remote_code: bool = False,
+    max_memory: dict[int | str, int | str] | None = None,
 ) -> PreTrainedModel:
     """Load a causal LM for inference (eval mode, no gradients).
 
@@ -68,6 +69,8 @@ def load_model(
         offload_folder (`str` or `Path`, *optional*): where weights that fit nowhere else go
             (default: a folder under the system temp dir).
         trust_remote_code (`bool`): run code shipped with the checkpoint; off by default.
+        max_memory (`dict`, *optional*): accelerate's per-device budget with ``"auto"``,
+            e.g. ``{0: "20GiB", "cpu": "60GiB"}``; what does not fit goes to disk.
 
     Raises:
         [`ModelLoadError`]: the checkpoint cannot be loaded.
@@ -77,7 +80,7 @@ def load_model(
     kwargs: dict[str, Any] = {"dtype": resolve_dtype(dtype), "trust_remote_code": trust_remote_code}
     if device == "auto":
         folder = offload_folder or Path(tempfile.gettempdir()) / "hubmerge-offload"
-        kwargs.update(device_map="auto", offload_folder=str(folder))
+        kwargs.update(device_map="auto", offload_folder=str(folder), max_memory=max_memory)
     else:
         kwargs.update(device_map={"": device})
     try:
@@ -90,3 +93,22 @@ def load_model(
     model.eval()
     model.requires_grad_(False)
     return model
+
+
+def input_device(model: Any) -> Any:
+    """Where a model's inputs go: the first device accelerate placed weights on.
+
+    With disk offload `model.device` reports ``meta``; inputs must go to the execution
+    device (the first GPU or the CPU) instead.
+    """
+    import torch
+
+    placement = getattr(model, "hf_device_map", None) or {}
+    for where in placement.values():
+        if isinstance(where, int):
+            return torch.device("cuda", where)
+        if where not in ("disk", "meta"):
+            return torch.device(where)
+    if placement:  # everything on disk: accelerate executes on the first GPU, else the CPU
+        return torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+    return next(model.parameters()).device

@@ -25,7 +25,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from evaluation.errors import DataError
-from evaluation.loading import load_model, load_tokenizer
+from evaluation.loading import input_device, load_model, load_tokenizer
 
 Metric = Literal["loss", "exact_match", "multiple_choice"]
 
@@ -134,7 +134,7 @@ class Scorer:
         import torch
 
         encoded = [self.encode(text, output) for text, output in pairs]
-        device = next(self.model.parameters()).device
+        device = input_device(self.model)
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         scores: list[Continuation] = []
         for start in range(0, len(encoded), self.batch_size):

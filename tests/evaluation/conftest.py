@@ -1,17 +1,16 @@
-"""Tiny local models, tokenizer and tasks for the evaluation tests (no network)."""
+"""Tiny local models, tokenizer and tasks for the evaluation tests.
+
+Everything is local (model folders, jsonl data files), so no test needs the network. The
+Hub's offline switches are not set here: they are read at import and would leak into
+other packages' tests (the Hub tests talk to a local server).
+"""
 
 from __future__ import annotations
 
 import json
-import os
 import random
 from collections.abc import Callable
 from pathlib import Path
-
-# Tests never reach the network: set before transformers / huggingface_hub read them.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest
 
