@@ -1,0 +1,151 @@
+"""The app's API through gradio_client, against the demo app on 127.0.0.1 (local Hub)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("gradio_client")
+
+pytestmark = pytest.mark.slow
+
+TOKEN = "hf_demo_local_token"
+RECIPE = """\
+merge_method: task_arithmetic
+base_model: demo/tiny-base
+models:
+  - model: demo/tiny-math
+    parameters: {weight: 1.0}
+  - model: demo/tiny-animals
+    parameters: {weight: 0.5}
+"""
+
+
+def run_merge(client, recipe: str = RECIPE, token: str = TOKEN):
+    job = client.submit(recipe, token, "", "loss", api_name="/merge")
+    progress = []
+    while not job.done():
+        status = job.status()
+        if status.progress_data:
+            progress.extend(status.progress_data)
+        threading.Event().wait(0.05)
+    job_id, _log, record = job.result()
+    return job_id, record, progress
+
+
+def test_search_and_check(client):
+    hits = client.predict("tiny", api_name="/search_models")
+    assert {"demo/tiny-base", "demo/tiny-math", "demo/tiny-lora-math"} <= {h["id"] for h in hits}
+    report = client.predict(RECIPE, TOKEN, api_name="/check")
+    assert "mergeable" in report and "NOT" not in report
+
+
+def test_merge_evaluate_push_and_download(client, running_app, tmp_path):
+    job_id, record, progress = run_merge(client)
+    assert record["state"] == "succeeded"
+    assert Path(record["output"]).is_dir()
+    assert any(p.unit == "tensors" and p.length == 21 for p in progress), progress
+
+    status = client.predict(job_id, api_name="/job_status")
+    assert status["recipe"].startswith("merge_method: task_arithmetic")
+    assert "hf_" not in json.dumps(status)  # tokens never reach job records
+
+    eval_id, table, plot, eval_record = client.predict(
+        job_id, "demo", "", 5, True, TOKEN, api_name="/evaluate"
+    )
+    assert eval_record["state"] == "succeeded", eval_record
+    assert "| hubmerge_demo | acc |" in table and "merge" in table.splitlines()[0]
+    assert "base" in table.splitlines()[0] and "tiny-math" in table.splitlines()[0]
+    assert plot and Path(plot).suffix == ".png"
+
+    card = client.predict(job_id, api_name="/card_preview")
+    assert "model-index" in card and "hubmerge_demo" in card
+
+    push_id, commit_url, push_record = client.predict(
+        job_id, "demo/api-merge", False, False, TOKEN, api_name="/push"
+    )
+    assert push_record["state"] == "succeeded"
+    assert "/demo/api-merge/commit/" in commit_url
+    rows = client.predict(20, api_name="/list_jobs")["data"]
+    assert {job_id, eval_id, push_id} <= {row[0] for row in rows}
+
+    # download the pushed repo with the real client and compare it to the merge output
+    script = (
+        "import sys, torch\n"
+        "from huggingface_hub import snapshot_download\n"
+        "from transformers import AutoModelForCausalLM\n"
+        "from safetensors.torch import load_file\n"
+        "path = snapshot_download('demo/api-merge', endpoint=sys.argv[1], token=sys.argv[2])\n"
+        "model = AutoModelForCausalLM.from_pretrained(path)\n"
+        "print(open(path + '/README.md').read().count('hubmerge_demo'))\n"
+        "ours = AutoModelForCausalLM.from_pretrained(sys.argv[3])\n"
+        "assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(),"
+        " ours.state_dict().values()))\n"
+        "print('same weights')\n"
+    )
+    env = {"HF_HUB_OFFLINE": "0", "HF_HUB_DISABLE_XET": "1", "HF_HOME": str(tmp_path)}
+    out = subprocess.run(
+        [sys.executable, "-c", script, running_app.hub_url, TOKEN, record["output"]],
+        capture_output=True, text=True, timeout=180, env={**__import__("os").environ, **env},
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "same weights" in out.stdout
+    assert int(out.stdout.split()[0]) >= 1
+
+
+def test_bad_recipe_is_a_plain_error(client):
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError, match="unknown merge method 'task_arithmatic'"):
+        client.predict(RECIPE.replace("task_arithmetic", "task_arithmatic"), TOKEN, "", "loss",
+                       api_name="/merge")  # fmt: skip
+    with pytest.raises(AppError, match=r"weight|density"):
+        client.predict(RECIPE.replace("weight: 0.5", "density: 7"), TOKEN, api_name="/check")
+
+
+def test_push_needs_a_token(client):
+    job_id, record, _ = run_merge(client)
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError, match="token"):
+        client.predict(job_id, "demo/no-token", False, False, "", api_name="/push")
+
+
+def test_two_concurrent_jobs_have_separate_outputs(client):
+    results = {}
+
+    def go(name: str, recipe: str) -> None:
+        results[name] = run_merge(client, recipe)
+
+    other = RECIPE.replace("weight: 0.5", "weight: 0.25")
+    threads = [threading.Thread(target=go, args=(n, r)) for n, r in [("a", RECIPE), ("b", other)]]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=240)
+    (id_a, rec_a, _), (id_b, rec_b, _) = results["a"], results["b"]
+    assert rec_a["state"] == rec_b["state"] == "succeeded"
+    assert id_a != id_b and rec_a["output"] != rec_b["output"]
+    assert Path(rec_a["output"]).is_dir() and Path(rec_b["output"]).is_dir()
+
+
+def test_cancel_leaves_nothing(client, running_app):
+    job = client.submit(RECIPE, TOKEN, "", "loss", api_name="/merge")
+    job_id = None
+    while job_id is None:
+        outputs = job.outputs()
+        job_id = outputs[0][0] if outputs else None
+        threading.Event().wait(0.05)
+    assert "cancel" in client.predict(job_id, api_name="/cancel")
+    record = client.predict(job_id, api_name="/job_status")
+    while record["state"] in ("queued", "running"):
+        threading.Event().wait(0.1)
+        record = client.predict(job_id, api_name="/job_status")
+    assert record["state"] == "cancelled"
+    assert record["output"] is None
+    assert not (running_app.data_dir / "jobs" / job_id).exists()
