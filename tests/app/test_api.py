@@ -42,7 +42,8 @@ def test_search_and_check(client):
     hits = client.predict("tiny", api_name="/search_models")
     assert {"demo/tiny-base", "demo/tiny-math", "demo/tiny-lora-math"} <= {h["id"] for h in hits}
     report = client.predict(RECIPE, TOKEN, api_name="/check")
-    assert "mergeable" in report and "NOT" not in report
+    assert "mergeable" in report
+    assert "NOT" not in report
 
 
 def test_merge_evaluate_push_and_download(client, running_app, tmp_path):
@@ -59,12 +60,16 @@ def test_merge_evaluate_push_and_download(client, running_app, tmp_path):
         job_id, "demo", "", 5, True, TOKEN, api_name="/evaluate"
     )
     assert eval_record["state"] == "succeeded", eval_record
-    assert "| hubmerge_demo | acc |" in table and "merge" in table.splitlines()[0]
-    assert "base" in table.splitlines()[0] and "tiny-math" in table.splitlines()[0]
-    assert plot and Path(plot).suffix == ".png"
+    assert "| hubmerge_demo | acc |" in table
+    assert "merge" in table.splitlines()[0]
+    assert "base" in table.splitlines()[0]
+    assert "tiny-math" in table.splitlines()[0]
+    assert plot
+    assert Path(plot).suffix == ".png"
 
     card = client.predict(job_id, api_name="/card_preview")
-    assert "model-index" in card and "hubmerge_demo" in card
+    assert "model-index" in card
+    assert "hubmerge_demo" in card
 
     push_id, commit_url, push_record = client.predict(
         job_id, "demo/api-merge", False, False, TOKEN, api_name="/push"
@@ -109,7 +114,7 @@ def test_bad_recipe_is_a_plain_error(client):
 
 
 def test_push_needs_a_token(client):
-    job_id, record, _ = run_merge(client)
+    job_id, _record, _ = run_merge(client)
     from gradio_client.exceptions import AppError
 
     with pytest.raises(AppError, match="token"):
@@ -130,8 +135,10 @@ def test_two_concurrent_jobs_have_separate_outputs(client):
         thread.join(timeout=240)
     (id_a, rec_a, _), (id_b, rec_b, _) = results["a"], results["b"]
     assert rec_a["state"] == rec_b["state"] == "succeeded"
-    assert id_a != id_b and rec_a["output"] != rec_b["output"]
-    assert Path(rec_a["output"]).is_dir() and Path(rec_b["output"]).is_dir()
+    assert id_a != id_b
+    assert rec_a["output"] != rec_b["output"]
+    assert Path(rec_a["output"]).is_dir()
+    assert Path(rec_b["output"]).is_dir()
 
 
 def test_cancel_leaves_nothing(client, running_app):
