@@ -7,52 +7,9 @@ from pathlib import Path
 
 import torch
 
-CORPUS = [
-    f"{a} plus {b} is {a + b}. the {w} jumps over the {v}."
-    for a in range(20)
-    for b in range(10)
-    for w, v in [("fox", "dog"), ("cat", "mat")]
-]
+from app.demo import CORPUS, llama_config, train_tokenizer
 
-
-def train_tokenizer(path: Path, vocab_size: int = 96) -> None:
-    """A byte-level BPE tokenizer trained on a small synthetic corpus, saved HF-style."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=["<unk>", "<s>", "</s>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(CORPUS, trainer)
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
-        pad_token="</s>",
-    )  # fmt: skip
-    fast.save_pretrained(path)
-
-
-def llama_config(layers: int = 2, hidden: int = 32, vocab: int = 384, tie: bool = False):
-    from transformers import LlamaConfig
-
-    return LlamaConfig(
-        vocab_size=vocab,
-        hidden_size=hidden,
-        intermediate_size=hidden * 2,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-        tie_word_embeddings=tie,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=2,
-    )
+__all__ = ["CORPUS", "build_llama", "llama_config", "state_dict", "train_tokenizer"]
 
 
 def build_llama(
