@@ -49,6 +49,8 @@ def render_card(
     method: Method[Any, Any],
     params: MethodParams | None,
     resolved: dict[str, ResolvedModel],
+    *,
+    out_dtype: str | None = None,
 ) -> str:
     """Markdown model card: front matter, method and semantics, seed, lineage, recipe YAML."""
     meta = yaml.safe_dump(front_matter(recipe, resolved), sort_keys=False, allow_unicode=True)
@@ -72,7 +74,7 @@ def render_card(
     lines += [
         f"- Seed: `{recipe.seed}`"
         + (" (used: random sparsification)" if method.randomized else ""),
-        f"- Compute dtype: `{recipe.compute_dtype}`; output dtype: `{recipe.output_dtype()}`",
+        f"- Compute dtype: `{recipe.compute_dtype}`; output dtype: `{out_dtype or recipe.output_dtype()}`",
         f"- Vocabulary policy: `{recipe.vocab_policy}`",
         "",
         "## Sources (pinned)",

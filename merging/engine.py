@@ -384,7 +384,7 @@ def _write_extras(
                 writer.copy_file(tokenizer / name)
     params, _ = resolve_params(method, recipe, [], "", 0.0)
     writer.add_file("hubmerge_recipe.yaml", recipe.to_yaml())
-    writer.add_file("README.md", render_card(recipe, method, params, resolved))
+    writer.add_file("README.md", render_card(recipe, method, params, resolved, out_dtype=out_dtype))
 
 
 __all__ = ["MergeOptions", "MergeResult", "Progress", "RecipeError", "merge"]

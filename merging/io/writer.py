@@ -143,17 +143,19 @@ class ShardWriter:
 
     def write(self, name: str, tensor: torch.Tensor) -> None:
         """Append the next tensor; tensors must come in the planned order, dtype and shape."""
+        if self._next >= len(self._expected):
+            raise OutputError(f"unexpected tensor {name!r} after the last planned one")
         expected = self._expected[self._next]
         if name != expected.name:
             raise OutputError(f"writer expected tensor {expected.name!r}, got {name!r}")
         if tuple(tensor.shape) != expected.shape:
             raise OutputError(f"{name}: planned shape {expected.shape}, got {tuple(tensor.shape)}")
+        if torch_dtype_code(tensor.dtype) != expected.dtype:
+            raise OutputError(f"{name}: planned dtype {expected.dtype}, got {tensor.dtype}")
         shard_index = self._shard_of[name]
         if shard_index != self._file_index:
             self._open_shard(shard_index)
         data = tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8)
-        if data.numel() != expected.nbytes:
-            raise OutputError(f"{name}: planned dtype {expected.dtype}, got {tensor.dtype}")
         self._guard(lambda: self._file.write(memoryview(data.numpy())))  # type: ignore[union-attr]
         self.bytes_written += data.numel()
         self._next += 1

@@ -14,7 +14,7 @@ from merging.errors import RecipeError, RegistryError
 from merging.methods import linear, slerp, task_arithmetic  # noqa: F401  (registration)
 from merging.methods._base import METHODS, Method, MethodParams, SourceParams, register
 from merging.methods._ops import RandomStream
-from merging.recipe import evaluate_parameter, scalars_of
+from merging.recipe import Conditional, evaluate_parameter, scalars_of
 
 if TYPE_CHECKING:
     from merging.recipe import ParameterValue, Recipe, SourceSpec
@@ -106,8 +106,20 @@ def validate_recipe_parameters(recipe: Recipe) -> None:
                 )
             _check_value(method, f"models[{index}].parameters", key, value)
     for name, field in method.params.model_fields.items():
-        if field.is_required() and (field.alias or name) not in recipe.parameters:
-            raise RecipeError(f"parameters.{field.alias or name}: required by {method.name}")
+        key = field.alias or name
+        if field.is_required() and key not in recipe.parameters:
+            raise RecipeError(f"parameters.{key}: required by {method.name}")
+        if field.is_required() and not _has_fallback(recipe.parameters[key]):
+            raise RecipeError(
+                f"parameters.{key}: required by {method.name}, so its list of filters needs a "
+                "last entry without a filter (the value for every other tensor)"
+            )
+
+
+def _has_fallback(value: ParameterValue) -> bool:
+    if not isinstance(value, list) or not value or not isinstance(value[0], Conditional):
+        return True
+    return any(c.filter in (None, "*") for c in value if isinstance(c, Conditional))
 
 
 def _check_weight_list(value: ParameterValue, n_inputs: int) -> None:
@@ -153,7 +165,10 @@ def resolve_params(
                 value = evaluate_parameter(raw, tensor_name, t)
                 if value is not None:
                     values[name] = value
-        return model.model_validate(values)
+        try:
+            return model.model_validate(values)
+        except ValidationError as err:
+            raise RecipeError(f"parameters for tensor {tensor_name}: {err}") from None
 
     params = collect(method.params, None, None)
     per_source = [collect(method.source_params, s, i) for i, s in enumerate(sources)]

@@ -75,7 +75,8 @@ def test_resolve_and_download_only_merge_files(
     assert path.name == sha
     files = {p.name for p in path.iterdir()}
     assert {"config.json", "model.safetensors.index.json", "generation_config.json"} <= files
-    assert not {"pytorch_model.bin", "README.md", "extra"} & files
+    assert "README.md" in files  # the card: licence lineage for the merged card
+    assert not {"pytorch_model.bin", "extra"} & files
     for shard in tiny_llama_dir.glob("*.safetensors"):
         assert (path / shard.name).read_bytes() == shard.read_bytes()
     assert calls[-1][0] == calls[-1][1] > 0
