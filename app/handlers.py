@@ -127,21 +127,23 @@ class Handlers:
                 *groups]  # fmt: skip
 
     def preview_check(
-        self, text: str, token: str | None, oauth_token: gr.OAuthToken | None = None
+        self, recipe: str, token: str | None, oauth_token: gr.OAuthToken | None = None
     ) -> str:
         """The header-only compatibility report, for the live preview (never raises)."""
         try:
-            return self._check(text, _token(token, oauth_token))
+            return self._check(recipe, _token(token, oauth_token))
         except Exception as err:
             if isinstance(err, user_errors()):
                 return f"⚠️ {err}"
             logger.exception("compatibility check failed")
             return "⚠️ the compatibility check failed unexpectedly (see the server log)"
 
-    def check(self, text: str, token: str | None, oauth_token: gr.OAuthToken | None = None) -> str:
+    def check(
+        self, recipe: str, token: str | None, oauth_token: gr.OAuthToken | None = None
+    ) -> str:
         """API ``check``: the compatibility report; a bad recipe is a `gr.Error`."""
         try:
-            return self._check(text, _token(token, oauth_token))
+            return self._check(recipe, _token(token, oauth_token))
         except Exception as err:
             raise as_gr_error(err) from None
 
@@ -163,7 +165,7 @@ class Handlers:
 
     def merge(
         self,
-        text: str,
+        recipe: str,
         token: str | None,
         soup_examples: str | None = None,
         soup_metric: str | None = None,
@@ -173,7 +175,7 @@ class Handlers:
         """API ``merge``: start a merge (or greedy soup) job and stream its state."""
         try:
             job_id = workflows.submit_merge(
-                self.runner, self.settings, text, token=_token(token, oauth_token),
+                self.runner, self.settings, recipe, token=_token(token, oauth_token),
                 examples=(soup_examples or "").strip() or None, metric=soup_metric or "loss",
             )  # fmt: skip
         except Exception as err:
