@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import threading
 import time
@@ -75,6 +76,9 @@ class MergeOptions:
         cancel: set it to stop the merge; the output is then left absent.
         prefetch: tensors read ahead per reader thread.
         readers: reader threads.
+        threads: compute threads (default: every core on CPU, 1 on an accelerator); on CPU each
+            works on its own chunks with torch single-threaded per op, which stays fast when
+            the machine is busy (OpenMP-parallel small ops do not).
     """
 
     device: str | None = None
@@ -86,6 +90,7 @@ class MergeOptions:
     cancel: threading.Event | None = None
     prefetch: int = 2
     readers: int = 2
+    threads: int | None = None
 
 
 @dataclass(frozen=True)
@@ -212,7 +217,14 @@ def merge(
     total_bytes = sum(h.nbytes for h in headers)
     out_dtype = TORCH_DTYPES[recipe.output_dtype(_config_dtype(reference.config))]
     workspace = torch.empty(max((h.numel for h in headers), default=0), dtype=out_dtype)
-    context = _TensorContext(recipe, method, specs, base is not None, num_layers, device, compute)
+    threads = options.threads or ((os.cpu_count() or 1) if device.type == "cpu" else 1)
+    pool = ThreadPoolExecutor(threads, thread_name_prefix="merge") if threads > 1 else None
+    context = _TensorContext(
+        recipe, method, specs, base is not None, num_layers, device, compute, pool
+    )
+    torch_threads = torch.get_num_threads()
+    if device.type == "cpu":
+        torch.set_num_threads(1)
     prefetcher = _Prefetcher([h.name for h in headers], load, options.readers, options.prefetch)
     try:
         with ShardWriter(
@@ -232,6 +244,9 @@ def merge(
             path = writer.finish()
     finally:
         prefetcher.close()
+        if pool is not None:
+            pool.shutdown()
+        torch.set_num_threads(torch_threads)
     pinned = {key: model.pinned for key, model in resolved.items()}
     seconds = time.perf_counter() - started
     logger.info("merged %d tensors into %s in %.1f s", len(headers), path, seconds)
@@ -257,6 +272,7 @@ class _TensorContext:
     num_layers: int
     device: torch.device
     compute: torch.dtype
+    pool: ThreadPoolExecutor | None
 
     def merge(
         self, header: TensorHeader, tensors: list[torch.Tensor], workspace: torch.Tensor
@@ -272,7 +288,7 @@ class _TensorContext:
             flats = [x.reshape(-1) for x in tensors]
             out = workspace[: header.numel]
             run_kernel(kernel, flats, out, has_base=self.has_base, device=self.device,
-                       dtype=self.compute)  # fmt: skip
+                       dtype=self.compute, pool=self.pool)  # fmt: skip
             return out.view(header.shape)
         full = [x.to(device=self.device, dtype=self.compute) for x in tensors]
         if not aligned:
@@ -293,22 +309,39 @@ def run_kernel(
     device: torch.device,
     dtype: torch.dtype,
     chunk: int = CHUNK,
+    pool: ThreadPoolExecutor | None = None,
 ) -> None:
-    """Drive a kernel over flat inputs: its reduction passes, then the output pass into ``out``."""
-    numel = out.numel()
+    """Drive a kernel over flat inputs: its reduction passes, then the output pass into ``out``.
 
-    def chunks() -> Any:
-        for offset in range(0, numel, chunk):
-            parts = [x[offset : offset + chunk].to(device=device, dtype=dtype) for x in flats]
-            yield offset, (parts[0] if has_base else None), (parts[1:] if has_base else parts)
+    With a ``pool``, chunks are computed in its threads (each chunk on one core: on CPU the
+    engine runs torch single-threaded per op and parallelises across chunks instead).
+    """
+    numel = out.numel()
+    offsets = range(0, numel, chunk)
+
+    def parts(offset: int) -> tuple[torch.Tensor | None, list[torch.Tensor]]:
+        chunks = [x[offset : offset + chunk].to(device=device, dtype=dtype) for x in flats]
+        return (chunks[0], chunks[1:]) if has_base else (None, chunks)
+
+    def reduce(step: int, offset: int) -> None:
+        kernel.reduce(step, *parts(offset), offset)
+
+    def apply(offset: int) -> None:
+        result = kernel.apply(*parts(offset), offset)
+        out[offset : offset + result.numel()].copy_(result)
+
+    def each(fn: Callable[[int], None]) -> None:
+        if pool is None or len(offsets) == 1:
+            for offset in offsets:
+                fn(offset)
+        else:
+            for future in [pool.submit(fn, offset) for offset in offsets]:
+                future.result()
 
     for step in range(kernel.reductions):
-        for offset, base, inputs in chunks():
-            kernel.reduce(step, base, inputs, offset)
+        each(lambda offset, step=step: reduce(step, offset))
         kernel.end_pass(step)
-    for offset, base, inputs in chunks():
-        result = kernel.apply(base, inputs, offset)
-        out[offset : offset + result.numel()].copy_(result)
+    each(apply)
 
 
 def _resolve_all(recipe: Recipe, options: MergeOptions) -> dict[str, ResolvedModel]:

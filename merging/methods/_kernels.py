@@ -6,11 +6,16 @@ first make reduction passes over the chunks to gather what the whole tensor dete
 TIES trim threshold (an exact radix select on the float bit patterns, no sort), DARE's L1
 norms, SLERP's norms and angle — and then computes each output chunk elementwise. Tests check
 every kernel against its pure function.
+
+Kernels are called from several threads at once (one chunk each). Integer histograms are
+added under a lock; floating-point partial sums are kept per chunk offset and added in offset
+order at the end of the pass, so results never depend on thread timing.
 """
 
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -24,6 +29,9 @@ class Kernel:
     """Base kernel: no reductions; subclasses implement `apply`."""
 
     reductions = 0
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
 
     def reduce(self, step: int, base: Tensor | None, inputs: Sequence[Tensor], offset: int) -> None:
         """Observe one chunk during reduction pass ``step``."""
@@ -44,6 +52,7 @@ class RadixSelect:
 
     def __init__(self, k: int) -> None:
         self.k = k
+        self.lock = threading.Lock()
         self.high_hist = torch.zeros(1 << 15, dtype=torch.int64)
         self.low_hist = torch.zeros(1 << 16, dtype=torch.int64)
         self.high = 0
@@ -54,10 +63,14 @@ class RadixSelect:
         bits = magnitudes.contiguous().view(torch.int32)
         high = bits >> 16
         if step == 0:
-            self.high_hist += torch.bincount(high, minlength=1 << 15)
+            counts = torch.bincount(high, minlength=1 << 15)
+            with self.lock:
+                self.high_hist += counts
         else:
             low = bits[high == self.high] & 0xFFFF
-            self.low_hist += torch.bincount(low, minlength=1 << 16)
+            counts = torch.bincount(low, minlength=1 << 16)
+            with self.lock:
+                self.low_hist += counts
 
     @staticmethod
     def _locate(hist: Tensor, k: int) -> tuple[int, int]:
@@ -89,6 +102,7 @@ class FamilyKernel(Kernel):
         rng: RandomStream,
         numel: int,
     ) -> None:
+        super().__init__()
         self.sparsify = sparsify
         self.consensus = consensus
         self.params = params
@@ -101,6 +115,7 @@ class FamilyKernel(Kernel):
             for d, s in zip(dense, sources, strict=True)
         ]
         self.l1 = [[0.0, 0.0] for _ in sources]
+        self._l1_parts: dict[tuple[int, int], tuple[float, float]] = {}
         if sparsify == "magnitude" and not all(dense):
             self.reductions = 2
         elif sparsify == "random" and params.rescale == "l1" and not all(dense):
@@ -120,15 +135,19 @@ class FamilyKernel(Kernel):
                 selector.observe(step, magnitudes)
             else:
                 keep = self._mask(index, offset, magnitudes.numel())
-                self.l1[index][0] += float(magnitudes.sum(dtype=torch.float64))
-                self.l1[index][1] += float(
-                    torch.where(keep, magnitudes, 0.0).sum(dtype=torch.float64)
-                )
+                before = float(magnitudes.sum(dtype=torch.float64))
+                after = float(torch.where(keep, magnitudes, 0.0).sum(dtype=torch.float64))
+                with self.lock:
+                    self._l1_parts[(index, offset)] = (before, after)
 
     def end_pass(self, step: int) -> None:
         for selector in self.selectors:
             if selector is not None:
                 selector.end_pass(step)
+        for (index, _), (before, after) in sorted(self._l1_parts.items()):
+            self.l1[index][0] += before
+            self.l1[index][1] += after
+        self._l1_parts.clear()
 
     def _sparsified(self, index: int, delta: Tensor, offset: int) -> Tensor:
         if self.dense[index]:
@@ -163,6 +182,7 @@ class FamilyKernel(Kernel):
 
 class LinearKernel(Kernel):
     def __init__(self, params: Any, sources: Sequence[Any]) -> None:
+        super().__init__()
         self.weights = [s.weight for s in sources]
         total = sum(self.weights)
         self.divisor = total if params.normalize and abs(total) > 1e-8 else 1.0
@@ -178,21 +198,29 @@ class SlerpKernel(Kernel):
     reductions = 1
 
     def __init__(self, params: Any) -> None:
+        super().__init__()
         self.t = params.t
-        self.sums = [0.0, 0.0, 0.0]  # ‖v0‖², ‖v1‖², v0·v1
+        self.parts: dict[int, tuple[float, float, float]] = {}  # offset → ‖v0‖², ‖v1‖², v0·v1
         self.coefficients: tuple[float, float] | None = None
 
     def reduce(self, step: int, base: Tensor | None, inputs: Sequence[Tensor], offset: int) -> None:
         assert base is not None
         v1 = inputs[0]
-        self.sums[0] += float((base * base).sum(dtype=torch.float64))
-        self.sums[1] += float((v1 * v1).sum(dtype=torch.float64))
-        self.sums[2] += float((base * v1).sum(dtype=torch.float64))
+        part = (
+            float((base * base).sum(dtype=torch.float64)),
+            float((v1 * v1).sum(dtype=torch.float64)),
+            float((base * v1).sum(dtype=torch.float64)),
+        )
+        with self.lock:
+            self.parts[offset] = part
 
     def end_pass(self, step: int) -> None:
-        n0 = max(math.sqrt(self.sums[0]), 1e-8)
-        n1 = max(math.sqrt(self.sums[1]), 1e-8)
-        dot = self.sums[2] / (n0 * n1)
+        sums = [0.0, 0.0, 0.0]
+        for _, part in sorted(self.parts.items()):
+            sums = [a + b for a, b in zip(sums, part, strict=True)]
+        n0 = max(math.sqrt(sums[0]), 1e-8)
+        n1 = max(math.sqrt(sums[1]), 1e-8)
+        dot = sums[2] / (n0 * n1)
         if abs(dot) > PARALLEL_THRESHOLD:
             return
         omega = math.acos(max(-1.0, min(1.0, dot)))
