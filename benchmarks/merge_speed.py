@@ -198,7 +198,11 @@ def main() -> None:
             recipe.write_text(recipe_yaml(method, base, inputs))
             tools = {
                 "hubmerge": [sys.executable, "-m", "app.cli", "merge", str(recipe), "-o"],
-                "bare": [sys.executable, str(Path(__file__).with_name("bare_copy.py")), str(recipe)],
+                "bare": [
+                    sys.executable,
+                    str(Path(__file__).with_name("bare_copy.py")),
+                    str(recipe),
+                ],
             }
             if args.mergekit:
                 tools["mergekit"] = [args.mergekit, str(recipe), "--no-copy-tokenizer"]

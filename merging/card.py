@@ -74,7 +74,8 @@ def render_card(
     lines += [
         f"- Seed: `{recipe.seed}`"
         + (" (used: random sparsification)" if method.randomized else ""),
-        f"- Compute dtype: `{recipe.compute_dtype}`; output dtype: `{out_dtype or recipe.output_dtype()}`",
+        f"- Compute dtype: `{recipe.compute_dtype}`; "
+        f"output dtype: `{out_dtype or recipe.output_dtype()}`",
         f"- Vocabulary policy: `{recipe.vocab_policy}`",
         "",
         "## Sources (pinned)",
