@@ -63,12 +63,12 @@ class RadixSelect:
         bits = magnitudes.contiguous().view(torch.int32)
         high = bits >> 16
         if step == 0:
-            counts = torch.bincount(high, minlength=1 << 15)
+            counts = torch.bincount(high, minlength=1 << 15).cpu()
             with self.lock:
                 self.high_hist += counts
         else:
             low = bits[high == self.high] & 0xFFFF
-            counts = torch.bincount(low, minlength=1 << 16)
+            counts = torch.bincount(low, minlength=1 << 16).cpu()
             with self.lock:
                 self.low_hist += counts
 
@@ -121,8 +121,8 @@ class FamilyKernel(Kernel):
         elif sparsify == "random" and params.rescale == "l1" and not all(dense):
             self.reductions = 1
 
-    def _mask(self, index: int, offset: int, length: int) -> Tensor:
-        return self.rng.mask(index, offset, length, self.sources[index].density)
+    def _mask(self, index: int, offset: int, length: int, device: torch.device) -> Tensor:
+        return self.rng.mask(index, offset, length, self.sources[index].density).to(device)
 
     def reduce(self, step: int, base: Tensor | None, inputs: Sequence[Tensor], offset: int) -> None:
         assert base is not None
@@ -134,7 +134,7 @@ class FamilyKernel(Kernel):
             if selector is not None:
                 selector.observe(step, magnitudes)
             else:
-                keep = self._mask(index, offset, magnitudes.numel())
+                keep = self._mask(index, offset, magnitudes.numel(), magnitudes.device)
                 before = float(magnitudes.sum(dtype=torch.float64))
                 after = float(torch.where(keep, magnitudes, 0.0).sum(dtype=torch.float64))
                 with self.lock:
@@ -155,7 +155,7 @@ class FamilyKernel(Kernel):
         selector = self.selectors[index]
         if selector is not None:
             return torch.where(delta.abs() >= selector.threshold, delta, 0.0)
-        kept = torch.where(self._mask(index, offset, delta.numel()), delta, 0.0)
+        kept = torch.where(self._mask(index, offset, delta.numel(), delta.device), delta, 0.0)
         rule = self.params.rescale
         if rule == "density":
             return kept / self.sources[index].density

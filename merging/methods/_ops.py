@@ -109,7 +109,7 @@ def prune_random(
     """
     if density >= 1:
         return delta
-    keep = rng.mask(source, 0, delta.numel(), density).reshape(delta.shape)
+    keep = rng.mask(source, 0, delta.numel(), density).reshape(delta.shape).to(delta.device)
     kept = torch.where(keep, delta, 0.0)
     return rescale_kept(delta, kept, rescale, density)
 
@@ -128,7 +128,9 @@ def rescale_kept(delta: Tensor, kept: Tensor, rule: Rescale, density: float) -> 
 def stack_weighted(deltas: Sequence[Tensor], weights: Sequence[float]) -> tuple[Tensor, Tensor]:
     """Stack δᵢ and wᵢ·δᵢ along a new leading axis; weights broadcast to the deltas' shape."""
     stacked = torch.stack(list(deltas))
-    w = torch.tensor(list(weights), dtype=stacked.dtype).reshape(-1, *([1] * (stacked.dim() - 1)))
+    w = torch.tensor(list(weights), dtype=stacked.dtype, device=stacked.device).reshape(
+        -1, *([1] * (stacked.dim() - 1))
+    )
     return stacked, w
 
 
