@@ -443,4 +443,6 @@ def test_peak_live_tensors_does_not_grow_with_layers(method, tmp_path, monkeypat
     bound = sources * (options.readers * options.prefetch + 2)  # reads in flight + current
     assert small <= bound
     assert large <= bound
-    assert small == large
+    # the 16-layer merge reads 67 tensors per source: if reads piled up, the peak would track
+    # that, not the constant bound (exact peaks vary by a tensor or two with thread timing)
+    assert (4 * 16 + 3) * sources > 5 * bound
