@@ -61,7 +61,7 @@ def render_card(
         "",
         "# Merged model",
         "",
-        f"Made with [hubmerge](https://github.com/hubmerge/hubmerge) using **{method.name}** "
+        f"Made with hubmerge using **{method.name}** "
         f"([paper]({method.paper})).",
         "",
         "## Method",

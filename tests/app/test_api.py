@@ -156,3 +156,24 @@ def test_cancel_leaves_nothing(client, running_app):
     assert record["state"] == "cancelled"
     assert record["output"] is None
     assert not (running_app.data_dir / "jobs" / job_id).exists()
+
+
+def test_merge_mixes_a_full_fine_tune_and_a_hub_lora_adapter(client):
+    """A LoRA adapter on the (local) Hub joins a TIES merge as a task vector, via the API."""
+    recipe = """\
+merge_method: ties
+base_model: demo/tiny-base
+models:
+  - model: demo/tiny-math
+    parameters: {weight: 1.0, density: 0.5}
+  - model: demo/tiny-base+demo/tiny-lora-math
+    parameters: {weight: 1.0, density: 0.5}
+"""
+    job_id, record, _ = run_merge(client, recipe)
+    assert record["state"] == "succeeded", record.get("error")
+    card = (Path(record["output"]) / "README.md").read_text()
+    assert "| adapter | `demo/tiny-lora-math` |" in card  # pinned like every other source
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(record["output"])
+    assert model.config.num_hidden_layers >= 1
