@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from evaluation.errors import EvaluationError
-from evaluation.report import comparison_table, save_report
+from evaluation.report import comparison_table, report_to_model_index, save_report
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +41,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--include-path", action="append", default=[], help="folder of extra task YAMLs"
     )
     parser.add_argument("--output", type=Path, help="write the report as JSON here")
+    parser.add_argument(
+        "--write-card",
+        action="store_true",
+        help="add MODEL's results to MODEL/README.md as model-index metadata (local folders)",
+    )
     parser.add_argument(
         "--compare",
         help="comma-separated models to evaluate first, as PATH or LABEL=PATH "
@@ -126,4 +131,9 @@ def run(args: argparse.Namespace) -> int:
     if args.output:
         save_report(report, args.output)
         logger.info("report written to %s", args.output)
+    if args.write_card:
+        from merging.hub import write_eval_results_to_card
+
+        card = write_eval_results_to_card(args.model, report_to_model_index(report))
+        logger.info("results written into %s", card)
     return 0

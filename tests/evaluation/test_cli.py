@@ -87,3 +87,23 @@ def test_suite_options_with_cli_overrides():
     options = command.build_options(args)
     assert (options.limit, options.num_fewshot) == (3, 1)
     assert options.tasks[0].startswith("hubmerge_mmlu_")
+
+
+def test_write_card_adds_model_index_to_the_models_card(tiny_models, tiny_task_dir, tmp_path):
+    import shutil
+
+    from huggingface_hub import ModelCard
+
+    model = tmp_path / "merged"
+    shutil.copytree(tiny_models["a"], model)
+    (model / "README.md").write_text("---\nlibrary_name: transformers\n---\n# merged\n")
+    args = parse(
+        [
+            "evaluate", str(model), "--tasks", "tiny_animals", "--limit", "4",
+            "--include-path", str(tiny_task_dir), "--batch-size", "4", "--write-card",
+        ]
+    )  # fmt: skip
+    assert command.run(args) == 0
+    results = ModelCard.load(model / "README.md").data.eval_results
+    assert [r.dataset_type for r in results] == ["tiny_animals"]
+    assert 0.0 <= results[0].metric_value <= 1.0
