@@ -169,7 +169,7 @@ models:
   - model: demo/tiny-base+demo/tiny-lora-math
     parameters: {weight: 1.0, density: 0.5}
 """
-    job_id, record, _ = run_merge(client, recipe)
+    _, record, _ = run_merge(client, recipe)
     assert record["state"] == "succeeded", record.get("error")
     card = (Path(record["output"]) / "README.md").read_text()
     assert "| adapter | `demo/tiny-lora-math` |" in card  # pinned like every other source
