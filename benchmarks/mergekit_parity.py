@@ -24,9 +24,11 @@ from tests.helpers.tiny import build_llama, state_dict
 RECIPES = {
     "linear": "models:\n  - model: {a}\n    parameters: {{weight: 0.7}}\n"
     "  - model: {b}\n    parameters: {{weight: 0.3}}\n",
-    "task_arithmetic": "base_model: {base}\nmodels:\n  - model: {a}\n    parameters: {{weight: 0.7}}\n"
+    "task_arithmetic": "base_model: {base}\nmodels:\n"
+    "  - model: {a}\n    parameters: {{weight: 0.7}}\n"
     "  - model: {b}\n    parameters: {{weight: 0.5}}\nparameters: {{lambda: 0.9}}\n",
-    "ties": "base_model: {base}\nmodels:\n  - model: {a}\n    parameters: {{weight: 0.7, density: 0.4}}\n"
+    "ties": "base_model: {base}\nmodels:\n"
+    "  - model: {a}\n    parameters: {{weight: 0.7, density: 0.4}}\n"
     "  - model: {b}\n    parameters: {{weight: -0.5, density: [0.3, 0.8]}}\n"
     "parameters: {{normalize: true}}\n",
     "slerp": "base_model: {base}\nmodels:\n  - model: {base}\n  - model: {a}\n"
