@@ -61,8 +61,7 @@ def render_card(
         "",
         "# Merged model",
         "",
-        f"Made with hubmerge using **{method.name}** "
-        f"([paper]({method.paper})).",
+        f"Made with hubmerge using **{method.name}** ([paper]({method.paper})).",
         "",
         "## Method",
         "",

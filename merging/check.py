@@ -229,11 +229,11 @@ def check_recipe(
     report.download_bytes = download
     adapters = [s for s in recipe.models if s.adapter]
     if adapters:
-        from merging import lora
+        from merging import lora_source
 
         for spec in adapters:
             assert spec.adapter is not None
-            report.errors += lora.adapter_problems(
+            report.errors += lora_source.adapter_problems(
                 spec.adapter, infos.get(spec.model) or reference, token=token, endpoint=endpoint
             )
     return report

@@ -7,10 +7,10 @@ ends with ``.key``). With ``fan_in_fan_out`` (GPT-2's Conv1D) and for embeddings
 weight is the transpose, so ΔW is transposed too. Tensors the adapter stores whole
 (``modules_to_save``, biases trained with ``bias: all``) replace the base's.
 
-`AdapterSource` is a `TensorSource` that returns W + ΔW for targeted weights, so an adapter is an
-input like any other: merged alone (``linear`` with one source) it equals PEFT's
-``merge_and_unload()``, and inside ``task_arithmetic`` / ``ties`` / ``dare_*`` its task vector is
-exactly ΔW.
+`merging.lora_source.AdapterSource` is a `TensorSource` that returns W + ΔW for targeted
+weights, so an adapter is an input like any other: merged alone (``linear`` with one source)
+it equals PEFT's ``merge_and_unload()``, and inside ``task_arithmetic`` / ``ties`` / ``dare_*``
+its task vector is exactly ΔW.
 
 What cannot be merged exactly (DoRA, ``lora_bias``, other PEFT types, LoRA variants, adapters
 saved relative to a modified base) raises `AdapterError` naming the option.
@@ -32,11 +32,9 @@ from safetensors import safe_open
 
 from merging.errors import AdapterError
 from merging.io.headers import TensorHeader
-from merging.io.source import TensorSource
 
 if TYPE_CHECKING:
-    from merging.check import SourceInfo
-    from merging.engine import MergeOptions, MergeResult
+    pass
 
 logger = logging.getLogger(__name__)
 
@@ -361,95 +359,14 @@ def read_adapter_config(path: Path, *, where: str) -> dict[str, Any]:
         raise AdapterError(f"{where}: unreadable {ADAPTER_CONFIG} ({err})") from None
 
 
-class AdapterSource:
-    """A base model with a LoRA adapter applied, read tensor by tensor (`TensorSource`).
-
-    ``get(name)`` returns W + s·B·A (float32) for adapted weights, the adapter's stored tensor for
-    ``modules_to_save`` / trained biases, and the base tensor otherwise. Nothing is materialised.
-
-    Args:
-        base (`TensorSource`): the base checkpoint.
-        adapter (`Path` or `LoraAdapter`): the adapter folder.
-        label (`str`, *optional*): how messages name this source.
-
-    Raises:
-        `AdapterError`: the adapter is unsupported or does not fit the base (names and shapes).
-    """
-
-    def __init__(
-        self, base: TensorSource, adapter: Path | str | LoraAdapter, *, label: str | None = None
-    ) -> None:
-        self.base = base
-        self.adapter = (
-            adapter if isinstance(adapter, LoraAdapter) else LoraAdapter(adapter, label=label)
-        )
-        self.label = label or f"{base.label}+{self.adapter.label}"
-        problems = fit_problems(self.adapter, base.headers, base.config)
-        if problems:
-            raise AdapterError("adapter does not fit its base:\n  " + "\n  ".join(problems))
-        self.headers: dict[str, TensorHeader] = base.headers
-        self.config: dict[str, Any] = base.config
-
-    def get(self, name: str) -> torch.Tensor:
-        key = self.adapter.overrides.get(name)
-        weight = self.adapter.tensor(key) if key is not None else self.base.get(name)
-        if name not in self.adapter.modules:
-            return weight
-        return weight.float() + self.adapter.delta(name)
-
-    def __repr__(self) -> str:
-        return f"AdapterSource({self.label!r})"
-
-
-def adapter_problems(
-    adapter: str, base: SourceInfo, *, token: str | None = None, endpoint: str | None = None
-) -> list[str]:
-    """`hubmerge check`: why an adapter (local folder or Hub ref) does not fit a base.
-
-    Only the adapter is downloaded (it is small); the base is judged from its headers.
-    """
-    from merging.sources import resolve_model
-
-    try:
-        resolved = resolve_model(adapter, token=token, endpoint=endpoint)
-        loaded = LoraAdapter(resolved.path, label=adapter)
-    except AdapterError as err:
-        return [str(err)]
-    return fit_problems(loaded, base.headers, base.config)
-
-
-def merge_into_base(
-    base: str | Path,
-    adapter: str | Path,
-    output: str | Path,
-    *,
-    options: MergeOptions | None = None,
-) -> MergeResult:
-    """Write base + adapter as a full model, streamed tensor by tensor (PEFT's merge_and_unload).
-
-    Example:
-        >>> merge_into_base("org/base", "org/lora", "out/merged")  # doctest: +SKIP
-    """
-    from merging.engine import merge
-    from merging.recipe import parse_recipe
-
-    recipe = parse_recipe(
-        {"merge_method": "linear", "models": [{"model": str(base), "adapter": str(adapter)}]}
-    )
-    return merge(recipe, output, options=options)
-
-
 __all__ = [
     "AdapterConfig",
-    "AdapterSource",
     "LoraAdapter",
     "LoraModule",
-    "adapter_problems",
     "delta_weight",
     "fit_problems",
     "index_adapter",
     "lora_scale",
-    "merge_into_base",
     "parse_adapter_config",
     "pattern_value",
 ]

@@ -262,7 +262,7 @@ def lorahub(
         result.output = written.output
         return result
     from merging.engine import MergeOptions
-    from merging.lora import merge_into_base
+    from merging.lora_source import merge_into_base
 
     with tempfile.TemporaryDirectory(prefix="hubmerge-lorahub-") as tmp:
         adapter = combine_adapters(adapters, Path(tmp) / "adapter", endpoint=endpoint, **common)

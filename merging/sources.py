@@ -101,10 +101,10 @@ def open_source(
     if adapter is None:
         return base
     try:
-        from merging import lora
+        from merging import lora_source
     except ImportError as err:  # pragma: no cover - lora ships with the package
         raise AdapterError(f"{label}: LoRA adapters are not available ({err})") from None
-    return lora.AdapterSource(base, adapter.path, label=label)
+    return lora_source.AdapterSource(base, adapter.path, label=label)
 
 
 def source_info(source: TensorSource) -> SourceInfo:

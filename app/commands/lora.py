@@ -94,7 +94,7 @@ def run_lorahub(args: argparse.Namespace) -> int:
 
 def run_merge(args: argparse.Namespace) -> int:
     from merging.engine import MergeOptions
-    from merging.lora import merge_into_base
+    from merging.lora_source import merge_into_base
 
     options = MergeOptions(overwrite=args.overwrite, token=read_token(args))
     result = merge_into_base(args.base, args.adapter, args.output, options=options)
