@@ -119,7 +119,11 @@ def build_checkpoint(path: Path, size: str, seed: int, base: Path | None) -> Non
 
 def recipe_yaml(method: str, base: Path, inputs: list[Path]) -> str:
     params = METHODS[method]
-    lines = [f"merge_method: {method}", f"base_model: {base}", "models:"]
+    if method == "linear":  # a soup of every model; mergekit wants a weight for each
+        lines = [f"merge_method: {method}", "models:"]
+        inputs = [base, *inputs]
+    else:
+        lines = [f"merge_method: {method}", f"base_model: {base}", "models:"]
     for p in inputs:
         extra = "".join(f", {k}: {v}" for k, v in params.items())
         lines.append(f"  - model: {p}\n    parameters: {{weight: {1 / len(inputs):.4f}{extra}}}")
