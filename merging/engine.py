@@ -216,12 +216,13 @@ def merge(
     headers = report.output
     total_bytes = sum(h.nbytes for h in headers)
     out_dtype = TORCH_DTYPES[recipe.output_dtype(_config_dtype(reference.config))]
-    workspace = torch.empty(max((h.numel for h in headers), default=0), dtype=out_dtype)
     threads = options.threads or ((os.cpu_count() or 1) if device.type == "cpu" else 1)
     pool = ThreadPoolExecutor(threads, thread_name_prefix="merge") if threads > 1 else None
     context = _TensorContext(
         recipe, method, specs, base is not None, num_layers, device, compute, pool
     )
+    for source in all_sources:
+        _expect_reads(source, [h.name for h in headers])
     torch_threads = torch.get_num_threads()
     if device.type == "cpu":
         torch.set_num_threads(1)
@@ -230,16 +231,24 @@ def merge(
         with ShardWriter(
             output, headers, max_shard_bytes=options.shard_size, overwrite=options.overwrite
         ) as writer:
-            for done, header in enumerate(headers, start=1):
-                if options.cancel is not None and options.cancel.is_set():
-                    raise MergeCancelled(f"merge into {output} cancelled; nothing was written")
-                tensors = prefetcher.next()
-                result = context.merge(header, tensors, workspace)
-                writer.write(header.name, result.to(SAFETENSORS_TO_TORCH[header.dtype]))
-                if options.progress is not None:
-                    options.progress(
-                        Progress("merge", done, len(headers), writer.bytes_written, total_bytes)
-                    )
+            background = _BackgroundWriter(writer, max((h.numel for h in headers), default=0),
+                                           out_dtype, all_sources)  # fmt: skip
+            bytes_done = 0
+            try:
+                for done, header in enumerate(headers, start=1):
+                    if options.cancel is not None and options.cancel.is_set():
+                        raise MergeCancelled(f"merge into {output} cancelled; nothing was written")
+                    tensors = prefetcher.next()
+                    result = context.merge(header, tensors, background.buffer())
+                    background.submit(header.name, result.to(SAFETENSORS_TO_TORCH[header.dtype]))
+                    bytes_done += header.nbytes
+                    if options.progress is not None:
+                        options.progress(
+                            Progress("merge", done, len(headers), bytes_done, total_bytes)
+                        )
+                background.wait()
+            finally:
+                background.close()
             _write_extras(writer, recipe, method, reference, resolved, report)
             path = writer.finish()
     finally:
@@ -251,6 +260,56 @@ def merge(
     seconds = time.perf_counter() - started
     logger.info("merged %d tensors into %s in %.1f s", len(headers), path, seconds)
     return MergeResult(path, len(headers), total_bytes, seconds, pinned, report)
+
+
+class _BackgroundWriter:
+    """Writes each result in a thread of its own while the next tensor is computed.
+
+    Two workspaces alternate, so a buffer is never overwritten while it is being written; after
+    a tensor is written its sources may drop file mappings they no longer need.
+    """
+
+    def __init__(
+        self, writer: ShardWriter, numel: int, dtype: torch.dtype, sources: list[Any]
+    ) -> None:
+        self.writer = writer
+        self.sources = sources
+        self.buffers = [torch.empty(numel, dtype=dtype) for _ in range(2)]
+        self.turn = 0
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="write")
+        self.pending: Future[None] | None = None
+
+    def buffer(self) -> torch.Tensor:
+        return self.buffers[self.turn]
+
+    def _write(self, name: str, tensor: torch.Tensor) -> None:
+        self.writer.write(name, tensor)
+        for source in self.sources:
+            release = getattr(source, "release", None)
+            if release is not None:
+                release(name)
+
+    def submit(self, name: str, tensor: torch.Tensor) -> None:
+        self.wait()
+        self.pending = self.pool.submit(self._write, name, tensor)
+        self.turn ^= 1
+
+    def wait(self) -> None:
+        if self.pending is not None:
+            pending, self.pending = self.pending, None
+            pending.result()
+
+    def close(self) -> None:
+        try:
+            self.wait()
+        finally:
+            self.pool.shutdown(wait=True)
+
+
+def _expect_reads(source: Any, names: list[str]) -> None:
+    expect = getattr(source, "expect", None)
+    if expect is not None:
+        expect(names)
 
 
 def touch_pages(tensor: torch.Tensor, page: int = 4096) -> None:
@@ -319,8 +378,11 @@ def run_kernel(
     numel = out.numel()
     offsets = range(0, numel, chunk)
 
+    kernel.dtype = dtype
+    convert = None if kernel.raw_inputs else dtype
+
     def parts(offset: int) -> tuple[torch.Tensor | None, list[torch.Tensor]]:
-        chunks = [x[offset : offset + chunk].to(device=device, dtype=dtype) for x in flats]
+        chunks = [x[offset : offset + chunk].to(device=device, dtype=convert) for x in flats]
         return (chunks[0], chunks[1:]) if has_base else (None, chunks)
 
     def reduce(step: int, offset: int) -> None:

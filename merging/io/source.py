@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
+from collections import Counter
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -99,12 +101,18 @@ class CheckpointSource:
         self.headers: dict[str, TensorHeader] = {}
         self._file_of: dict[str, Path] = {}
         self._handles: dict[Path, Any] = {}
+        self._lock = threading.Lock()
+        self._unread: Counter[Path] = Counter()
         for file in weight_files(self.path, allow_pickle=allow_pickle):
             for header in self._read_headers(file):
                 self.headers[header.name] = header
                 self._file_of[header.name] = file
 
     def _open(self, file: Path) -> Any:
+        with self._lock:
+            return self._open_locked(file)
+
+    def _open_locked(self, file: Path) -> Any:
         handle = self._handles.get(file)
         if handle is None:
             try:
@@ -137,6 +145,22 @@ class CheckpointSource:
             raise CheckpointError(f"{self.label}: has no tensor {name!r}") from None
         handle = self._open(file)
         return handle[name] if file.suffix == ".bin" else handle.get_tensor(name)
+
+    def expect(self, names: list[str]) -> None:
+        """Say which tensors will be read (once each), so `release` can unmap finished shards."""
+        with self._lock:
+            self._unread = Counter(self._file_of[n] for n in names if n in self._file_of)
+
+    def release(self, name: str) -> None:
+        """A tensor is no longer needed; a shard whose expected tensors are all done is closed,
+        so its pages leave the process's resident memory."""
+        file = self._file_of.get(name)
+        with self._lock:
+            if file is None or self._unread[file] <= 0:
+                return
+            self._unread[file] -= 1
+            if self._unread[file] == 0:
+                self._handles.pop(file, None)
 
     def __repr__(self) -> str:
         return f"CheckpointSource({self.label!r}, {len(self.headers)} tensors)"

@@ -32,9 +32,16 @@ from merging.methods._ops import (
 
 
 class Kernel:
-    """Base kernel: no reductions; subclasses implement `apply`."""
+    """Base kernel: no reductions; subclasses implement `apply`.
+
+    Chunks arrive converted to ``dtype`` (the compute dtype, set by the driver) unless
+    ``raw_inputs`` is true: then they come in their stored dtype and the kernel converts what it
+    needs (a mixed-dtype ``add_`` reads bf16 directly, saving a float32 copy per input).
+    """
 
     reductions = 0
+    raw_inputs = False
+    dtype = torch.float32
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
@@ -130,6 +137,7 @@ class FamilyKernel(Kernel):
         self.l1 = [[0.0, 0.0] for _ in sources]
         self._l1_parts: dict[tuple[int, int], tuple[float, float]] = {}
         self._masks: dict[tuple[int, int], Tensor] = {}
+        self.raw_inputs = not consensus and all(dense)  # the one-pass linear combination
         if sparsify == "magnitude" and not all(dense):
             self.reductions = 2
         elif sparsify == "random" and params.rescale == "l1" and not all(dense):
@@ -215,13 +223,15 @@ class FamilyKernel(Kernel):
         else:
             divisor = float(len(weights))
         scale = self.params.lambda_ / divisor
-        out = base * (1.0 - scale * total)
+        out = base.to(self.dtype, copy=True).mul_(1.0 - scale * total)
         for weight, x in zip(weights, inputs, strict=True):
             out.add_(x, alpha=scale * weight)
         return out
 
 
 class LinearKernel(Kernel):
+    raw_inputs = True
+
     def __init__(self, params: Any, sources: Sequence[Any]) -> None:
         super().__init__()
         self.weights = [s.weight for s in sources]
@@ -229,7 +239,7 @@ class LinearKernel(Kernel):
         self.divisor = total if params.normalize and abs(total) > 1e-8 else 1.0
 
     def apply(self, base: Tensor | None, inputs: Sequence[Tensor], offset: int) -> Tensor:
-        out = torch.zeros_like(inputs[0])
+        out = torch.zeros(inputs[0].shape, dtype=self.dtype, device=inputs[0].device)
         for weight, x in zip(self.weights, inputs, strict=True):
             out.add_(x, alpha=weight)
         return out.div_(self.divisor)
