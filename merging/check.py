@@ -144,8 +144,11 @@ def compare_sources(
         report.output.append(TensorHeader(name, shape, output_dtype_code(header, out_dtype)))
     report.output_bytes = sum(h.nbytes for h in report.output)
     largest = max((h.numel for h in report.output), default=0)
-    # per source: `prefetch` float32 tensors in flight; plus the method's working set
-    report.peak_memory_bytes = largest * 4 * (len(report.sources) * (prefetch + 1) + 4)
+    # three output-sized buffers (two tensors computing, one being written), the tensors read
+    # ahead per source (memory-mapped: page cache the OS can reclaim), small float32 chunks
+    out_bytes = max((h.nbytes for h in report.output), default=0)
+    read_ahead = largest * 2 * len(report.sources) * (2 * prefetch + 3)
+    report.peak_memory_bytes = 3 * out_bytes + read_ahead + 64 * 2**20
     return report
 
 

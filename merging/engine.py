@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import queue
 import re
 import threading
 import time
@@ -231,24 +232,35 @@ def merge(
         with ShardWriter(
             output, headers, max_shard_bytes=options.shard_size, overwrite=options.overwrite
         ) as writer:
-            background = _BackgroundWriter(writer, max((h.numel for h in headers), default=0),
-                                           out_dtype, all_sources)  # fmt: skip
-            bytes_done = 0
+            pipeline = _Pipeline(context, max((h.numel for h in headers), default=0), out_dtype,
+                                 in_flight=2 if threads > 1 else 1)  # fmt: skip
+            bytes_done = written = 0
+
+            def write_oldest() -> None:
+                nonlocal bytes_done, written
+                header, result = pipeline.oldest()
+                writer.write(header.name, result)
+                pipeline.recycle()
+                for source in all_sources:
+                    _release(source, header.name)
+                bytes_done += header.nbytes
+                written += 1
+                if options.progress is not None:
+                    options.progress(
+                        Progress("merge", written, len(headers), bytes_done, total_bytes)
+                    )
+
             try:
-                for done, header in enumerate(headers, start=1):
+                for header in headers:
                     if options.cancel is not None and options.cancel.is_set():
                         raise MergeCancelled(f"merge into {output} cancelled; nothing was written")
-                    tensors = prefetcher.next()
-                    result = context.merge(header, tensors, background.buffer())
-                    background.submit(header.name, result.to(SAFETENSORS_TO_TORCH[header.dtype]))
-                    bytes_done += header.nbytes
-                    if options.progress is not None:
-                        options.progress(
-                            Progress("merge", done, len(headers), bytes_done, total_bytes)
-                        )
-                background.wait()
+                    pipeline.submit(header, prefetcher.next())
+                    while pipeline.full():
+                        write_oldest()
+                while len(pipeline):
+                    write_oldest()
             finally:
-                background.close()
+                pipeline.close()
             _write_extras(writer, recipe, method, reference, resolved, report)
             path = writer.finish()
     finally:
@@ -262,48 +274,60 @@ def merge(
     return MergeResult(path, len(headers), total_bytes, seconds, pinned, report)
 
 
-class _BackgroundWriter:
-    """Writes each result in a thread of its own while the next tensor is computed.
-
-    Two workspaces alternate, so a buffer is never overwritten while it is being written; after
-    a tensor is written its sources may drop file mappings they no longer need.
+class _Pipeline:
+    """Tensors in flight: up to ``in_flight`` are computed at once (their chunks share the
+    compute pool, so one tensor's reduction barrier never leaves a core idle) while the caller
+    writes finished ones, oldest first. Each computing tensor owns one of ``in_flight + 1``
+    reusable output buffers, so no buffer is overwritten while it is being written and no
+    tensor-sized memory is allocated per tensor.
     """
 
-    def __init__(
-        self, writer: ShardWriter, numel: int, dtype: torch.dtype, sources: list[Any]
-    ) -> None:
-        self.writer = writer
-        self.sources = sources
-        self.buffers = [torch.empty(numel, dtype=dtype) for _ in range(2)]
-        self.turn = 0
-        self.pool = ThreadPoolExecutor(1, thread_name_prefix="write")
-        self.pending: Future[None] | None = None
+    def __init__(self, context: Any, numel: int, dtype: torch.dtype, *, in_flight: int) -> None:
+        self.context = context
+        self.dtype = dtype
+        self.in_flight = in_flight
+        self.free: queue.SimpleQueue[torch.Tensor] = queue.SimpleQueue()
+        for _ in range(in_flight + 1):
+            self.free.put(torch.empty(numel, dtype=dtype))
+        self.pool = ThreadPoolExecutor(in_flight, thread_name_prefix="tensor")
+        self.pending: deque[Future[tuple[TensorHeader, torch.Tensor, torch.Tensor]]] = deque()
+        self.current: torch.Tensor | None = None
 
-    def buffer(self) -> torch.Tensor:
-        return self.buffers[self.turn]
+    def _compute(
+        self, header: TensorHeader, tensors: list[torch.Tensor]
+    ) -> tuple[TensorHeader, torch.Tensor, torch.Tensor]:
+        buffer = self.free.get()
+        result = self.context.merge(header, tensors, buffer)
+        return header, result.to(SAFETENSORS_TO_TORCH[header.dtype]), buffer
 
-    def _write(self, name: str, tensor: torch.Tensor) -> None:
-        self.writer.write(name, tensor)
-        for source in self.sources:
-            release = getattr(source, "release", None)
-            if release is not None:
-                release(name)
+    def submit(self, header: TensorHeader, tensors: list[torch.Tensor]) -> None:
+        self.pending.append(self.pool.submit(self._compute, header, tensors))
 
-    def submit(self, name: str, tensor: torch.Tensor) -> None:
-        self.wait()
-        self.pending = self.pool.submit(self._write, name, tensor)
-        self.turn ^= 1
+    def full(self) -> bool:
+        return len(self.pending) > self.in_flight
 
-    def wait(self) -> None:
-        if self.pending is not None:
-            pending, self.pending = self.pending, None
-            pending.result()
+    def __len__(self) -> int:
+        return len(self.pending)
+
+    def oldest(self) -> tuple[TensorHeader, torch.Tensor]:
+        header, result, self.current = self.pending.popleft().result()
+        return header, result
+
+    def recycle(self) -> None:
+        if self.current is not None:
+            self.free.put(self.current)
+            self.current = None
 
     def close(self) -> None:
-        try:
-            self.wait()
-        finally:
-            self.pool.shutdown(wait=True)
+        for future in self.pending:
+            future.cancel()
+        self.pool.shutdown(wait=True)
+
+
+def _release(source: Any, name: str) -> None:
+    release = getattr(source, "release", None)
+    if release is not None:
+        release(name)
 
 
 def _expect_reads(source: Any, names: list[str]) -> None:
@@ -356,7 +380,7 @@ class _TensorContext:
         return self.method.fn(base_tensor, inputs, per_source, params, rng)
 
 
-CHUNK = 1 << 20  # elements per chunk: 4 MB of float32, a multiple of the RNG block
+CHUNK = 1 << 18  # elements per chunk: 1 MB of float32, a multiple of the RNG block
 
 
 def run_kernel(

@@ -137,7 +137,7 @@ class FamilyKernel(Kernel):
         self.l1 = [[0.0, 0.0] for _ in sources]
         self._l1_parts: dict[tuple[int, int], tuple[float, float]] = {}
         self._masks: dict[tuple[int, int], Tensor] = {}
-        self.raw_inputs = not consensus and all(dense)  # the one-pass linear combination
+        self.raw_inputs = True  # inputs only enter as x − base: a mixed-dtype subtraction
         if sparsify == "magnitude" and not all(dense):
             self.reductions = 2
         elif sparsify == "random" and params.rescale == "l1" and not all(dense):
@@ -154,6 +154,7 @@ class FamilyKernel(Kernel):
 
     def reduce(self, step: int, base: Tensor | None, inputs: Sequence[Tensor], offset: int) -> None:
         assert base is not None
+        base = base.to(self.dtype)
         for index, x in enumerate(inputs):
             if self.dense[index]:
                 continue
@@ -200,6 +201,7 @@ class FamilyKernel(Kernel):
         assert base is not None
         if not self.consensus and all(self.dense):
             return self._linear_combination(base, inputs)
+        base = base.to(self.dtype)
         deltas = [self._sparsified(i, x - base, offset) for i, x in enumerate(inputs)]
         mixed = combine_deltas(
             deltas,

@@ -10,6 +10,7 @@ import hashlib
 from collections.abc import Sequence
 from typing import Literal
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -78,30 +79,33 @@ class RandomStream:
     """Deterministic randomness for one tensor, keyed by ``(seed, tensor name, source, block)``.
 
     Masks are drawn block by block over the flattened tensor, so a mask does not depend on
-    how the tensor is split into chunks, on execution order, or on threads.
+    how the tensor is split into chunks, on execution order, on threads or on the device. Each
+    block of 65,536 elements has its own PCG64 stream (NumPy's, seeded from a SHA-256 of the key);
+    an element is kept when its 32-bit draw is below ⌊density·2³²⌋, i.e. with probability
+    density to within 2⁻³².
     """
 
     def __init__(self, seed: int, tensor_name: str) -> None:
         self.seed = seed
         self.tensor_name = tensor_name
 
-    def _generator(self, source: int, block: int) -> torch.Generator:
+    def _draws(self, source: int, block: int) -> np.ndarray:
         key = f"{self.seed}\x00{self.tensor_name}\x00{source}\x00{block}".encode()
-        digest = hashlib.sha256(key).digest()
-        return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
+        seed = int.from_bytes(hashlib.sha256(key).digest()[:16], "little")
+        return np.random.PCG64(seed).random_raw(BLOCK // 2).view(np.uint32)
 
     def mask(self, source: int, offset: int, length: int, density: float) -> Tensor:
         """Flat boolean mask for elements [offset, offset + length): each kept w.p. density."""
+        threshold = np.uint32(min(int(density * 2**32), 2**32 - 1))
         parts = []
         position = offset
         end = offset + length
         while position < end:
             block, start = divmod(position, BLOCK)
             stop = min(BLOCK, start + end - position)
-            draws = torch.rand(stop, generator=self._generator(source, block))[start:]
-            parts.append(draws < density)
+            parts.append(self._draws(source, block)[start:stop] < threshold)
             position += stop - start
-        return torch.cat(parts) if len(parts) != 1 else parts[0]
+        return torch.from_numpy(np.concatenate(parts) if len(parts) != 1 else parts[0])
 
 
 def prune_random(
