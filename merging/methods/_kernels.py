@@ -167,7 +167,7 @@ class FamilyKernel(Kernel):
                 with self.lock:
                     self._masks[(index, offset)] = keep
                 before = float(magnitudes.sum())
-                after = float(_select(magnitudes, keep).sum())
+                after = float(keep_where(magnitudes, keep).sum())
                 with self.lock:
                     self._l1_parts[(index, offset)] = (before, after)
 
