@@ -10,13 +10,11 @@ from __future__ import annotations
 import json
 import logging
 import os
-import queue
 import re
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +25,7 @@ from merging.card import render_card
 from merging.check import CompatibilityReport, compare_sources
 from merging.errors import MergeCancelled, RecipeError
 from merging.io.headers import TensorHeader
-from merging.io.source import SAFETENSORS_TO_TORCH, TensorSource
+from merging.io.source import TensorSource
 from merging.io.writer import DEFAULT_SHARD_SIZE, ShardWriter
 from merging.methods import get_method, random_stream, resolve_params
 from merging.recipe import Recipe
@@ -37,6 +35,14 @@ from merging.sources import (
     resolve_model,
     source_info,
     tokenizer_dir,
+)
+from merging.streaming import (
+    Pipeline,
+    Prefetcher,
+    expect_reads,
+    release_tensor,
+    run_kernel,
+    touch_pages,
 )
 
 logger = logging.getLogger(__name__)
@@ -138,32 +144,6 @@ def align_rows(tensors: list[torch.Tensor], rows: int) -> list[torch.Tensor]:
     return out
 
 
-class _Prefetcher:
-    """Reads tensors ahead of the consumer in a small thread pool."""
-
-    def __init__(self, names: list[str], load: Callable[[str], Any], workers: int, depth: int):
-        self._names = deque(names)
-        self._load = load
-        self._pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="read")
-        self._pending: deque[Future[Any]] = deque()
-        for _ in range(max(1, workers * depth)):
-            self._submit()
-
-    def _submit(self) -> None:
-        if self._names:
-            self._pending.append(self._pool.submit(self._load, self._names.popleft()))
-
-    def next(self) -> Any:
-        result = self._pending.popleft().result()
-        self._submit()
-        return result
-
-    def close(self) -> None:
-        for future in self._pending:
-            future.cancel()
-        self._pool.shutdown(wait=True)
-
-
 def merge(
     recipe: Recipe, output: Path | str, *, options: MergeOptions | None = None
 ) -> MergeResult:
@@ -223,16 +203,16 @@ def merge(
         recipe, method, specs, base is not None, num_layers, device, compute, pool
     )
     for source in all_sources:
-        _expect_reads(source, [h.name for h in headers])
+        expect_reads(source, [h.name for h in headers])
     torch_threads = torch.get_num_threads()
     if device.type == "cpu":
         torch.set_num_threads(1)
-    prefetcher = _Prefetcher([h.name for h in headers], load, options.readers, options.prefetch)
+    prefetcher = Prefetcher([h.name for h in headers], load, options.readers, options.prefetch)
     try:
         with ShardWriter(
             output, headers, max_shard_bytes=options.shard_size, overwrite=options.overwrite
         ) as writer:
-            pipeline = _Pipeline(context, max((h.numel for h in headers), default=0), out_dtype,
+            pipeline = Pipeline(context, max((h.numel for h in headers), default=0), out_dtype,
                                  in_flight=2 if threads > 1 else 1)  # fmt: skip
             bytes_done = written = 0
 
@@ -242,7 +222,7 @@ def merge(
                 writer.write(header.name, result)
                 pipeline.recycle()
                 for source in all_sources:
-                    _release(source, header.name)
+                    release_tensor(source, header.name)
                 bytes_done += header.nbytes
                 written += 1
                 if options.progress is not None:
@@ -272,76 +252,6 @@ def merge(
     seconds = time.perf_counter() - started
     logger.info("merged %d tensors into %s in %.1f s", len(headers), path, seconds)
     return MergeResult(path, len(headers), total_bytes, seconds, pinned, report)
-
-
-class _Pipeline:
-    """Tensors in flight: up to ``in_flight`` are computed at once (their chunks share the
-    compute pool, so one tensor's reduction barrier never leaves a core idle) while the caller
-    writes finished ones, oldest first. Each computing tensor owns one of ``in_flight + 1``
-    reusable output buffers, so no buffer is overwritten while it is being written and no
-    tensor-sized memory is allocated per tensor.
-    """
-
-    def __init__(self, context: Any, numel: int, dtype: torch.dtype, *, in_flight: int) -> None:
-        self.context = context
-        self.dtype = dtype
-        self.in_flight = in_flight
-        self.free: queue.SimpleQueue[torch.Tensor] = queue.SimpleQueue()
-        for _ in range(in_flight + 1):
-            self.free.put(torch.empty(numel, dtype=dtype))
-        self.pool = ThreadPoolExecutor(in_flight, thread_name_prefix="tensor")
-        self.pending: deque[Future[tuple[TensorHeader, torch.Tensor, torch.Tensor]]] = deque()
-        self.current: torch.Tensor | None = None
-
-    def _compute(
-        self, header: TensorHeader, tensors: list[torch.Tensor]
-    ) -> tuple[TensorHeader, torch.Tensor, torch.Tensor]:
-        buffer = self.free.get()
-        result = self.context.merge(header, tensors, buffer)
-        return header, result.to(SAFETENSORS_TO_TORCH[header.dtype]), buffer
-
-    def submit(self, header: TensorHeader, tensors: list[torch.Tensor]) -> None:
-        self.pending.append(self.pool.submit(self._compute, header, tensors))
-
-    def full(self) -> bool:
-        return len(self.pending) > self.in_flight
-
-    def __len__(self) -> int:
-        return len(self.pending)
-
-    def oldest(self) -> tuple[TensorHeader, torch.Tensor]:
-        header, result, self.current = self.pending.popleft().result()
-        return header, result
-
-    def recycle(self) -> None:
-        if self.current is not None:
-            self.free.put(self.current)
-            self.current = None
-
-    def close(self) -> None:
-        for future in self.pending:
-            future.cancel()
-        self.pool.shutdown(wait=True)
-
-
-def _release(source: Any, name: str) -> None:
-    release = getattr(source, "release", None)
-    if release is not None:
-        release(name)
-
-
-def _expect_reads(source: Any, names: list[str]) -> None:
-    expect = getattr(source, "expect", None)
-    if expect is not None:
-        expect(names)
-
-
-def touch_pages(tensor: torch.Tensor, page: int = 4096) -> None:
-    """Fault a memory-mapped tensor's pages in (one byte per page), so that reader threads,
-    not the compute thread, wait for the disk."""
-    if tensor.numel() and tensor.is_contiguous():
-        flat = tensor.reshape(-1).view(torch.uint8)
-        flat[::page].sum()
 
 
 @dataclass(frozen=True)
@@ -378,56 +288,6 @@ class _TensorContext:
             full = align_rows(full, header.shape[0])
         base_tensor, inputs = (full[0], full[1:]) if self.has_base else (None, full)
         return self.method.fn(base_tensor, inputs, per_source, params, rng)
-
-
-CHUNK = 1 << 18  # elements per chunk: 1 MB of float32, a multiple of the RNG block
-
-
-def run_kernel(
-    kernel: Any,
-    flats: list[torch.Tensor],
-    out: torch.Tensor,
-    *,
-    has_base: bool,
-    device: torch.device,
-    dtype: torch.dtype,
-    chunk: int = CHUNK,
-    pool: ThreadPoolExecutor | None = None,
-) -> None:
-    """Drive a kernel over flat inputs: its reduction passes, then the output pass into ``out``.
-
-    With a ``pool``, chunks are computed in its threads (each chunk on one core: on CPU the
-    engine runs torch single-threaded per op and parallelises across chunks instead).
-    """
-    numel = out.numel()
-    offsets = range(0, numel, chunk)
-
-    kernel.dtype = dtype
-    convert = None if kernel.raw_inputs else dtype
-
-    def parts(offset: int) -> tuple[torch.Tensor | None, list[torch.Tensor]]:
-        chunks = [x[offset : offset + chunk].to(device=device, dtype=convert) for x in flats]
-        return (chunks[0], chunks[1:]) if has_base else (None, chunks)
-
-    def reduce(step: int, offset: int) -> None:
-        kernel.reduce(step, *parts(offset), offset)
-
-    def apply(offset: int) -> None:
-        result = kernel.apply(*parts(offset), offset)
-        out[offset : offset + result.numel()].copy_(result)
-
-    def each(fn: Callable[[int], None]) -> None:
-        if pool is None or len(offsets) == 1:
-            for offset in offsets:
-                fn(offset)
-        else:
-            for future in [pool.submit(fn, offset) for offset in offsets]:
-                future.result()
-
-    for step in range(kernel.reductions):
-        each(lambda offset, step=step: reduce(step, offset))
-        kernel.end_pass(step)
-    each(apply)
 
 
 def _resolve_all(recipe: Recipe, options: MergeOptions) -> dict[str, ResolvedModel]:

@@ -28,22 +28,12 @@ from merging.errors import (
 from merging.io.headers import TensorHeader
 from merging.methods import random_stream
 from tests.helpers.tiny import build_llama, state_dict
+from tests.merging.method_helpers import method_parameters
 
 pytest.importorskip("transformers")
 
 REPO = Path(__file__).resolve().parents[2]
 SEED = 7
-
-
-def method_parameters(name: str) -> dict[str, Any]:
-    return {
-        "ties": {"density": 0.5},
-        "dare_linear": {"density": 0.5},
-        "dare_ties": {"density": 0.5},
-        "breadcrumbs": {"density": 0.5, "gamma": 0.1},
-        "breadcrumbs_ties": {"density": 0.5, "gamma": 0.1},
-        "slerp": {"t": 0.3},
-    }.get(name, {})
 
 
 def recipe_for(name: str, models: dict[str, Path], **top: Any):

@@ -3,88 +3,25 @@
 from __future__ import annotations
 
 import math
-import warnings
-from typing import Any
 
-import numpy as np
 import pytest
 import torch
-from hypothesis import assume, given, settings
+from hypothesis import assume, given
 from hypothesis import strategies as st
-from hypothesis.extra.numpy import array_shapes, arrays
-from peft.utils import merge_utils as peft
 
 from merging import METHODS
 from merging.methods import random_stream
-from merging.methods._ops import prune_random
 from merging.methods.slerp import PARALLEL_THRESHOLD, slerp_tensors
-
-SETTINGS = settings(max_examples=30, deadline=None)
-FINITE = st.floats(-10, 10, allow_nan=False, allow_infinity=False, width=32)
-# Multiples of 1/8 in [-8, 8]: sums and differences of a few of them are exact in float32,
-# so results that may only differ by summation order must be bit-identical.
-GRID = st.integers(-64, 64).map(lambda i: i / 8)
-GRID_WEIGHTS = st.integers(-8, 8).map(lambda i: i / 4)
-SHAPES = array_shapes(min_dims=1, max_dims=2, min_side=1, max_side=5)
-
-TASK_VECTOR_METHODS = [
-    "task_arithmetic",
-    "ties",
-    "dare_linear",
-    "dare_ties",
-    "breadcrumbs",
-    "breadcrumbs_ties",
-]
-DETERMINISTIC_MULTI = [
-    "linear",
-    "task_arithmetic",
-    "ties",
-    "breadcrumbs",
-    "breadcrumbs_ties",
-]
-
-
-def call(
-    name: str,
-    base: torch.Tensor | None,
-    inputs: list[torch.Tensor],
-    weights: list[float] | None = None,
-    *,
-    tensor: str = "model.layers.0.mlp.up_proj.weight",
-    seed: int = 0,
-    **parameters: Any,
-) -> torch.Tensor:
-    """Run a registered method the way the engine does: params models + seeded generator."""
-    method = METHODS.get(name)
-    per_source_keys = set(method.source_params.model_fields)
-    shared = {k: v for k, v in parameters.items() if k in per_source_keys}
-    params = method.params.model_validate(
-        {k: v for k, v in parameters.items() if k not in per_source_keys}
-    )
-    weights = weights if weights is not None else [1.0] * len(inputs)
-    sources = [method.source_params.model_validate({**shared, "weight": w}) for w in weights]
-    return method.fn(base, inputs, sources, params, random_stream(seed, tensor))
-
-
-@st.composite
-def models(draw, count=None, elements=FINITE):
-    """(base, [inputs…]) of one random shape."""
-    shape = draw(SHAPES)
-    n = draw(count if count is not None else st.integers(1, 4))
-    make = arrays(np.float32, shape, elements=elements).map(torch.from_numpy)
-    return draw(make), [draw(make) for _ in range(n)]
-
-
-def method_parameters(name: str) -> dict[str, Any]:
-    return {
-        "ties": {"density": 0.5},
-        "dare_linear": {"density": 0.5},
-        "dare_ties": {"density": 0.5},
-        "breadcrumbs": {"density": 0.5, "gamma": 0.1},
-        "breadcrumbs_ties": {"density": 0.5, "gamma": 0.1},
-        "slerp": {"t": 0.3},
-    }.get(name, {})
-
+from tests.merging.method_helpers import (
+    DETERMINISTIC_MULTI,
+    GRID,
+    GRID_WEIGHTS,
+    SETTINGS,
+    TASK_VECTOR_METHODS,
+    call,
+    method_parameters,
+    models,
+)
 
 # ---------------------------------------------------------------- linear / soups
 
@@ -375,177 +312,6 @@ def test_ties_per_source_density():
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
 
 
-# ---------------------------------------------------------------- PEFT as the reference
-
-
-MAGNITUDES = st.floats(1 / 64, 4, width=32).flatmap(lambda x: st.sampled_from([x, -x]))
-
-
-@st.composite
-def tie_free(draw, count=None):
-    """Base and inputs whose deltas have distinct non-zero magnitudes (PEFT's top-k is then
-    unambiguous)."""
-    shape = draw(SHAPES)
-    base = torch.from_numpy(draw(arrays(np.float32, shape, elements=FINITE)))
-    inputs = []
-    for _ in range(draw(count if count is not None else st.integers(1, 4))):
-        delta = draw(arrays(np.float32, shape, elements=MAGNITUDES, unique=True))
-        inputs.append(base + torch.from_numpy(delta))
-    deltas = [x - base for x in inputs]
-    for d in deltas:
-        magnitudes = d.abs().reshape(-1)
-        assume(bool((magnitudes > 0).all()))
-        assume(magnitudes.unique().numel() == magnitudes.numel())
-    return base, inputs, deltas
-
-
-@SETTINGS
-@given(data=tie_free(), weights=st.lists(st.floats(-2, 2, width=32), min_size=4, max_size=4))
-def test_task_arithmetic_matches_peft(data, weights):
-    base, inputs, deltas = data
-    weights = weights[: len(inputs)]
-    expected = base + peft.task_arithmetic(deltas, torch.tensor(weights))
-    torch.testing.assert_close(call("task_arithmetic", base, inputs, weights), expected)
-
-
-@SETTINGS
-@given(
-    data=tie_free(),
-    weights=st.lists(st.floats(-2, 2, width=32), min_size=4, max_size=4),
-    density=st.floats(0.2, 0.9),
-)
-def test_ties_with_peft_options_matches_peft(data, weights, density):
-    """sign_method: total (sign of Σδ, unweighted) + divide_by: count is PEFT's `ties`."""
-    base, inputs, deltas = data
-    assume(math.floor(density * base.numel()) >= 1)  # PEFT keeps nothing at k = 0
-    weights = weights[: len(inputs)]
-    expected = base + peft.ties(deltas, torch.tensor(weights), density, "total")
-    out = call(
-        "ties", base, inputs, weights, density=density, sign_method="total", divide_by="count"
-    )
-    torch.testing.assert_close(out, expected)
-
-
-@SETTINGS
-@given(
-    data=tie_free(),
-    weights=st.lists(st.floats(0.125, 2, width=32), min_size=4, max_size=4),
-    density=st.floats(0.2, 0.9),
-)
-def test_ties_count_matches_peft_frequency_for_positive_weights(data, weights, density):
-    base, inputs, deltas = data
-    assume(math.floor(density * base.numel()) >= 1)
-    weights = weights[: len(inputs)]
-    expected = base + peft.ties(deltas, torch.tensor(weights), density, "frequency")
-    out = call(
-        "ties", base, inputs, weights, density=density, sign_method="count", divide_by="count"
-    )
-    torch.testing.assert_close(out, expected)
-
-
-@SETTINGS
-@given(
-    data=tie_free(),
-    weights=st.lists(st.floats(-2, 2, width=32), min_size=4, max_size=4),
-    density=st.floats(0.2, 0.9),
-)
-def test_magnitude_prune_matches_peft(data, weights, density):
-    """PEFT's magnitude_prune (top-k, no sign election) is breadcrumbs with gamma 0."""
-    base, inputs, deltas = data
-    assume(math.floor(density * base.numel()) >= 1)
-    weights = weights[: len(inputs)]
-    expected = base + peft.magnitude_prune(deltas, torch.tensor(weights), density)
-    out = call("breadcrumbs", base, inputs, weights, density=density, gamma=0.0)
-    torch.testing.assert_close(out, expected)
-    from merging.methods._ops import prune_magnitude
-
-    for delta in deltas:
-        assert torch.equal(prune_magnitude(delta, density), peft.prune(delta, density, "magnitude"))
-
-
-@pytest.mark.parametrize("density", [0.3, 0.7])
-def test_dare_linear_density_rescale_has_peft_semantics(density):
-    """PEFT draws its mask from the global RNG, so compare the rule on a shared mask."""
-    gen = torch.Generator().manual_seed(3)
-    base = torch.randn(6, 7, generator=gen)
-    inputs = [base + torch.randn(6, 7, generator=gen) for _ in range(3)]
-    deltas = [x - base for x in inputs]
-    weights = [0.5, 1.5, -0.25]
-    # PEFT's own pruning: survivors are δ/density, zeros elsewhere
-    torch.manual_seed(0)
-    peft_pruned = [peft.prune(d, density, "random", rescale=True) for d in deltas]
-    for delta, pruned in zip(deltas, peft_pruned, strict=True):
-        mask = pruned != 0
-        torch.testing.assert_close(pruned[mask], delta[mask] / density)
-    # ours, with the generator the engine would use for this tensor
-    rng = random_stream(9, "t")
-    ours = [prune_random(d, density, rng, "density", source=i) for i, d in enumerate(deltas)]
-    for delta, pruned in zip(deltas, ours, strict=True):
-        mask = pruned != 0
-        torch.testing.assert_close(pruned[mask], delta[mask] / density)
-        assert torch.equal(pruned[~mask], torch.zeros(int((~mask).sum())))
-    # the method = PEFT's dare_linear combination on the same masks
-    out = call(
-        "dare_linear", base, inputs, weights, density=density, rescale="density", seed=9, tensor="t"
-    )
-    expected = base + peft.task_arithmetic(ours, torch.tensor(weights))
-    torch.testing.assert_close(out, expected)
-
-
-@pytest.mark.parametrize("density", [0.3, 0.7])
-def test_dare_ties_with_peft_options_matches_peft_on_the_same_masks(density):
-    gen = torch.Generator().manual_seed(4)
-    base = torch.randn(6, 7, generator=gen)
-    inputs = [base + torch.randn(6, 7, generator=gen) for _ in range(3)]
-    weights = [0.5, 1.5, 1.0]
-    rng = random_stream(2, "t")
-    pruned = torch.stack(
-        [prune_random(x - base, density, rng, "density", source=i) for i, x in enumerate(inputs)]
-    )
-    stacked_weights = peft.reshape_weight_task_tensors(pruned, torch.tensor(weights))
-    mask = peft.calculate_majority_sign_mask(pruned, "total")
-    expected = base + peft.disjoint_merge(pruned * stacked_weights, mask)
-    out = call(
-        "dare_ties",
-        base,
-        inputs,
-        weights,
-        density=density,
-        rescale="density",
-        sign_method="total",
-        divide_by="count",
-        normalize=True,
-        seed=2,
-        tensor="t",
-    )
-    torch.testing.assert_close(out, expected)
-
-
-def test_dare_keep_rate_is_density():
-    base = torch.zeros(400, 500)
-    model = torch.ones(400, 500)
-    for density in (0.2, 0.6):
-        out = call("dare_linear", base, [model], density=density, rescale="density")
-        kept = int((out != 0).sum())
-        n = base.numel()
-        assert abs(kept - n * density) < 5 * math.sqrt(n * density * (1 - density))
-        assert torch.all((out == 0) | (out == 1 / density))
-
-
-def test_dare_rescale_true_means_l1():
-    method = METHODS.get("dare_linear")
-    assert method.params.model_validate({"rescale": True}).rescale == "l1"
-    assert method.params.model_validate({"rescale": False}).rescale == "none"
-
-
-def test_peft_prune_warns_at_density_one_where_we_are_silent():
-    delta = torch.randn(4)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        call("ties", torch.zeros(4), [delta], density=1.0)
-    assert not caught
-
-
 # ---------------------------------------------------------------- slerp
 
 
@@ -605,80 +371,3 @@ def test_every_method_documents_formula_and_paper(name):
 
 def test_randomized_flag_marks_exactly_the_dare_methods():
     assert {n for n in METHODS.names() if METHODS.get(n).randomized} == {"dare_linear", "dare_ties"}
-
-
-# ---------------------------------------------------------------- chunked kernels
-
-
-KERNEL_METHODS = sorted(n for n in METHODS.names() if METHODS.get(n).kernel is not None)
-
-
-def run_chunked(name, base, inputs, weights, chunk, *, seed=0, tensor="w", **parameters):
-    """The engine's chunked path for one tensor, with a tiny chunk size."""
-    from merging.engine import run_kernel
-
-    method = METHODS.get(name)
-    per_source_keys = set(method.source_params.model_fields)
-    shared = {k: v for k, v in parameters.items() if k in per_source_keys}
-    params = method.params.model_validate(
-        {k: v for k, v in parameters.items() if k not in per_source_keys}
-    )
-    sources = [method.source_params.model_validate({**shared, "weight": w}) for w in weights]
-    numel = inputs[0].numel()
-    kernel = method.kernel(params, sources, random_stream(seed, tensor), numel)
-    tensors = ([base] if method.needs_base else []) + list(inputs)
-    out = torch.empty(numel)
-    run_kernel(
-        kernel,
-        [t.reshape(-1) for t in tensors],
-        out,
-        has_base=method.needs_base,
-        device=torch.device("cpu"),
-        dtype=torch.float32,
-        chunk=chunk,
-    )
-    return out.view(inputs[0].shape)
-
-
-@settings(max_examples=40, deadline=None)
-@given(
-    data=models(count=st.integers(1, 3)),
-    weights=st.lists(st.floats(-2, 2, width=32), min_size=3, max_size=3),
-    name=st.sampled_from(KERNEL_METHODS),
-    chunk=st.integers(1, 17),
-    density=st.floats(0.1, 1.0),
-    rescale=st.sampled_from(["none", "l1", "density"]),
-    seed=st.integers(0, 99),
-)
-def test_chunked_kernel_matches_the_pure_function(
-    data, weights, name, chunk, density, rescale, seed
-):
-    base, inputs = data
-    method = METHODS.get(name)
-    if method.max_inputs is not None:
-        inputs = inputs[: method.max_inputs]
-    weights = weights[: len(inputs)]
-    parameters: dict[str, Any] = dict(method_parameters(name))
-    if "density" in method.source_params.model_fields:
-        parameters["density"] = density
-    if "rescale" in method.params.model_fields:
-        parameters["rescale"] = rescale
-    expected = call(name, base if method.needs_base else None, inputs, weights, tensor="w",
-                    seed=seed, **parameters)  # fmt: skip
-    got = run_chunked(name, base, inputs, weights, chunk, seed=seed, **parameters)
-    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
-
-
-@settings(max_examples=40, deadline=None)
-@given(
-    data=models(count=st.integers(1, 3), elements=st.integers(-6, 6).map(lambda i: i / 4)),
-    chunk=st.integers(1, 9),
-    density=st.floats(0.05, 0.95),
-)
-def test_ties_kernel_threshold_is_exact_with_ties(data, chunk, density):
-    """The radix-select threshold keeps exactly the elements the pure trim keeps."""
-    base, inputs = data
-    weights = [1.0] * len(inputs)
-    expected = call("ties", base, inputs, weights, density=density)
-    got = run_chunked("ties", base, inputs, weights, chunk, density=density)
-    assert torch.equal(got, expected)
