@@ -11,7 +11,7 @@ from merging.check import SourceInfo
 from merging.errors import AdapterError, RecipeError
 from merging.io.headers import TensorHeader
 from merging.io.refs import ModelRef
-from merging.io.source import CheckpointSource, TensorSource, read_config
+from merging.io.source import CheckpointSource, TensorSource
 from merging.recipe import Recipe, SourceSpec
 
 logger = logging.getLogger(__name__)
@@ -122,7 +122,3 @@ def tokenizer_dir(recipe: Recipe, resolved: dict[str, ResolvedModel]) -> Path | 
     if choice == "union":
         raise RecipeError("tokenizer_source: union is not supported; name one model or 'base'")
     return None
-
-
-def config_of(path: Path) -> dict[str, object]:
-    return read_config(path)
