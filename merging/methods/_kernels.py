@@ -167,7 +167,7 @@ class FamilyKernel(Kernel):
                 with self.lock:
                     self._masks[(index, offset)] = keep
                 before = float(magnitudes.sum())
-                after = float(keep_where(magnitudes, keep).sum())
+                after = float(torch.dot(magnitudes, keep.to(magnitudes.dtype)))
                 with self.lock:
                     self._l1_parts[(index, offset)] = (before, after)
 
@@ -186,15 +186,16 @@ class FamilyKernel(Kernel):
         selector = self.selectors[index]
         if selector is not None:
             return keep_where(delta, delta.abs() >= selector.threshold)
-        kept = keep_where(delta, self._mask(index, offset, delta.numel(), delta.device))
+        # delta is this chunk's own temporary: scale it in place
+        kept = delta.mul_(self._mask(index, offset, delta.numel(), delta.device).to(delta.dtype))
         rule = self.params.rescale
         if rule == "density":
-            return kept / self.sources[index].density
+            return kept.div_(self.sources[index].density)
         if rule == "l1":
             before, after = self.l1[index]
             if before < 1e-7 or after < 1e-7:
                 return kept
-            return kept * (before / after)
+            return kept.mul_(before / after)
         return kept
 
     def apply(self, base: Tensor | None, inputs: Sequence[Tensor], offset: int) -> Tensor:
