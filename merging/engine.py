@@ -293,7 +293,7 @@ class _TensorContext:
 def _resolve_all(recipe: Recipe, options: MergeOptions) -> dict[str, ResolvedModel]:
     names = [recipe.base_model] if recipe.base_model else []
     names += [s.model for s in recipe.models] + [s.adapter for s in recipe.models if s.adapter]
-    if recipe.tokenizer_source not in (None, "base", "union"):
+    if recipe.tokenizer_source not in (None, "base"):
         names.append(recipe.tokenizer_source)
     resolved: dict[str, ResolvedModel] = {}
     for index, name in enumerate(dict.fromkeys(names)):
@@ -357,10 +357,9 @@ def _write_extras(
     if (reference_dir / "generation_config.json").is_file():
         writer.copy_file(reference_dir / "generation_config.json")
     tokenizer = tokenizer_dir(recipe, resolved)
-    if tokenizer is not None:
-        for name in TOKENIZER_FILES:
-            if (tokenizer / name).is_file():
-                writer.copy_file(tokenizer / name)
+    for name in TOKENIZER_FILES:
+        if (tokenizer / name).is_file():
+            writer.copy_file(tokenizer / name)
     params, _ = resolve_params(method, recipe, [], "", 0.0)
     writer.add_file("hubmerge_recipe.yaml", recipe.to_yaml())
     writer.add_file("README.md", render_card(recipe, method, params, resolved, out_dtype=out_dtype))

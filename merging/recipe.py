@@ -154,6 +154,13 @@ class Recipe(BaseModel):
             raise ValueError(f"unknown dtype {value!r}; allowed: {', '.join(DTYPES)}")
         return value
 
+    @field_validator("tokenizer_source")
+    @classmethod
+    def _one_tokenizer(cls, value: str | None) -> str | None:
+        if value == "union":  # mergekit builds a merged vocabulary; hubmerge does not (yet)
+            raise ValueError("'union' is not supported; name one model, or 'base'")
+        return value
+
     @field_validator("models")
     @classmethod
     def _non_empty(cls, value: list[SourceSpec]) -> list[SourceSpec]:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from merging.check import SourceInfo
-from merging.errors import AdapterError, RecipeError
+from merging.errors import AdapterError
 from merging.io.headers import TensorHeader
 from merging.io.refs import ModelRef
 from merging.io.source import CheckpointSource, TensorSource
@@ -111,14 +111,9 @@ def source_info(source: TensorSource) -> SourceInfo:
     return SourceInfo(source.label, source.headers, source.config)
 
 
-def tokenizer_dir(recipe: Recipe, resolved: dict[str, ResolvedModel]) -> Path | None:
-    """The folder the output's tokenizer is copied from (``tokenizer_source``, default base)."""
+def tokenizer_dir(recipe: Recipe, resolved: dict[str, ResolvedModel]) -> Path:
+    """The folder the output's tokenizer is copied from (``tokenizer_source``, default base);
+    the engine resolves every named source, this one included, before merging."""
     choice = recipe.tokenizer_source or "base"
-    if choice == "base":
-        key = recipe.base_model or recipe.models[0].model
-        return resolved[key].path
-    if choice in resolved:
-        return resolved[choice].path
-    if choice == "union":
-        raise RecipeError("tokenizer_source: union is not supported; name one model or 'base'")
-    return None
+    key = (recipe.base_model or recipe.models[0].model) if choice == "base" else choice
+    return resolved[key].path

@@ -390,3 +390,8 @@ def test_evaluate_parameter_first_matching_filter_wins():
 def test_evaluate_parameter_scalars_pass_through():
     assert evaluate_parameter(0.3, "x", 0.9) == 0.3
     assert evaluate_parameter(True, "x", 0.9) is True
+
+
+def test_union_tokenizer_is_refused_at_load_time():
+    with pytest.raises(RecipeError, match="tokenizer_source"):
+        load_recipe("merge_method: linear\nmodels: [{model: a}]\ntokenizer_source: union\n")
