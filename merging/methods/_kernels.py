@@ -25,7 +25,9 @@ from torch import Tensor
 from merging.methods._ops import (
     PARALLEL_THRESHOLD,
     RandomStream,
+    as_float,
     combine_deltas,
+    delta_of,
     keep_count,
     keep_where,
 )
@@ -158,7 +160,7 @@ class FamilyKernel(Kernel):
         for index, x in enumerate(inputs):
             if self.dense[index]:
                 continue
-            magnitudes = (x - base).abs_()
+            magnitudes = delta_of(x, base).abs_()
             selector = self.selectors[index]
             if selector is not None:
                 selector.observe(step, magnitudes)
@@ -167,7 +169,7 @@ class FamilyKernel(Kernel):
                 with self.lock:
                     self._masks[(index, offset)] = keep
                 before = float(magnitudes.sum())
-                after = float(torch.dot(magnitudes, keep.to(magnitudes.dtype)))
+                after = float(torch.dot(magnitudes, as_float(keep, magnitudes.dtype)))
                 with self.lock:
                     self._l1_parts[(index, offset)] = (before, after)
 
@@ -187,7 +189,8 @@ class FamilyKernel(Kernel):
         if selector is not None:
             return keep_where(delta, delta.abs() >= selector.threshold)
         # delta is this chunk's own temporary: scale it in place
-        kept = delta.mul_(self._mask(index, offset, delta.numel(), delta.device).to(delta.dtype))
+        keep = self._mask(index, offset, delta.numel(), delta.device)
+        kept = delta.mul_(as_float(keep, delta.dtype))
         rule = self.params.rescale
         if rule == "density":
             return kept.div_(self.sources[index].density)
@@ -203,7 +206,7 @@ class FamilyKernel(Kernel):
         if not self.consensus and all(self.dense):
             return self._linear_combination(base, inputs)
         base = base.to(self.dtype)
-        deltas = [self._sparsified(i, x - base, offset) for i, x in enumerate(inputs)]
+        deltas = [self._sparsified(i, delta_of(x, base), offset) for i, x in enumerate(inputs)]
         mixed = combine_deltas(
             deltas,
             [s.weight for s in self.sources],
@@ -212,7 +215,7 @@ class FamilyKernel(Kernel):
             divide_by=self.params.divide_by,
             sign_method=getattr(self.params, "sign_method", "sum"),
         )
-        return base + self.params.lambda_ * mixed
+        return mixed.mul_(self.params.lambda_).add_(base)  # = base + λ·mixed, in place
 
     def _linear_combination(self, base: Tensor, inputs: Sequence[Tensor]) -> Tensor:
         """θ_base + λ·Σ wᵢ(θᵢ − θ_base)/d as (1 − λΣwᵢ/d)·θ_base + Σ (λwᵢ/d)·θᵢ: one pass per input,

@@ -124,9 +124,9 @@ def _describe(sparsify: str, consensus: bool) -> Callable[[Any], str]:
             )
         elif sparsify == "random":
             lines.append(
-                "Drop: each δ entry kept with probability density (a PCG64 stream per "
-                "(seed, tensor name, model, 65,536-element block); kept when its 32-bit draw "
-                f"< ⌊density·2³²⌋); rescale = {p.rescale}."
+                "Drop: each δ entry kept with probability density (a PCG64DXSM stream per "
+                "(seed, tensor name, model, 65,536-element block); kept when its 16-bit draw "
+                f"< round(density·2¹⁶)); rescale = {p.rescale}."
             )
         elif sparsify == "outliers":
             lines.append("Trim: drop the gamma share of largest |δ|, keep the next ⌊density·n⌋.")

@@ -15,9 +15,11 @@ from hypothesis.extra.numpy import array_shapes, arrays
 from merging.methods import random_stream
 from merging.methods._ops import (
     BLOCK,
-    agreement_mask,
+    agreement,
+    combine_deltas,
     elect_sign,
     keep_count,
+    keep_threshold,
     magnitude_threshold,
     prune_magnitude,
     prune_magnitude_outliers,
@@ -227,6 +229,23 @@ def test_dare_keep_rate_matches_density(density):
     assert abs(kept - n * density) < 5 * sigma
 
 
+def test_keep_threshold_rounds_density_to_sixteen_bits():
+    assert keep_threshold(0.5) == 32768
+    assert keep_threshold(0.1) == 6554  # round(6553.6)
+    assert keep_threshold(1e-9) == 1  # never zero: a positive density keeps something
+    assert keep_threshold(0.999999) == 65536  # every 16-bit draw is below it: all kept
+
+
+def test_random_mask_keeps_exactly_the_draws_below_the_threshold():
+    stream = random_stream(3, "w")
+    draws = stream._draws(1, 0)
+    assert draws.dtype == np.dtype("<u2")
+    assert draws.size == BLOCK
+    mask = stream.mask(1, 0, BLOCK, 0.3).numpy()
+    assert np.array_equal(mask, draws < keep_threshold(0.3))
+    assert stream.mask(1, 0, BLOCK, 0.999999).all()
+
+
 def test_prune_random_uses_no_global_rng():
     delta = torch.randn(64)
     torch.manual_seed(0)
@@ -287,10 +306,47 @@ def test_elect_sign_sum_and_count_with_ties_electing_plus():
     assert elect_sign(votes, "count").tolist() == [-1, 1, 1, -1, 1]
 
 
-def test_agreement_mask_zeros_never_agree():
+def test_agreement_zeros_never_agree():
     votes = torch.tensor([[1.0, 0.0, -2.0], [0.0, 0.0, 3.0]])
     sign = torch.tensor([1.0, 1.0, -1.0])
-    assert agreement_mask(votes, sign).tolist() == [[True, False, True], [False, False, False]]
+    assert agreement(votes, sign).tolist() == [[1.0, 0.0, 1.0], [0.0, 0.0, 0.0]]
+
+
+def _ties_written_out(deltas, weights, sign_method, divide_by):
+    """The consensus merge with comparisons and torch.where, straight from the definitions."""
+    weighted = [d * w for d, w in zip(deltas, weights, strict=True)]
+    votes = deltas if sign_method == "total" else weighted
+    if sign_method == "count":
+        score = sum(v.sign() for v in votes)
+    else:
+        score = votes[0].clone()
+        for v in votes[1:]:
+            score = score + v
+    elected = torch.where(score >= 0, 1.0, -1.0)
+    mixed = torch.zeros_like(score)
+    divisor = torch.zeros_like(score)
+    for vote, term, w in zip(votes, weighted, weights, strict=True):
+        takes_part = (vote != 0) & (vote.sign() == elected)
+        mixed = mixed + torch.where(takes_part, term, 0.0)
+        divisor = divisor + torch.where(takes_part, w if divide_by == "weights" else 1.0, 0.0)
+    return mixed / torch.where(divisor == 0, 1.0, divisor)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    rows=st.lists(st.lists(st.integers(-3, 3), min_size=12, max_size=12), min_size=1, max_size=4),
+    weights=st.lists(st.sampled_from([-1.0, -0.5, 0, 0.3, 0.5, 1.0, 2.0]), min_size=4, max_size=4),
+    sign_method=st.sampled_from(["sum", "count", "total"]),
+    divide_by=st.sampled_from(["weights", "count"]),
+)
+def test_combine_deltas_equals_the_written_out_consensus(rows, weights, sign_method, divide_by):
+    """Exact equality, ties and zero votes included (small integers make ties common)."""
+    deltas = [torch.tensor(r, dtype=torch.float32) / 4 for r in rows]
+    weights = weights[: len(deltas)]
+    got = combine_deltas(deltas, weights, consensus=True, normalize=True,
+                         divide_by=divide_by, sign_method=sign_method)  # fmt: skip
+    expected = _ties_written_out(deltas, weights, sign_method, divide_by)
+    assert torch.equal(got, expected)
 
 
 def test_task_vectors_are_differences():
