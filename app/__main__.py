@@ -59,10 +59,15 @@ def _demo(settings: Settings):  # type: ignore[no-untyped-def]
     from app.demo import DEMO_TOKEN, start_demo
 
     torch.set_num_threads(1)  # the demo models are tiny: threads only add overhead
-    with start_demo(settings.data_dir) as (url, models):
+    clients = dict([settings.oauth_client]) if settings.oauth_client else None
+    with start_demo(settings.data_dir, port=settings.demo_hub_port, oauth_clients=clients) as (
+        url,
+        models,
+    ):
         yield settings.with_(
             hub_endpoint=url,
-            default_token=DEMO_TOKEN,
+            # on Spaces each user signs in; the demo token is only pre-filled elsewhere
+            default_token=None if settings.on_spaces else DEMO_TOKEN,
             eval_include_paths=(*settings.eval_include_paths, models.task_dir),
             probe_examples=settings.probe_examples or models.examples,
         )

@@ -301,15 +301,21 @@ def require_no_xet() -> None:
 
 
 @contextlib.contextmanager
-def start_demo(data_dir: Path, *, port: int = 0) -> Iterator[tuple[str, DemoModels]]:
-    """Build (or reuse) the demo models, start the seeded local Hub; yield (url, models)."""
+def start_demo(
+    data_dir: Path, *, port: int = 0, oauth_clients: dict[str, str] | None = None
+) -> Iterator[tuple[str, DemoModels]]:
+    """Build (or reuse) the demo models, start the seeded local Hub; yield (url, models).
+
+    ``oauth_clients`` (client id → secret) turns on the Hub's "Sign in with the Hub" provider.
+    """
     require_no_xet()
     from app.hub_server import running_server
 
     models = build_demo_models(Path(data_dir) / "demo" / "models")
     register_demo_suite()
     hub_dir = Path(data_dir) / "demo" / "hub"
-    with running_server(hub_dir, tokens={DEMO_TOKEN: DEMO_USER}, port=port) as url:
+    tokens = {DEMO_TOKEN: DEMO_USER}
+    with running_server(hub_dir, tokens=tokens, port=port, oauth_clients=oauth_clients) as url:
         seed_hub(url, models)
         logger.info("demo Hub on %s (token %s…)", url, DEMO_TOKEN[:6])
         yield url, models

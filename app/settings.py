@@ -32,7 +32,11 @@ class Settings:
         concurrency: heavy jobs (merge, evaluate, push, soup) running at once; more wait.
         hub_endpoint: the Hub to talk to (`None`: huggingface_hub's default, i.e. the real Hub).
         demo: serve the offline demo (local Hub seeded with tiny models).
-        on_spaces: running inside a Hugging Face Space with OAuth: sign-in replaces tokens.
+        on_spaces: running inside a Hugging Face Space with OAuth (``hf_oauth: true``): the
+            sign-in button replaces the token field and each user's OAuth token is used.
+        oauth_client: the Space's OAuth (client id, secret); with ``demo`` the demo Hub
+            registers it, so sign-in can be rehearsed offline against the local Hub.
+        demo_hub_port: port of the demo's local Hub (0: any free port).
         allow_local_paths: accept local directories as models (off on Spaces).
         default_token: a token pre-filled in the form (only the demo's public token).
         eval_include_paths: extra lm-evaluation-harness task folders offered to evaluate.
@@ -49,6 +53,8 @@ class Settings:
     hub_endpoint: str | None = None
     demo: bool = False
     on_spaces: bool = False
+    oauth_client: tuple[str, str] | None = field(default=None, repr=False)
+    demo_hub_port: int = 0
     allow_local_paths: bool = True
     default_token: str | None = field(default=None, repr=False)
     eval_include_paths: tuple[Path, ...] = ()
@@ -85,7 +91,11 @@ def read_settings(env: Mapping[str, str] | None = None) -> Settings:
         `ValueError`: a numeric variable does not parse (the message names it).
     """
     env = os.environ if env is None else env
-    on_spaces = bool(env.get("SPACE_ID")) and bool(env.get("OAUTH_CLIENT_ID"))
+    # gradio runs the real OAuth flow only where SYSTEM=spaces (else it mocks the sign-in)
+    on_spaces = all(env.get(k) for k in ("SPACE_ID", "OAUTH_CLIENT_ID")) and (
+        env.get("SYSTEM") == "spaces"
+    )
+    client_id, client_secret = env.get("OAUTH_CLIENT_ID"), env.get("OAUTH_CLIENT_SECRET")
 
     def number(name: str, default: float, kind: type = int) -> float:
         raw = env.get(name)
@@ -106,6 +116,8 @@ def read_settings(env: Mapping[str, str] | None = None) -> Settings:
         hub_endpoint=(env.get("HF_ENDPOINT") or None),
         demo=_flag(env, "HUBMERGE_DEMO", False),
         on_spaces=on_spaces,
+        oauth_client=(client_id, client_secret) if client_id and client_secret else None,
+        demo_hub_port=int(number("HUBMERGE_DEMO_HUB_PORT", 0)),
         allow_local_paths=_flag(env, "HUBMERGE_ALLOW_LOCAL_PATHS", not in_space),
         eval_include_paths=_paths(env.get("HUBMERGE_EVAL_INCLUDE")),
         probe_examples=Path(env["HUBMERGE_PROBE_EXAMPLES"])

@@ -1,12 +1,14 @@
 """Bearer-token authentication and the Hub's access rules for the local server.
 
 Tokens map to user names. Without a token list the server is open: every request acts as
-the user ``"local"``. Tokens are compared in constant time and never logged.
+the user ``"local"``. OAuth access tokens (see `oauth`) are granted at run time and expire.
+Tokens are compared in constant time and never logged.
 """
 
 from __future__ import annotations
 
 import hmac
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -36,6 +38,25 @@ class Authenticator:
 
     def __init__(self, tokens: Mapping[str, str] | None) -> None:
         self._tokens = dict(tokens) if tokens is not None else None
+        self._grants: dict[str, tuple[str, float]] = {}  # OAuth token → (user, expiry)
+
+    def grant(self, token: str, user: str, *, expires_at: float) -> None:
+        """Accept ``token`` as ``user``'s until ``expires_at`` (an OAuth access token)."""
+        now = time.time()
+        self._grants = {t: g for t, g in self._grants.items() if g[1] > now}
+        self._grants[token] = (user, expires_at)
+
+    def user_for(self, token: str) -> str | None:
+        """The user a token belongs to (None if unknown or expired); open servers: ``local``."""
+        if self._tokens is None:
+            return OPEN_USER
+        for known, user in self._tokens.items():
+            if hmac.compare_digest(known.encode(), token.encode()):
+                return user
+        for known, (user, expires_at) in list(self._grants.items()):
+            if hmac.compare_digest(known.encode(), token.encode()) and expires_at > time.time():
+                return user
+        return None
 
     @property
     def is_open(self) -> bool:
@@ -50,11 +71,8 @@ class Authenticator:
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             return Caller(None)
-        token = token.strip()
-        for known, user in self._tokens.items():
-            if hmac.compare_digest(known.encode(), token.encode()):
-                return Caller(user)
-        return Caller(None, bad_token=True)
+        user = self.user_for(token.strip())
+        return Caller(user) if user is not None else Caller(None, bad_token=True)
 
     def require_user(self, request: Request) -> str:
         """The authenticated user name.

@@ -13,7 +13,7 @@ from collections.abc import Iterator, Mapping
 import uvicorn
 from fastapi import FastAPI
 
-from . import routes_api, routes_files
+from . import oauth, routes_api, routes_files
 from ._auth import Authenticator
 from ._control import FaultMiddleware, ServerControl
 from ._state import HubState
@@ -24,7 +24,10 @@ logger = logging.getLogger(__name__)
 
 
 def create_app(
-    data_dir: str | os.PathLike[str], *, tokens: Mapping[str, str] | None = None
+    data_dir: str | os.PathLike[str],
+    *,
+    tokens: Mapping[str, str] | None = None,
+    oauth_clients: Mapping[str, str] | None = None,
 ) -> FastAPI:
     """Create the Hub-compatible app serving the repositories stored in `data_dir`.
 
@@ -33,6 +36,9 @@ def create_app(
             Where repositories, commits and blobs live; created if missing, reused on restart.
         tokens (`Mapping[str, str]`, *optional*):
             token → user name. Without it the server is open (no authentication at all).
+        oauth_clients (`Mapping[str, str]`, *optional*):
+            client id → client secret of the OAuth apps that may use "Sign in with the Hub"
+            (`oauth`); without it the OAuth routes answer 404.
 
     Returns:
         `FastAPI`: the app; ``app.state.control`` is a `ServerControl` for tests.
@@ -45,9 +51,11 @@ def create_app(
     control = ServerControl()
     app.state.hub = HubState(RepoStore(data_dir), Authenticator(tokens), control)
     app.state.control = control
+    app.state.oauth = oauth.OAuthProvider(dict(oauth_clients)) if oauth_clients else None
     app.add_exception_handler(HubHTTPError, render_error)
     app.include_router(routes_api.router)
     app.include_router(routes_files.router)
+    app.include_router(oauth.router)
     app.add_middleware(FaultMiddleware, control=control)
     return app
 
@@ -97,6 +105,7 @@ def running_server(
     data_dir: str | os.PathLike[str],
     *,
     tokens: Mapping[str, str] | None = None,
+    oauth_clients: Mapping[str, str] | None = None,
     host: str = "127.0.0.1",
     port: int = 0,
 ) -> Iterator[str]:
@@ -107,7 +116,8 @@ def running_server(
         ...     HfApi(endpoint=url, token="hf_x").whoami()["name"]
         'alice'
     """
-    with running_app(create_app(data_dir, tokens=tokens), host=host, port=port) as url:
+    app = create_app(data_dir, tokens=tokens, oauth_clients=oauth_clients)
+    with running_app(app, host=host, port=port) as url:
         yield url
 
 

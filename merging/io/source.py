@@ -1,4 +1,8 @@
-"""Read checkpoints tensor by tensor: an index built from headers, data read lazily (mmap)."""
+"""Read checkpoints tensor by tensor: an index built from headers, data read lazily (mmap).
+
+safetensors files are read through `MappedSafetensors`, which can hand a merged tensor's
+pages back at once (`release`); opted-in pickles through ``torch.load(mmap=True)``.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +14,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import torch
-from safetensors import safe_open
 
 from merging.errors import CheckpointError, UnsafeCheckpointError
 from merging.io.headers import TensorHeader
+from merging.io.mapped import MappedSafetensors
 
 logger = logging.getLogger(__name__)
 
@@ -119,7 +123,9 @@ class CheckpointSource:
                 if file.suffix == ".bin":
                     handle = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
                 else:
-                    handle = safe_open(str(file), framework="pt")
+                    handle = MappedSafetensors(file, SAFETENSORS_TO_TORCH)
+            except CheckpointError:
+                raise
             except Exception as err:  # corrupt files raise many types
                 raise CheckpointError(f"{file}: cannot open weights ({err})") from err
             self._handles[file] = handle
@@ -132,11 +138,7 @@ class CheckpointSource:
                 TensorHeader(name, tuple(t.shape), _TORCH_TO_SAFETENSORS[t.dtype])
                 for name, t in handle.items()
             ]
-        out = []
-        for name in handle.keys():  # noqa: SIM118 (safe_open has no __iter__)
-            view = handle.get_slice(name)
-            out.append(TensorHeader(name, tuple(view.get_shape()), view.get_dtype()))
-        return out
+        return handle.headers(_TORCH_TO_SAFETENSORS)
 
     def get(self, name: str) -> torch.Tensor:
         try:
@@ -144,7 +146,7 @@ class CheckpointSource:
         except KeyError:
             raise CheckpointError(f"{self.label}: has no tensor {name!r}") from None
         handle = self._open(file)
-        return handle[name] if file.suffix == ".bin" else handle.get_tensor(name)
+        return handle[name] if file.suffix == ".bin" else handle.tensor(name)
 
     def expect(self, names: list[str]) -> None:
         """Say which tensors will be read (once each), so `release` can unmap finished shards."""
@@ -152,12 +154,15 @@ class CheckpointSource:
             self._unread = Counter(self._file_of[n] for n in names if n in self._file_of)
 
     def release(self, name: str) -> None:
-        """A tensor is no longer needed; a shard whose expected tensors are all done is closed,
-        so its pages leave the process's resident memory."""
+        """A tensor is no longer needed: its pages leave the process's resident memory, and a
+        shard whose expected tensors are all done is closed."""
         file = self._file_of.get(name)
         with self._lock:
             if file is None or self._unread[file] <= 0:
                 return
+            handle = self._handles.get(file)
+            if isinstance(handle, MappedSafetensors):
+                handle.drop(name)
             self._unread[file] -= 1
             if self._unread[file] == 0:
                 self._handles.pop(file, None)

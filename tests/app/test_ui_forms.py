@@ -83,9 +83,14 @@ def test_settings_come_from_the_environment(tmp_path):
     assert settings.hub_endpoint == "http://127.0.0.1:9"
     assert not settings.on_spaces
     assert settings.allow_local_paths
-    spaces = read_settings({**env, "SPACE_ID": "me/app", "OAUTH_CLIENT_ID": "x"})
+    space = {**env, "SYSTEM": "spaces", "SPACE_ID": "me/app", "OAUTH_CLIENT_ID": "x"}
+    spaces = read_settings({**space, "OAUTH_CLIENT_SECRET": "s"})
     assert spaces.on_spaces
+    assert spaces.oauth_client == ("x", "s")
+    assert "'s'" not in repr(spaces)  # the client secret never shows in logs
     assert not spaces.allow_local_paths
+    # gradio mocks sign-in outside Spaces (SYSTEM unset): then the token field stays
+    assert not read_settings({**space, "SYSTEM": ""}).on_spaces
     with pytest.raises(ValueError, match="HUBMERGE_CONCURRENCY"):
         read_settings({**env, "HUBMERGE_CONCURRENCY": "many"})
 
