@@ -133,9 +133,14 @@ def build_demo(settings: Settings, runner: JobRunner | None = None) -> gr.Blocks
             visible=not settings.on_spaces,
         )  # fmt: skip
         if settings.demo:
+            how = (
+                "sign in, authorizing with the demo token `hf_demo_local_token`"
+                if settings.on_spaces
+                else "the pre-filled demo token"
+            )
             gr.Markdown(
                 "**Offline demo**: a local Hub with `demo/tiny-*` models; try searching `tiny`. "
-                "Push to `demo/<name>` with the pre-filled demo token."
+                f"Push to `demo/<name>` with {how}."
             )
         with gr.Tabs():
             with gr.Tab("1 · Models", id="models"):

@@ -70,8 +70,11 @@ def test_sign_in_on_a_space_then_push_with_the_oauth_token(space_app, artifacts)
         page.locator("#push-merge-job textarea, #push-merge-job input").first.fill(job_id)
         page.locator("#repo-id textarea, #repo-id input").first.fill("demo/space-merge")
         page.locator("#push-btn").click()
-        expect(page.get_by_text(re.compile("Sign in with Hugging Face to push"))).to_be_visible()
-        page.screenshot(path=str(artifacts / "1-signed-out.png"), full_page=True)
+        toast = page.locator(".toast-body.error")
+        expect(toast).to_contain_text("Sign in with Hugging Face to push")
+        expect(toast).to_be_visible()
+        page.wait_for_timeout(800)  # let the toast's fly-in transition finish
+        page.screenshot(path=str(artifacts / "1-signed-out.png"))
 
         # sign in: gradio → the Hub's consent page → back with a code → session cookie
         sign_in.click()
