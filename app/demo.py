@@ -98,7 +98,12 @@ def llama_config(layers: int = 2, hidden: int = 32, vocab: int = 384, tie: bool 
     )
 
 
-def _train(model, tokenizer, lines: list[str], *, seed: int, steps: int, lr: float = 1e-2):
+def train_lm(
+    model, tokenizer, lines: list[str], *, seed: int, steps: int, lr: float = 1e-2,
+    batch_size: int = 32,
+) -> float:  # fmt: skip
+    """A few seeded Adam steps of causal-LM training on ``lines`` (tiny demo and test models);
+    returns the last loss. Runs torch single-threaded: extra threads only add contention."""
     import torch
 
     batch = tokenizer(lines, padding=True, return_tensors="pt")
@@ -106,18 +111,23 @@ def _train(model, tokenizer, lines: list[str], *, seed: int, steps: int, lr: flo
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=lr)
     generator = torch.Generator().manual_seed(seed)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     model.train()
-    for _ in range(steps):
-        rows = torch.randint(0, len(lines), (32,), generator=generator)
-        loss = model(
-            input_ids=batch["input_ids"][rows],
-            attention_mask=batch["attention_mask"][rows],
-            labels=labels[rows],
-        ).loss
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    model.eval()
+    try:
+        for _ in range(steps):
+            rows = torch.randint(0, len(lines), (batch_size,), generator=generator)
+            loss = model(
+                input_ids=batch["input_ids"][rows],
+                attention_mask=batch["attention_mask"][rows],
+                labels=labels[rows],
+            ).loss
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    finally:
+        model.eval()
+        torch.set_num_threads(threads)
     return float(loss.detach())
 
 
@@ -171,7 +181,7 @@ def _build(root: Path, *, steps: int) -> None:
         tokenizer.save_pretrained(root / name)
 
     base = LlamaForCausalLM(config)
-    _train(base, tokenizer, math_lines(200, 1) + animal_lines(200, 2), seed=0, steps=steps)
+    train_lm(base, tokenizer, math_lines(200, 1) + animal_lines(200, 2), seed=0, steps=steps)
     save(base, "tiny-base")
     state = {k: v.clone() for k, v in base.state_dict().items()}
     for name, lines, seed in [
@@ -179,7 +189,7 @@ def _build(root: Path, *, steps: int) -> None:
         ("tiny-animals", animal_lines(300, 4), 2),
     ]:
         base.load_state_dict(state)
-        _train(base, tokenizer, lines, seed=seed, steps=steps, lr=5e-3)
+        train_lm(base, tokenizer, lines, seed=seed, steps=steps, lr=5e-3)
         save(base, name)
     base.load_state_dict(state)
     generator = torch.Generator().manual_seed(7)
@@ -198,7 +208,7 @@ def _build_adapter(base, tokenizer, path: Path, *, steps: int) -> None:
 
     config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], lora_dropout=0.0)
     model = get_peft_model(base, config)
-    _train(model, tokenizer, math_lines(300, 5), seed=3, steps=steps // 2)
+    train_lm(model, tokenizer, math_lines(300, 5), seed=3, steps=steps // 2)
     model.save_pretrained(path)
     adapter_config = json.loads((path / "adapter_config.json").read_text())
     adapter_config["base_model_name_or_path"] = f"{DEMO_USER}/tiny-base"

@@ -11,6 +11,7 @@ field) and closes over it in the job's work function; it is never stored or logg
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -41,6 +42,15 @@ def as_gr_error(err: BaseException) -> gr.Error:
         return gr.Error(str(err), print_exception=False)
     logger.exception("unexpected failure", exc_info=err)
     return gr.Error("Something went wrong on the server; the log has the details.")
+
+
+@contextlib.contextmanager
+def user_facing() -> Iterator[None]:
+    """Turn any failure inside the block into a `gr.Error` (`as_gr_error`)."""
+    try:
+        yield
+    except Exception as err:
+        raise as_gr_error(err) from None
 
 
 def public(record: JobRecord) -> dict[str, Any]:
@@ -76,13 +86,11 @@ class Handlers:
         """Hub search; each hit as a dict (id, architecture, parameters, adapter facts)."""
         from merging.hub import search_models
 
-        try:
+        with user_facing():
             hits = search_models(
                 query or "", limit=20, token=_token(token, None),
                 endpoint=self.settings.hub_endpoint,
             )  # fmt: skip
-        except Exception as err:
-            raise as_gr_error(err) from None
         return [hit.model_dump(mode="json") for hit in hits]
 
     def suggest(self, query: str) -> Any:
@@ -142,10 +150,8 @@ class Handlers:
         self, recipe: str, token: str | None, oauth_token: gr.OAuthToken | None = None
     ) -> str:
         """API ``check``: the compatibility report; a bad recipe is a `gr.Error`."""
-        try:
+        with user_facing():
             return self._check(recipe, _token(token, oauth_token))
-        except Exception as err:
-            raise as_gr_error(err) from None
 
     def _check(self, text: str, token: str | None) -> str:
         from merging.check import check_recipe
@@ -158,10 +164,8 @@ class Handlers:
 
     # ------------------------------------------------------------------ jobs
     def validate_recipe(self, text: str) -> None:
-        try:
+        with user_facing():
             workflows.parse(text, self.settings)
-        except Exception as err:
-            raise as_gr_error(err) from None
 
     def merge(
         self,
@@ -173,13 +177,11 @@ class Handlers:
         progress: gr.Progress = gr.Progress(),  # noqa: B008 - gradio's injection idiom
     ) -> Iterator[tuple[str, str, dict[str, Any]]]:
         """API ``merge``: start a merge (or greedy soup) job and stream its state."""
-        try:
+        with user_facing():
             job_id = workflows.submit_merge(
                 self.runner, self.settings, recipe, token=_token(token, oauth_token),
                 examples=(soup_examples or "").strip() or None, metric=soup_metric or "loss",
             )  # fmt: skip
-        except Exception as err:
-            raise as_gr_error(err) from None
         yield from self._follow(job_id, progress, lambda r: (r.id, r.log, public(r)))
 
     def greedy_soup(
@@ -192,15 +194,13 @@ class Handlers:
         progress: gr.Progress = gr.Progress(),  # noqa: B008
     ) -> Iterator[tuple[str, str, dict[str, Any]]]:
         """API ``greedy_soup``: models one per line (or comma-separated); examples a jsonl path."""
-        try:
+        with user_facing():
             names = [m.strip() for m in (models or "").replace(",", "\n").splitlines() if m.strip()]
             text = forms.SOUP_NOTE + forms.form_to_yaml("", "linear", "", [[n] for n in names], [])
             job_id = workflows.submit_merge(
                 self.runner, self.settings, text, token=_token(token, oauth_token),
                 examples=examples or None, metric=metric or "loss",
             )  # fmt: skip
-        except Exception as err:
-            raise as_gr_error(err) from None
         yield from self._follow(job_id, progress, lambda r: (r.id, r.log, public(r)))
 
     def evaluate(
@@ -215,14 +215,12 @@ class Handlers:
         progress: gr.Progress = gr.Progress(),  # noqa: B008
     ) -> Iterator[tuple[str, str, str | None, dict[str, Any]]]:
         """API ``evaluate``: base / inputs / merge of a merge job on a suite or task list."""
-        try:
+        with user_facing():
             job_id = workflows.submit_evaluate(
                 self.runner, self.settings, (merge_job or "").strip(), suite=suite or None,
                 tasks=tasks or None, limit=int(limit) if limit else None, plot=bool(plot),
                 token=_token(token, oauth_token),
             )  # fmt: skip
-        except Exception as err:
-            raise as_gr_error(err) from None
 
         def render(record: JobRecord) -> tuple[str, str, str | None, dict[str, Any]]:
             result = record.result or {}
@@ -249,13 +247,11 @@ class Handlers:
         token: str | None,
         oauth_token: gr.OAuthToken | None = None,
     ) -> None:
-        try:
+        with user_facing():
             workflows.validate_push(
                 self.store, self.settings, (merge_job or "").strip(), (repo_id or "").strip(),
                 token=_token(token, oauth_token), exist_ok=bool(exist_ok),
             )  # fmt: skip
-        except Exception as err:
-            raise as_gr_error(err) from None
 
     def push(
         self,
@@ -269,7 +265,7 @@ class Handlers:
     ) -> Iterator[tuple[str, str, dict[str, Any]]]:
         """API ``push``: upload a merge job's output (card with results) to ``repo_id``."""
         user_token = _token(token, oauth_token)
-        try:
+        with user_facing():
             workflows.validate_push(
                 self.store, self.settings, (merge_job or "").strip(), (repo_id or "").strip(),
                 token=user_token, exist_ok=bool(exist_ok),
@@ -278,8 +274,6 @@ class Handlers:
                 self.runner, self.settings, merge_job.strip(), repo_id.strip(),
                 private=bool(private), exist_ok=bool(exist_ok), token=user_token,
             )  # fmt: skip
-        except Exception as err:
-            raise as_gr_error(err) from None
 
         def render(record: JobRecord) -> tuple[str, str, dict[str, Any]]:
             url = (record.result or {}).get("commit_url", "")

@@ -36,6 +36,9 @@ RECIPES = {
     "breadcrumbs": "base_model: {base}\nmodels:\n  - model: {a}\n"
     "    parameters: {{weight: 0.7, density: 0.5, gamma: 0.02}}\n  - model: {b}\n"
     "    parameters: {{weight: 0.5, density: 0.5, gamma: 0.02}}\n",
+    "model_stock": "base_model: {base}\nmodels:\n  - model: {a}\n  - model: {b}\n",
+    "model_stock filter_wise": "base_model: {base}\nmodels:\n  - model: {a}\n  - model: {b}\n"
+    "parameters: {{filter_wise: true}}\n",
 }
 
 
@@ -49,12 +52,13 @@ def main() -> None:
     b = build_llama(root / "b", seed=2, base=base, layers=3, hidden=64, vocab=256)
     print("| method | tensors | max abs diff | max |value| |")
     print("|---|---|---|---|")
-    for method, body in RECIPES.items():
+    for case, body in RECIPES.items():
+        method = case.split()[0]
         text = f"merge_method: {method}\n" + body.format(base=base, a=a, b=b) + "dtype: float32\n"
-        recipe_file = root / f"{method}.yaml"
+        recipe_file = root / f"{case.replace(' ', '-')}.yaml"
         recipe_file.write_text(text)
-        ours = merge(load_recipe(recipe_file), root / f"hm-{method}").output
-        theirs = root / f"mk-{method}"
+        ours = merge(load_recipe(recipe_file), root / f"hm-{recipe_file.stem}").output
+        theirs = root / f"mk-{recipe_file.stem}"
         subprocess.run(
             [args.mergekit, str(recipe_file), str(theirs), "--no-copy-tokenizer"],
             check=True,
@@ -63,10 +67,10 @@ def main() -> None:
         mine, ref = state_dict(ours), state_dict(theirs)
         missing = set(ref) ^ set(mine)
         if missing:
-            raise SystemExit(f"{method}: tensor names differ: {sorted(missing)[:5]}")
+            raise SystemExit(f"{case}: tensor names differ: {sorted(missing)[:5]}")
         diff = max(float((mine[k].float() - ref[k].float()).abs().max()) for k in ref)
         scale = max(float(ref[k].float().abs().max()) for k in ref)
-        print(f"| {method} | {len(ref)} | {diff:.3g} | {scale:.3g} |")
+        print(f"| {case} | {len(ref)} | {diff:.3g} | {scale:.3g} |")
 
 
 if __name__ == "__main__":

@@ -276,8 +276,10 @@ class _TensorContext:
         params, per_source = resolve_params(self.method, self.recipe, self.specs, header.name, t)
         rng = random_stream(self.recipe.seed, header.name)
         aligned = all(x.shape == header.shape for x in tensors)
-        if self.method.kernel is not None and aligned:
+        kernel = None
+        if self.method.kernel is not None and aligned:  # a factory may decline (None)
             kernel = self.method.kernel(params, per_source, rng, header.numel)
+        if kernel is not None:
             flats = [x.reshape(-1) for x in tensors]
             out = workspace[: header.numel]
             run_kernel(kernel, flats, out, has_base=self.has_base, device=self.device,

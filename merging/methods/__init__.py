@@ -11,7 +11,12 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from merging.errors import RecipeError, RegistryError
-from merging.methods import linear, slerp, task_arithmetic  # noqa: F401  (registration)
+from merging.methods import (  # noqa: F401  (registration)
+    linear,
+    model_stock,
+    slerp,
+    task_arithmetic,
+)
 from merging.methods._base import METHODS, Method, MethodParams, SourceParams, register
 from merging.methods._ops import RandomStream
 from merging.recipe import Conditional, evaluate_parameter, scalars_of

@@ -56,7 +56,8 @@ class Method(Generic[P, S]):
         randomized: whether the result depends on the seed.
         semantics: renders the exact rules in effect for given parameters (for model cards).
         kernel: builds the chunked kernel computing the same result in bounded memory
-            (see `merging.methods._kernels`); `None` means whole tensors only.
+            (see `merging.methods._kernels`); `None`, or a factory returning `None` for some
+            parameters, means whole tensors.
     """
 
     name: str

@@ -63,26 +63,10 @@ def build_tokenizer(directory: Path) -> transformers.PreTrainedTokenizerFast:
 
 def train(model, tokenizer, *, seed: int, steps: int = 40) -> None:
     """A few Adam steps on the synthetic sentences, so models are distinct but both sensible."""
-    lines = synthetic_lines(256, seed=100 + seed)
-    batch = tokenizer(lines, padding=True, return_tensors="pt")
-    labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    generator = torch.Generator().manual_seed(seed)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny matrices: extra threads only add contention
-    model.train()
-    for _ in range(steps):
-        rows = torch.randint(0, len(lines), (16,), generator=generator)
-        loss = model(
-            input_ids=batch["input_ids"][rows],
-            attention_mask=batch["attention_mask"][rows],
-            labels=labels[rows],
-        ).loss
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    model.eval()
-    torch.set_num_threads(threads)
+    from app.demo import train_lm
+
+    train_lm(model, tokenizer, synthetic_lines(256, seed=100 + seed), seed=seed, steps=steps,
+             batch_size=16)  # fmt: skip
 
 
 def build_model(directory: Path, tokenizer, *, seed: int, steps: int = 40) -> None:

@@ -1,0 +1,128 @@
+"""Model Stock (Jang et al., 2024): interpolate between the base and the fine-tunes' average
+by a ratio set from the angle between their task vectors.
+
+For k ≥ 2 fine-tunes with task vectors δᵢ = θᵢ − θ_base, per tensor (or per row with
+``filter_wise``):
+
+    cos θ = mean over pairs i < j of clamp(δᵢ·δⱼ / max(‖δᵢ‖‖δⱼ‖, 1e-6), −1, 1)
+    t = k·cos θ / (1 + (k − 1)·cos θ)           (t = 0 where |1 + (k − 1)·cos θ| < 1e-6)
+    θ = t·(Σᵢ θᵢ)/k + (1 − t)·θ_base
+
+as mergekit 0.1.5 computes it (the paper's Eq. 2 with the pairwise-mean angle). Per-model
+weights are not used.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from itertools import combinations
+
+import torch
+from torch import Tensor
+
+from merging.methods._base import MethodParams, SourceParams, register
+from merging.methods._kernels import Kernel
+from merging.methods._ops import RandomStream, delta_of
+
+NORM_FLOOR = 1e-6
+SINGULAR = 1e-6
+
+
+class ModelStockParams(MethodParams):
+    filter_wise: bool = False
+
+
+def stock_ratio(cos: Tensor, k: int) -> Tensor:
+    """t = k·cos / (1 + (k − 1)·cos), and 0 where the denominator vanishes (keep the base)."""
+    denominator = 1 + (k - 1) * cos
+    singular = denominator.abs() < SINGULAR
+    safe = torch.where(singular, torch.ones_like(denominator), denominator)
+    return torch.where(singular, torch.zeros_like(cos), k * cos / safe)
+
+
+def mean_pair_cosine(norms: Sequence[Tensor], dots: dict[tuple[int, int], Tensor]) -> Tensor:
+    """Mean over pairs of clamp(δᵢ·δⱼ / max(‖δᵢ‖‖δⱼ‖, 1e-6), −1, 1)."""
+    cosines = [
+        (dot / (norms[i] * norms[j]).clamp(min=NORM_FLOOR)).clamp(-1, 1)
+        for (i, j), dot in dots.items()
+    ]
+    return torch.stack(cosines).mean(dim=0)
+
+
+@register(
+    "model_stock",
+    params=ModelStockParams,
+    formula="θ = t·mean(θᵢ) + (1 − t)·θ_base, t = k·cos θ / (1 + (k − 1)·cos θ)",
+    paper="https://arxiv.org/abs/2403.19522",
+    min_inputs=2,
+    kernel=lambda p, s, rng, numel: None if p.filter_wise else ModelStockKernel(len(s)),
+    semantics=lambda p: (
+        "cos θ = mean pairwise cosine of the task vectors "
+        + ("per row (filter_wise)" if p.filter_wise else "per tensor (flattened)")
+        + "; t = 0 where 1 + (k − 1)·cos θ ≈ 0; per-model weights are not used."
+    ),
+)
+def model_stock(
+    base: Tensor | None,
+    inputs: Sequence[Tensor],
+    sources: Sequence[SourceParams],
+    params: ModelStockParams,
+    rng: RandomStream,
+) -> Tensor:
+    assert base is not None
+    shape = base.shape
+    if params.filter_wise:
+        rows = base.unsqueeze(0) if base.dim() <= 1 else base
+        others = [x.reshape(rows.shape) for x in inputs]
+    else:
+        rows = base.reshape(-1)
+        others = [x.reshape(-1) for x in inputs]
+    deltas = [x - rows for x in others]
+    norms = [d.norm(dim=-1) for d in deltas]
+    pairs = combinations(range(len(deltas)), 2)
+    dots = {(i, j): (deltas[i] * deltas[j]).sum(dim=-1) for i, j in pairs}
+    t = stock_ratio(mean_pair_cosine(norms, dots), len(inputs)).unsqueeze(-1)
+    average = sum(others) / len(others)
+    return (t * average + (1 - t) * rows).reshape(shape)
+
+
+class ModelStockKernel(Kernel):
+    """One reduction pass gathers ‖δᵢ‖² and δᵢ·δⱼ per chunk (summed in offset order), then
+    each output chunk is t·mean(θᵢ) + (1 − t)·θ_base."""
+
+    reductions = 1
+
+    def __init__(self, count: int) -> None:
+        super().__init__()
+        self.count = count
+        self.pairs = list(combinations(range(count), 2))
+        self.parts: dict[int, list[float]] = {}
+        self.t = 0.0
+
+    def reduce(self, step: int, base: Tensor | None, inputs: Sequence[Tensor], offset: int) -> None:
+        assert base is not None
+        deltas = [delta_of(x, base) for x in inputs]
+        part = [float(torch.dot(d, d)) for d in deltas]
+        part += [float(torch.dot(deltas[i], deltas[j])) for i, j in self.pairs]
+        with self.lock:
+            self.parts[offset] = part
+
+    def end_pass(self, step: int) -> None:
+        sums = [0.0] * (self.count + len(self.pairs))
+        for _, part in sorted(self.parts.items()):
+            sums = [a + b for a, b in zip(sums, part, strict=True)]
+        norms = [torch.tensor(math.sqrt(s), dtype=torch.float64) for s in sums[: self.count]]
+        dots = {
+            pair: torch.tensor(s, dtype=torch.float64)
+            for pair, s in zip(self.pairs, sums[self.count :], strict=True)
+        }
+        self.t = float(stock_ratio(mean_pair_cosine(norms, dots), self.count))
+
+    def apply(self, base: Tensor | None, inputs: Sequence[Tensor], offset: int) -> Tensor:
+        assert base is not None
+        average = inputs[0].to(self.dtype, copy=True)
+        for x in inputs[1:]:
+            average.add_(x)
+        average.div_(self.count)
+        return average.mul_(self.t).add_(base.to(self.dtype), alpha=1 - self.t)
