@@ -27,6 +27,7 @@ from merging.errors import CheckpointError
 from merging.io.headers import DTYPE_BYTES, TensorHeader
 
 PAGE = mmap.PAGESIZE
+DONTNEED = getattr(mmap, "MADV_DONTNEED", None)  # None where the OS has no madvise (Windows)
 MAX_HEADER = 100_000_000  # the format's own limit on the JSON header
 
 
@@ -94,7 +95,7 @@ class MappedSafetensors:
     def drop(self, name: str) -> None:
         """Hand ``name``'s pages back (re-read from the file if touched again: never wrong)."""
         _, _, begin, end = self._entries[name]
-        if self._map is None or end == begin:
+        if self._map is None or end == begin or DONTNEED is None:
             return
         first = (self._start + begin) // PAGE * PAGE
-        self._map.madvise(mmap.MADV_DONTNEED, first, self._start + end - first)
+        self._map.madvise(DONTNEED, first, self._start + end - first)
