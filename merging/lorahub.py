@@ -27,14 +27,13 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from merging.errors import AdapterError
 from merging.lora import LoraAdapter
 from merging.lora_combine import (
-    Factors,
     combine_adapters,
-    lorahub_factors,
     module_factors,
     open_adapter,
     output_config,
     plan_modules,
 )
+from merging.lora_factors import Factors, lorahub_factors
 
 logger = logging.getLogger(__name__)
 

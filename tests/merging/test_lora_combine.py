@@ -9,7 +9,8 @@ import torch
 
 from merging.errors import AdapterError
 from merging.lora import LoraAdapter
-from merging.lora_combine import CombineParams, combine_adapters, concat_factors, svd_factors
+from merging.lora_combine import CombineParams, combine_adapters
+from merging.lora_factors import concat_factors, svd_factors
 from tests.merging.test_lora import make_adapter
 
 pytest.importorskip("peft")
