@@ -39,6 +39,7 @@ from merging.sources import (
 from merging.streaming import (
     Pipeline,
     Prefetcher,
+    chunk_size,
     expect_reads,
     release_tensor,
     run_kernel,
@@ -282,8 +283,10 @@ class _TensorContext:
         if kernel is not None:
             flats = [x.reshape(-1) for x in tensors]
             out = workspace[: header.numel]
-            run_kernel(kernel, flats, out, has_base=self.has_base, device=self.device,
-                       dtype=self.compute, pool=self.pool)  # fmt: skip
+            run_kernel(
+                kernel, flats, out, has_base=self.has_base, device=self.device,
+                dtype=self.compute, pool=self.pool, chunk=chunk_size(self.device),
+            )  # fmt: skip
             return out.view(header.shape)
         full = [x.to(device=self.device, dtype=self.compute) for x in tensors]
         if not aligned:

@@ -116,6 +116,13 @@ def touch_pages(tensor: torch.Tensor, page: int = 4096) -> None:
 
 
 CHUNK = 1 << 18  # elements per chunk: 1 MB of float32, a multiple of the RNG block
+# On an accelerator each chunk is a host→device copy and a few kernel launches: bigger chunks
+# (16 MB of float32) amortise that; on CPU small chunks stay in cache and share the cores.
+ACCELERATOR_CHUNK = 1 << 22
+
+
+def chunk_size(device: torch.device) -> int:
+    return CHUNK if device.type == "cpu" else ACCELERATOR_CHUNK
 
 
 def run_kernel(
