@@ -71,6 +71,8 @@ def model_stock(
     rng: RandomStream,
 ) -> Tensor:
     assert base is not None
+    if len(inputs) < 2:
+        raise ValueError("model_stock needs at least two models besides the base")
     shape = base.shape
     if params.filter_wise:
         rows = base.unsqueeze(0) if base.dim() <= 1 else base

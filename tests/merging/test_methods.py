@@ -161,6 +161,7 @@ def test_methods_never_mutate_their_inputs(data, name):
     method = METHODS.get(name)
     if method.max_inputs is not None:
         inputs = inputs[: method.max_inputs]
+    assume(len(inputs) >= method.min_inputs)
     before = [t.clone() for t in (base, *inputs)]
     call(name, base if method.needs_base else None, inputs, **method_parameters(name))
     for original, now in zip(before, (base, *inputs), strict=True):
