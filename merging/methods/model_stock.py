@@ -80,11 +80,11 @@ def model_stock(
     else:
         rows = base.reshape(-1)
         others = [x.reshape(-1) for x in inputs]
-    deltas = [x - rows for x in others]
+    deltas = [(x - rows).double() for x in others]  # statistics in float64, as the kernel's
     norms = [d.norm(dim=-1) for d in deltas]
     pairs = combinations(range(len(deltas)), 2)
     dots = {(i, j): (deltas[i] * deltas[j]).sum(dim=-1) for i, j in pairs}
-    t = stock_ratio(mean_pair_cosine(norms, dots), len(inputs)).unsqueeze(-1)
+    t = stock_ratio(mean_pair_cosine(norms, dots), len(inputs)).unsqueeze(-1).to(base.dtype)
     average = sum(others) / len(others)
     return (t * average + (1 - t) * rows).reshape(shape)
 
