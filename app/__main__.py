@@ -60,10 +60,8 @@ def _demo(settings: Settings):  # type: ignore[no-untyped-def]
 
     torch.set_num_threads(1)  # the demo models are tiny: threads only add overhead
     clients = dict([settings.oauth_client]) if settings.oauth_client else None
-    with start_demo(settings.data_dir, port=settings.demo_hub_port, oauth_clients=clients) as (
-        url,
-        models,
-    ):
+    demo = start_demo(settings.data_dir, port=settings.demo_hub_port, oauth_clients=clients)
+    with demo as (url, models):
         yield settings.with_(
             hub_endpoint=url,
             # on Spaces each user signs in; the demo token is only pre-filled elsewhere
