@@ -3,9 +3,9 @@
 A method's pure function is the reference: it takes whole float32 tensors. For speed and
 bounded memory the engine instead feeds a *kernel* flat chunks (a few MB each). A kernel may
 first make reduction passes over the chunks to gather what the whole tensor determines — the
-TIES trim threshold (an exact radix select on the float bit patterns, no sort), DARE's L1
-norms, SLERP's norms and angle — and then computes each output chunk elementwise. Tests check
-every kernel against its pure function.
+TIES trim threshold and the Breadcrumbs band (exact radix selects on the float bit patterns, no
+sort; `_select`), DARE's L1 norms, SLERP's norms and angle — and then computes each output
+chunk elementwise. Tests check every kernel against its pure function.
 
 Kernels are called from several threads at once (one chunk each). Integer histograms are
 added under a lock; floating-point partial sums are kept per chunk offset and added in offset
@@ -31,6 +31,7 @@ from merging.methods._ops import (
     keep_count,
     keep_where,
 )
+from merging.methods._select import BandSelect, RadixSelect
 
 
 class Kernel:
@@ -58,62 +59,14 @@ class Kernel:
         raise NotImplementedError
 
 
-def _select(values: Tensor, mask: Tensor) -> Tensor:
-    """Boolean selection; on CPU through NumPy, whose compress is ~10x faster than torch's."""
-    if values.device.type == "cpu":
-        return torch.from_numpy(values.numpy()[mask.numpy()])
-    return values[mask]
-
-
-class RadixSelect:
-    """Exact k-th largest value of non-negative float32s seen in chunks, in two passes.
-
-    Non-negative floats order like their int32 bit patterns: pass 0 histograms the high 16 bits,
-    pass 1 the low 16 bits of the elements in the bucket that holds the k-th largest.
-    """
-
-    def __init__(self, k: int) -> None:
-        self.k = k
-        self.lock = threading.Lock()
-        self.high_hist = torch.zeros(1 << 15, dtype=torch.int64)
-        self.low_hist = torch.zeros(1 << 16, dtype=torch.int64)
-        self.high = 0
-        self.need = 0
-        self.threshold = torch.tensor(0.0)
-
-    def observe(self, step: int, magnitudes: Tensor) -> None:
-        bits = magnitudes.contiguous().view(torch.int32)
-        high = bits >> 16
-        if step == 0:
-            counts = torch.bincount(high, minlength=1 << 15).cpu()
-            with self.lock:
-                self.high_hist += counts
-        else:
-            low = _select(bits, high == self.high) & 0xFFFF
-            counts = torch.bincount(low, minlength=1 << 16).cpu()
-            with self.lock:
-                self.low_hist += counts
-
-    @staticmethod
-    def _locate(hist: Tensor, k: int) -> tuple[int, int]:
-        """Bucket holding the k-th largest, and how many of its elements are needed."""
-        from_top = hist.flip(0).cumsum(0)
-        index = int(torch.searchsorted(from_top, torch.tensor(k)))
-        bucket = hist.numel() - 1 - index
-        above = int(from_top[index]) - int(hist[bucket])
-        return bucket, k - above
-
-    def end_pass(self, step: int) -> None:
-        if step == 0:
-            self.high, self.need = self._locate(self.high_hist, self.k)
-        else:
-            low, _ = self._locate(self.low_hist, self.need)
-            bits = torch.tensor([(self.high << 16) | low], dtype=torch.int32)
-            self.threshold = bits.view(torch.float32)[0]
+def _band(numel: int, density: float, gamma: float) -> BandSelect:
+    """Breadcrumbs' counts, as `prune_magnitude_outliers` defines them."""
+    keep = keep_count(numel, density)
+    return BandSelect(numel, keep, min(int(gamma * numel), numel - keep))
 
 
 class FamilyKernel(Kernel):
-    """Task arithmetic, TIES, DARE (not breadcrumbs) over chunks."""
+    """Task arithmetic, TIES, DARE and Breadcrumbs over chunks."""
 
     def __init__(
         self,
@@ -136,12 +89,18 @@ class FamilyKernel(Kernel):
             None if d or sparsify != "magnitude" else RadixSelect(keep_count(numel, s.density))
             for d, s in zip(dense, sources, strict=True)
         ]
+        self.bands = [
+            None if d or sparsify != "outliers" else _band(numel, s.density, s.gamma)
+            for d, s in zip(dense, sources, strict=True)
+        ]
         self.l1 = [[0.0, 0.0] for _ in sources]
         self._l1_parts: dict[tuple[int, int], tuple[float, float]] = {}
         self._masks: dict[tuple[int, int], Tensor] = {}
         self.raw_inputs = True  # inputs only enter as x − base: a mixed-dtype subtraction
         if sparsify == "magnitude" and not all(dense):
             self.reductions = 2
+        elif sparsify == "outliers" and not all(dense):
+            self.reductions = BandSelect.passes
         elif sparsify == "random" and params.rescale == "l1" and not all(dense):
             self.reductions = 1
 
@@ -161,9 +120,11 @@ class FamilyKernel(Kernel):
             if self.dense[index]:
                 continue
             magnitudes = delta_of(x, base).abs_()
-            selector = self.selectors[index]
+            selector, band = self.selectors[index], self.bands[index]
             if selector is not None:
                 selector.observe(step, magnitudes)
+            elif band is not None:
+                band.observe(step, magnitudes, offset)
             else:
                 keep = self._mask(index, offset, magnitudes.numel(), magnitudes.device)
                 with self.lock:
@@ -174,7 +135,7 @@ class FamilyKernel(Kernel):
                     self._l1_parts[(index, offset)] = (before, after)
 
     def end_pass(self, step: int) -> None:
-        for selector in self.selectors:
+        for selector in (*self.selectors, *self.bands):
             if selector is not None:
                 selector.end_pass(step)
         for (index, _), (before, after) in sorted(self._l1_parts.items()):
@@ -188,6 +149,9 @@ class FamilyKernel(Kernel):
         selector = self.selectors[index]
         if selector is not None:
             return keep_where(delta, delta.abs() >= selector.threshold)
+        band = self.bands[index]
+        if band is not None:
+            return keep_where(delta, band.mask(delta.abs(), offset))
         # delta is this chunk's own temporary: scale it in place
         keep = self._mask(index, offset, delta.numel(), delta.device)
         kept = delta.mul_(as_float(keep, delta.dtype))

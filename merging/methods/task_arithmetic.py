@@ -159,9 +159,7 @@ _PRESETS = [
 ]  # fmt: skip
 
 
-def _kernel_factory(label: str, consensus: bool) -> Callable[..., Kernel] | None:
-    if label == "outliers":
-        return None  # breadcrumbs: whole-tensor reference function only
+def _kernel_factory(label: str, consensus: bool) -> Callable[..., Kernel]:
     return lambda p, s, rng, numel: FamilyKernel(label, consensus, p, s, rng, numel)
 
 

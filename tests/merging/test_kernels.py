@@ -92,3 +92,21 @@ def test_ties_kernel_threshold_is_exact_with_ties(data, chunk, density):
     expected = call("ties", base, inputs, weights, density=density)
     got = run_chunked("ties", base, inputs, weights, chunk, density=density)
     assert torch.equal(got, expected)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    data=models(count=st.integers(1, 3), elements=st.integers(-3, 3).map(lambda i: i / 4)),
+    chunk=st.integers(1, 9),
+    density=st.floats(0.05, 0.95),
+    gamma=st.floats(0.0, 0.5),
+    name=st.sampled_from(["breadcrumbs", "breadcrumbs_ties"]),
+)
+def test_breadcrumbs_kernel_band_is_exact_with_ties(data, chunk, density, gamma, name):
+    """Few distinct values: most band edges fall inside runs of ties, which the kernel must
+    split exactly where the stable argsort of the pure function does (by element order)."""
+    base, inputs = data
+    weights = [1.0] * len(inputs)
+    expected = call(name, base, inputs, weights, density=density, gamma=gamma)
+    got = run_chunked(name, base, inputs, weights, chunk, density=density, gamma=gamma)
+    assert torch.equal(got, expected)
