@@ -23,6 +23,8 @@ pytestmark = [
         ("ties", {"density": 0.4}),
         ("dare_ties", {"density": 0.5}),
         ("slerp", {"t": 0.3}),
+        ("breadcrumbs_ties", {"density": 0.5, "gamma": 0.05}),
+        ("model_stock", {}),
     ],
 )
 def test_cuda_merge_equals_cpu_merge(
