@@ -276,9 +276,11 @@ class _TensorContext:
         t = layer_position(header.name, self.num_layers)
         params, per_source = resolve_params(self.method, self.recipe, self.specs, header.name, t)
         rng = random_stream(self.recipe.seed, header.name)
-        aligned = all(x.shape == header.shape for x in tensors)
+        if any(x.shape != header.shape for x in tensors):
+            # vocab policies: rows cut or filled in the stored dtype, then merged in chunks
+            tensors = align_rows(tensors, header.shape[0])
         kernel = None
-        if self.method.kernel is not None and aligned:  # a factory may decline (None)
+        if self.method.kernel is not None:  # a factory may decline (None)
             kernel = self.method.kernel(params, per_source, rng, header.numel)
         if kernel is not None:
             flats = [x.reshape(-1) for x in tensors]
@@ -289,8 +291,6 @@ class _TensorContext:
             )  # fmt: skip
             return out.view(header.shape)
         full = [x.to(device=self.device, dtype=self.compute) for x in tensors]
-        if not aligned:
-            full = align_rows(full, header.shape[0])
         base_tensor, inputs = (full[0], full[1:]) if self.has_base else (None, full)
         return self.method.fn(base_tensor, inputs, per_source, params, rng)
 
