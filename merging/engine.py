@@ -281,7 +281,7 @@ class _TensorContext:
             tensors = align_rows(tensors, header.shape[0])
         kernel = None
         if self.method.kernel is not None:  # a factory may decline (None)
-            kernel = self.method.kernel(params, per_source, rng, header.numel)
+            kernel = self.method.kernel(params, per_source, rng, header.shape)
         if kernel is not None:
             flats = [x.reshape(-1) for x in tensors]
             out = workspace[: header.numel]

@@ -55,9 +55,9 @@ class Method(Generic[P, S]):
         min_inputs / max_inputs: how many non-base inputs it accepts.
         randomized: whether the result depends on the seed.
         semantics: renders the exact rules in effect for given parameters (for model cards).
-        kernel: builds the chunked kernel computing the same result in bounded memory
-            (see `merging.methods._kernels`); `None`, or a factory returning `None` for some
-            parameters, means whole tensors.
+        kernel: builds, from (params, per-source params, rng, tensor shape), the chunked kernel
+            computing the same result in bounded memory (see `merging.methods._kernels`);
+            `None`, or a factory returning `None` for some parameters, means whole tensors.
     """
 
     name: str
@@ -71,7 +71,7 @@ class Method(Generic[P, S]):
     max_inputs: int | None = None
     randomized: bool = False
     semantics: Callable[[P], str] | None = None
-    kernel: Callable[[P, Sequence[S], RandomStream, int], Any] | None = None
+    kernel: Callable[[P, Sequence[S], RandomStream, tuple[int, ...]], Any] | None = None
 
     def describe(self, params: P) -> str:
         text = f"{self.name}: {self.formula}"

@@ -29,7 +29,7 @@ def _semantics(p: LinearParams) -> str:
     paper="https://arxiv.org/abs/2203.05482",
     needs_base=False,
     semantics=_semantics,
-    kernel=lambda p, s, rng, numel: LinearKernel(p, s),
+    kernel=lambda p, s, rng, shape: LinearKernel(p, s),
 )
 def linear(
     base: Tensor | None,

@@ -56,7 +56,7 @@ def mean_pair_cosine(norms: Sequence[Tensor], dots: dict[tuple[int, int], Tensor
     formula="θ = t·mean(θᵢ) + (1 − t)·θ_base, t = k·cos θ / (1 + (k − 1)·cos θ)",
     paper="https://arxiv.org/abs/2403.19522",
     min_inputs=2,
-    kernel=lambda p, s, rng, numel: None if p.filter_wise else ModelStockKernel(len(s)),
+    kernel=lambda p, s, rng, shape: ModelStockKernel(len(s), shape, p.filter_wise),
     semantics=lambda p: (
         "cos θ = mean pairwise cosine of the task vectors "
         + ("per row (filter_wise)" if p.filter_wise else "per tensor (flattened)")
@@ -90,36 +90,50 @@ def model_stock(
 
 
 class ModelStockKernel(Kernel):
-    """One reduction pass gathers ‖δᵢ‖² and δᵢ·δⱼ per chunk (summed in offset order), then
-    each output chunk is t·mean(θᵢ) + (1 − t)·θ_base."""
+    """One reduction pass gathers ‖δᵢ‖² and δᵢ·δⱼ per row of the angle (the whole flattened
+    tensor, or with ``filter_wise`` each vector along the last dim), chunk by chunk in float64
+    and summed in offset order; then each output chunk is t·mean(θᵢ) + (1 − t)·θ_base with the
+    t of each element's row."""
 
     reductions = 1
 
-    def __init__(self, count: int) -> None:
+    def __init__(self, count: int, shape: tuple[int, ...], filter_wise: bool) -> None:
         super().__init__()
+        numel = math.prod(shape)
         self.count = count
         self.pairs = list(combinations(range(count), 2))
-        self.parts: dict[int, list[float]] = {}
-        self.t = 0.0
+        self.cols = max(1, shape[-1] if filter_wise and len(shape) >= 2 else numel)
+        self.rows = max(1, numel // self.cols)
+        self.parts: dict[int, tuple[int, Tensor]] = {}  # offset → (first row, stats × rows)
+        self.t = torch.zeros(self.rows)
+
+    def _rows_of(self, offset: int, length: int, device: torch.device) -> Tensor:
+        return torch.arange(offset, offset + length, device=device) // self.cols
 
     def reduce(self, step: int, base: Tensor | None, inputs: Sequence[Tensor], offset: int) -> None:
         assert base is not None
-        deltas = [delta_of(x, base) for x in inputs]
-        part = [float(torch.dot(d, d)) for d in deltas]
-        part += [float(torch.dot(deltas[i], deltas[j])) for i, j in self.pairs]
+        deltas = [delta_of(x, base).double() for x in inputs]
+        products = [d * d for d in deltas] + [deltas[i] * deltas[j] for i, j in self.pairs]
+        first, last = offset // self.cols, (offset + base.numel() - 1) // self.cols
+        if first == last:
+            stats = torch.stack([p.sum() for p in products]).unsqueeze(1)
+        else:
+            rows = self._rows_of(offset, base.numel(), base.device) - first
+            stats = torch.zeros(len(products), last - first + 1, dtype=torch.float64,
+                                device=base.device)  # fmt: skip
+            for k, product in enumerate(products):
+                stats[k].index_add_(0, rows, product)
         with self.lock:
-            self.parts[offset] = part
+            self.parts[offset] = (first, stats.cpu())
 
     def end_pass(self, step: int) -> None:
-        sums = [0.0] * (self.count + len(self.pairs))
-        for _, part in sorted(self.parts.items()):
-            sums = [a + b for a, b in zip(sums, part, strict=True)]
-        norms = [torch.tensor(math.sqrt(s), dtype=torch.float64) for s in sums[: self.count]]
-        dots = {
-            pair: torch.tensor(s, dtype=torch.float64)
-            for pair, s in zip(self.pairs, sums[self.count :], strict=True)
-        }
-        self.t = float(stock_ratio(mean_pair_cosine(norms, dots), self.count))
+        sums = torch.zeros(self.count + len(self.pairs), self.rows, dtype=torch.float64)
+        for _, (first, stats) in sorted(self.parts.items()):
+            sums[:, first : first + stats.shape[1]] += stats
+        self.parts.clear()
+        norms = list(sums[: self.count].sqrt())
+        dots = dict(zip(self.pairs, sums[self.count :], strict=True))
+        self.t = stock_ratio(mean_pair_cosine(norms, dots), self.count).float()
 
     def apply(self, base: Tensor | None, inputs: Sequence[Tensor], offset: int) -> Tensor:
         assert base is not None
@@ -127,4 +141,9 @@ class ModelStockKernel(Kernel):
         for x in inputs[1:]:
             average.add_(x)
         average.div_(self.count)
-        return average.mul_(self.t).add_(base.to(self.dtype), alpha=1 - self.t)
+        base = base.to(self.dtype)
+        if self.rows == 1:
+            t = float(self.t[0])
+            return average.mul_(t).add_(base, alpha=1 - t)
+        t = self.t.to(base.device)[self._rows_of(offset, base.numel(), base.device)]
+        return average.mul_(t).add_(base * (1 - t))

@@ -45,7 +45,7 @@ def slerp_tensors(t: float, v0: Tensor, v1: Tensor) -> Tensor:
     paper="https://dl.acm.org/doi/10.1145/325165.325242",
     min_inputs=1,
     max_inputs=1,
-    kernel=lambda p, s, rng, numel: SlerpKernel(p),
+    kernel=lambda p, s, rng, shape: SlerpKernel(p),
     semantics=lambda p: (
         "t = 0 gives the base, t = 1 the other model; each tensor is one flat vector; "
         f"falls back to linear interpolation when |cos Ω| > {PARALLEL_THRESHOLD}."

@@ -9,6 +9,7 @@ preset of that one function, not a copy.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
@@ -160,7 +161,7 @@ _PRESETS = [
 
 
 def _kernel_factory(label: str, consensus: bool) -> Callable[..., Kernel]:
-    return lambda p, s, rng, numel: FamilyKernel(label, consensus, p, s, rng, numel)
+    return lambda p, s, rng, shape: FamilyKernel(label, consensus, p, s, rng, math.prod(shape))
 
 
 for _name, _fn, _label, _consensus, _params, _source, _formula, _paper in _PRESETS:

@@ -34,7 +34,7 @@ def run_chunked(name, base, inputs, weights, chunk, *, seed=0, tensor="w", **par
     )
     sources = [method.source_params.model_validate({**shared, "weight": w}) for w in weights]
     numel = inputs[0].numel()
-    kernel = method.kernel(params, sources, random_stream(seed, tensor), numel)
+    kernel = method.kernel(params, sources, random_stream(seed, tensor), tuple(inputs[0].shape))
     tensors = ([base] if method.needs_base else []) + list(inputs)
     out = torch.empty(numel)
     run_kernel(

@@ -66,12 +66,15 @@ def test_filter_wise_gives_each_row_its_own_ratio():
 
 
 @pytest.mark.parametrize("chunk", [1, 3, 7, 1000])
-def test_chunked_kernel_matches_the_function(chunk):
+@pytest.mark.parametrize("shape", [(5, 9), (3, 2, 4), (11,)])
+@pytest.mark.parametrize("filter_wise", [False, True])
+def test_chunked_kernel_matches_the_function(chunk, shape, filter_wise):
+    """Chunks cut across rows: per-row statistics must still add up row by row."""
     g = torch.Generator().manual_seed(5)
-    base = torch.randn(5, 9, generator=g)
-    inputs = [base + torch.randn(5, 9, generator=g) * s for s in (0.1, 0.2, 0.3)]
-    expected = call("model_stock", base, inputs)
-    got = run_chunked("model_stock", base, inputs, [1.0] * 3, chunk)
+    base = torch.randn(shape, generator=g)
+    inputs = [base + torch.randn(shape, generator=g) * s for s in (0.1, 0.2, 0.3)]
+    expected = call("model_stock", base, inputs, filter_wise=filter_wise)
+    got = run_chunked("model_stock", base, inputs, [1.0] * 3, chunk, filter_wise=filter_wise)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
 
 
