@@ -25,6 +25,7 @@ pytestmark = [
         ("slerp", {"t": 0.3}),
         ("breadcrumbs_ties", {"density": 0.5, "gamma": 0.05}),
         ("model_stock", {}),
+        ("model_stock", {"filter_wise": True}),
     ],
 )
 def test_cuda_merge_equals_cpu_merge(
