@@ -15,8 +15,7 @@ from typing import Any
 
 import torch
 
-from merging.io.headers import TensorHeader
-from merging.io.source import SAFETENSORS_TO_TORCH
+from merging.io.headers import SAFETENSORS_TO_TORCH, TensorHeader
 
 
 class Prefetcher:

@@ -24,7 +24,12 @@ from pathlib import Path
 import torch
 
 from merging.errors import CheckpointError
-from merging.io.headers import DTYPE_BYTES, TensorHeader
+from merging.io.headers import (
+    DTYPE_BYTES,
+    SAFETENSORS_TO_TORCH,
+    TORCH_TO_SAFETENSORS,
+    TensorHeader,
+)
 
 PAGE = mmap.PAGESIZE
 DONTNEED = getattr(mmap, "MADV_DONTNEED", None)  # None where the OS has no madvise (Windows)
@@ -38,7 +43,7 @@ class MappedSafetensors:
         `CheckpointError`: the file is not a well-formed safetensors file.
     """
 
-    def __init__(self, file: Path, torch_dtypes: dict[str, torch.dtype]) -> None:
+    def __init__(self, file: Path) -> None:
         self.file = file
         try:
             with open(file, "rb") as handle:
@@ -57,17 +62,17 @@ class MappedSafetensors:
         for name, meta in header.items():
             if name == "__metadata__":
                 continue
-            self._entries[name] = self._entry(name, meta, torch_dtypes, size - self._start)
+            self._entries[name] = self._entry(name, meta, size - self._start)
 
     def _entry(
-        self, name: str, meta: dict, torch_dtypes: dict[str, torch.dtype], data_size: int
+        self, name: str, meta: dict, data_size: int
     ) -> tuple[torch.dtype, tuple[int, ...], int, int]:
         try:
             dtype, shape = meta["dtype"], tuple(int(d) for d in meta["shape"])
             begin, end = (int(x) for x in meta["data_offsets"])
         except (KeyError, TypeError, ValueError):
             raise CheckpointError(f"{self.file}: malformed header entry for {name!r}") from None
-        if dtype not in torch_dtypes:
+        if dtype not in SAFETENSORS_TO_TORCH:
             raise CheckpointError(f"{self.file}: {name!r} has unsupported dtype {dtype}")
         expected = math.prod(shape) * DTYPE_BYTES[dtype]
         if not 0 <= begin <= end <= data_size or end - begin != expected:
@@ -75,11 +80,11 @@ class MappedSafetensors:
                 f"{self.file}: {name!r} has data offsets [{begin}, {end}) that do not fit its "
                 f"shape {list(shape)} ({dtype}) inside the file"
             )
-        return torch_dtypes[dtype], shape, begin, end
+        return SAFETENSORS_TO_TORCH[dtype], shape, begin, end
 
-    def headers(self, safetensors_dtypes: dict[torch.dtype, str]) -> list[TensorHeader]:
+    def headers(self) -> list[TensorHeader]:
         return [
-            TensorHeader(name, shape, safetensors_dtypes[dtype])
+            TensorHeader(name, shape, TORCH_TO_SAFETENSORS[dtype])
             for name, (dtype, shape, _, _) in self._entries.items()
         ]
 

@@ -16,20 +16,13 @@ from typing import Any, Protocol
 import torch
 
 from merging.errors import CheckpointError, UnsafeCheckpointError
-from merging.io.headers import TensorHeader
+from merging.io.headers import TORCH_TO_SAFETENSORS, TensorHeader
 from merging.io.mapped import MappedSafetensors
 
 logger = logging.getLogger(__name__)
 
 SAFE_INDEX = "model.safetensors.index.json"
 PICKLE_INDEX = "pytorch_model.bin.index.json"
-
-_TORCH_TO_SAFETENSORS = {
-    torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64",
-    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8",
-    torch.uint8: "U8", torch.bool: "BOOL",
-}  # fmt: skip
-SAFETENSORS_TO_TORCH = {v: k for k, v in _TORCH_TO_SAFETENSORS.items()}
 
 
 class TensorSource(Protocol):
@@ -123,7 +116,7 @@ class CheckpointSource:
                 if file.suffix == ".bin":
                     handle = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
                 else:
-                    handle = MappedSafetensors(file, SAFETENSORS_TO_TORCH)
+                    handle = MappedSafetensors(file)
             except CheckpointError:
                 raise
             except Exception as err:  # corrupt files raise many types
@@ -135,10 +128,10 @@ class CheckpointSource:
         handle = self._open(file)
         if file.suffix == ".bin":
             return [
-                TensorHeader(name, tuple(t.shape), _TORCH_TO_SAFETENSORS[t.dtype])
+                TensorHeader(name, tuple(t.shape), TORCH_TO_SAFETENSORS[t.dtype])
                 for name, t in handle.items()
             ]
-        return handle.headers(_TORCH_TO_SAFETENSORS)
+        return handle.headers()
 
     def get(self, name: str) -> torch.Tensor:
         try:

@@ -27,7 +27,7 @@ from typing import Any, BinaryIO
 import torch
 
 from merging.errors import OutputError
-from merging.io.headers import DTYPE_BYTES, TensorHeader
+from merging.io.headers import DTYPE_BYTES, TORCH_TO_SAFETENSORS, TensorHeader
 
 logger = logging.getLogger(__name__)
 
@@ -228,9 +228,7 @@ class ShardWriter:
 
 def torch_dtype_code(dtype: torch.dtype) -> str:
     """Safetensors dtype string of a torch dtype."""
-    from merging.io.source import _TORCH_TO_SAFETENSORS
-
-    return _TORCH_TO_SAFETENSORS[dtype]
+    return TORCH_TO_SAFETENSORS[dtype]
 
 
 __all__ = ["DEFAULT_SHARD_SIZE", "DTYPE_BYTES", "ShardWriter", "plan_shards", "torch_dtype_code"]

@@ -12,11 +12,10 @@ from safetensors.torch import load_file, save_file
 
 from merging.errors import CheckpointError
 from merging.io.mapped import MappedSafetensors
-from merging.io.source import _TORCH_TO_SAFETENSORS, SAFETENSORS_TO_TORCH
 
 
 def _open(file: Path) -> MappedSafetensors:
-    return MappedSafetensors(file, SAFETENSORS_TO_TORCH)
+    return MappedSafetensors(file)
 
 
 def test_tensors_equal_what_safetensors_reads(tmp_path):
@@ -33,7 +32,7 @@ def test_tensors_equal_what_safetensors_reads(tmp_path):
     save_file(tensors, tmp_path / "m.safetensors", metadata={"format": "pt"})
     mapped = _open(tmp_path / "m.safetensors")
     reference = load_file(tmp_path / "m.safetensors")
-    headers = {h.name: h for h in mapped.headers(_TORCH_TO_SAFETENSORS)}
+    headers = {h.name: h for h in mapped.headers()}
     assert set(headers) == set(tensors)
     for name, expected in reference.items():
         got = mapped.tensor(name)
