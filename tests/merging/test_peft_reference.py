@@ -56,37 +56,23 @@ def test_task_arithmetic_matches_peft(data, weights):
     torch.testing.assert_close(call("task_arithmetic", base, inputs, weights), expected)
 
 
+# (PEFT's sign rule, ours, the smallest weight drawn): PEFT's "total" is the sign of Σδ,
+# unweighted; its "frequency" counts raw signs, which is our `count` for positive weights only.
+PEFT_SIGN_RULES = [("total", "total", -2.0), ("frequency", "count", 0.125)]
+
+
+@pytest.mark.parametrize(("peft_sign", "sign_method", "low"), PEFT_SIGN_RULES)
 @SETTINGS
-@given(
-    data=tie_free(),
-    weights=st.lists(st.floats(-2, 2, width=32), min_size=4, max_size=4),
-    density=st.floats(0.2, 0.9),
-)
-def test_ties_with_peft_options_matches_peft(data, weights, density):
-    """sign_method: total (sign of Σδ, unweighted) + divide_by: count is PEFT's `ties`."""
+@given(data=tie_free(), draw=st.data(), density=st.floats(0.2, 0.9))
+def test_ties_with_peft_options_matches_peft(peft_sign, sign_method, low, data, draw, density):
+    """Our sign rule + divide_by: count is PEFT's `ties` with its sign rule."""
     base, inputs, deltas = data
     assume(math.floor(density * base.numel()) >= 1)  # PEFT keeps nothing at k = 0
-    weights = weights[: len(inputs)]
-    expected = base + peft.ties(deltas, torch.tensor(weights), density, "total")
+    floats = st.floats(low, 2, width=32)
+    weights = draw.draw(st.lists(floats, min_size=len(inputs), max_size=len(inputs)))
+    expected = base + peft.ties(deltas, torch.tensor(weights), density, peft_sign)
     out = call(
-        "ties", base, inputs, weights, density=density, sign_method="total", divide_by="count"
-    )
-    torch.testing.assert_close(out, expected)
-
-
-@SETTINGS
-@given(
-    data=tie_free(),
-    weights=st.lists(st.floats(0.125, 2, width=32), min_size=4, max_size=4),
-    density=st.floats(0.2, 0.9),
-)
-def test_ties_count_matches_peft_frequency_for_positive_weights(data, weights, density):
-    base, inputs, deltas = data
-    assume(math.floor(density * base.numel()) >= 1)
-    weights = weights[: len(inputs)]
-    expected = base + peft.ties(deltas, torch.tensor(weights), density, "frequency")
-    out = call(
-        "ties", base, inputs, weights, density=density, sign_method="count", divide_by="count"
+        "ties", base, inputs, weights, density=density, sign_method=sign_method, divide_by="count"
     )
     torch.testing.assert_close(out, expected)
 

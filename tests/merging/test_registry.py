@@ -89,6 +89,7 @@ def test_the_expected_methods_are_registered():
         "dare_ties",
         "breadcrumbs",
         "breadcrumbs_ties",
+        "model_stock",
     }
     assert expected <= set(METHODS.names())
 
