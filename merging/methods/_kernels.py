@@ -27,6 +27,7 @@ from merging.methods._ops import (
     RandomStream,
     as_float,
     combine_deltas,
+    crumb_counts,
     delta_of,
     keep_count,
     keep_where,
@@ -59,12 +60,6 @@ class Kernel:
         raise NotImplementedError
 
 
-def _band(numel: int, density: float, gamma: float) -> BandSelect:
-    """Breadcrumbs' counts, as `prune_magnitude_outliers` defines them."""
-    keep = keep_count(numel, density)
-    return BandSelect(numel, keep, min(int(gamma * numel), numel - keep))
-
-
 class FamilyKernel(Kernel):
     """Task arithmetic, TIES, DARE and Breadcrumbs over chunks."""
 
@@ -90,7 +85,9 @@ class FamilyKernel(Kernel):
             for d, s in zip(dense, sources, strict=True)
         ]
         self.bands = [
-            None if d or sparsify != "outliers" else _band(numel, s.density, s.gamma)
+            None
+            if d or sparsify != "outliers"
+            else BandSelect(numel, *crumb_counts(numel, s.density, s.gamma))
             for d, s in zip(dense, sources, strict=True)
         ]
         self.l1 = [[0.0, 0.0] for _ in sources]

@@ -67,6 +67,13 @@ def prune_magnitude(delta: Tensor, density: float) -> Tensor:
     return keep_where(delta, delta.abs() >= threshold)
 
 
+def crumb_counts(numel: int, density: float, gamma: float) -> tuple[int, int]:
+    """Breadcrumbs' (k_keep, k_top): k_keep = ⌊density·n⌋ (at least 1) entries kept below the
+    k_top = ⌊gamma·n⌋ largest, k_top cut down so that density is met."""
+    keep = keep_count(numel, density)
+    return keep, min(int(gamma * numel), numel - keep)
+
+
 def prune_magnitude_outliers(delta: Tensor, density: float, gamma: float) -> Tensor:
     """Model Breadcrumbs: drop the ``gamma`` share of largest |δ| and the smallest ones.
 
@@ -77,8 +84,7 @@ def prune_magnitude_outliers(delta: Tensor, density: float, gamma: float) -> Ten
         return delta
     magnitudes = delta.abs().reshape(-1)
     n = magnitudes.numel()
-    keep = keep_count(n, density)
-    top = min(int(gamma * n), n - keep)
+    keep, top = crumb_counts(n, density, gamma)
     order = magnitudes.argsort(stable=True)
     mask = torch.zeros(n, dtype=torch.bool)
     mask[order[n - top - keep : n - top]] = True
