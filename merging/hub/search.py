@@ -9,7 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from merging._hub_calls import call, download_one, hub_api
+from merging.hub._calls import call, download_one, hub_api
 from merging.errors import HubError
 
 logger = logging.getLogger(__name__)
