@@ -2,11 +2,20 @@
 #   docker build -t hubmerge .
 #   docker run -p 7860:7860 -v hubmerge-data:/data hubmerge              # real Hub
 #   docker run -p 7860:7860 -e HUBMERGE_DEMO=1 hubmerge                   # offline demo
-FROM python:3.11-slim
+# Build arguments (the defaults are what a Space builds):
+#   BASE_IMAGE   a Debian-like image with python3 (>= 3.10) and its venv module
+#   TORCH        what pip installs torch from: a requirement, or a wheel file
+#   TORCH_INDEX  the index TORCH comes from; empty: pip's own configuration
+# scripts/container-check builds this same file with podman from a local base image and wheel.
+ARG BASE_IMAGE=python:3.11-slim
+FROM ${BASE_IMAGE}
+ARG TORCH=torch
+ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
+    PATH=/opt/venv/bin:$PATH \
     HUBMERGE_HOST=0.0.0.0 \
     HUBMERGE_PORT=7860 \
     GRADIO_ANALYTICS_ENABLED=False \
@@ -15,14 +24,18 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 # Spaces run the container as user 1000; so does plain docker run.
 RUN useradd --create-home --uid 1000 user \
     && mkdir -p /data && chown user:user /data
+# A venv works the same on every base (a distribution's own python refuses system-wide
+# installs, PEP 668); PATH puts its python and pip first.
+RUN python3 -m venv /opt/venv
+# torch first and on its own, from CPU wheels: the image stays small (pip's default torch is
+# the CUDA build with gigabytes of nvidia packages); a GPU Space can swap TORCH_INDEX.
+RUN pip install ${TORCH_INDEX:+--index-url "$TORCH_INDEX"} "$TORCH"
 WORKDIR /home/user/app
-
-# CPU wheels of torch keep the image small; a GPU Space can swap the index URL.
 COPY --chown=user:user pyproject.toml README.md ./
 COPY --chown=user:user merging ./merging
 COPY --chown=user:user evaluation ./evaluation
 COPY --chown=user:user app ./app
-RUN pip install --extra-index-url https://download.pytorch.org/whl/cpu ".[app,eval]"
+RUN pip install ".[app,eval]"
 
 USER user
 ENV HOME=/home/user \
