@@ -373,9 +373,9 @@ class Bench:
             self.score(f"lora-{skill}", lambda a=adapter: [self.peft_model(a)], tokenizer,
                        "lora specialist")  # fmt: skip
         try:
-            from merging.lorahub import Example, lorahub
+            from merging.lora.lorahub import Example, lorahub
         except ImportError as err:
-            self.results["not_run"]["lorahub"] = f"merging.lorahub not importable: {err}"
+            self.results["not_run"]["lorahub"] = f"merging.lora.lorahub not importable: {err}"
             return
         # few-shot examples: the first 5 validation items of each skill (never test items)
         examples = [

@@ -3,42 +3,22 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
-from merging.errors import IncompatibleModelsError, ShapeMismatchError, VocabMismatchError
-from merging.io.headers import TensorHeader
+from merging.errors import (
+    AdapterError,
+    IncompatibleModelsError,
+    ShapeMismatchError,
+    VocabMismatchError,
+)
+from merging.io.headers import SourceInfo, TensorHeader
+from merging.lora.adapter import LoraAdapter, fit_problems
+from merging.methods import get_method
 from merging.recipe import Recipe
+from merging.sources import remote_info, resolve_model
 
 VOCAB_TENSOR_HINTS = ("embed_tokens", "lm_head", "wte", "embed_in", "embed_out", "word_embeddings")
 FLOAT_DTYPES = {"F32", "F16", "BF16", "F64"}
 OUT_DTYPE_CODES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}
-
-
-@dataclass(frozen=True)
-class SourceInfo:
-    """Headers and config of one source, however they were obtained (disk or Hub)."""
-
-    label: str
-    headers: dict[str, TensorHeader]
-    config: dict[str, Any]
-
-    @property
-    def architecture(self) -> str:
-        archs = self.config.get("architectures") or ["?"]
-        return str(archs[0])
-
-    @property
-    def parameters(self) -> int:
-        return sum(h.numel for h in self.headers.values())
-
-    @property
-    def vocab_size(self) -> int | None:
-        value = self.config.get("vocab_size")
-        return int(value) if value is not None else None
-
-    @property
-    def tied_embeddings(self) -> bool:
-        return bool(self.config.get("tie_word_embeddings", False))
 
 
 @dataclass(frozen=True)
@@ -207,9 +187,6 @@ def check_recipe(
     Hub sources are read with HTTP range requests on the shard headers: no weight is
     downloaded, so a 7B and a 13B are found incompatible in seconds.
     """
-    from merging.methods import get_method
-    from merging.sources import remote_info
-
     method = get_method(recipe.merge_method)
     names = ([recipe.base_model] if method.needs_base and recipe.base_model else []) + [
         s.model for s in (recipe.inputs() if method.needs_base else recipe.models)
@@ -231,15 +208,33 @@ def check_recipe(
     )
     report.download_bytes = download
     adapters = [s for s in recipe.models if s.adapter]
-    if adapters:
-        from merging import lora_source
-
-        for spec in adapters:
-            assert spec.adapter is not None
-            report.errors += lora_source.adapter_problems(
-                spec.adapter, infos.get(spec.model) or reference, token=token, endpoint=endpoint
-            )
+    for spec in adapters:
+        assert spec.adapter is not None
+        report.errors += adapter_problems(
+            spec.adapter, infos.get(spec.model) or reference, token=token, endpoint=endpoint
+        )
     return report
 
 
-__all__ = ["CompatibilityReport", "SourceInfo", "check_recipe", "compare_sources"]
+def adapter_problems(
+    adapter: str, base: SourceInfo, *, token: str | None = None, endpoint: str | None = None
+) -> list[str]:
+    """Why an adapter (local folder or Hub ref) does not fit a base; empty when it fits.
+
+    Only the adapter is downloaded (it is small); the base is judged from its headers.
+    """
+    try:
+        resolved = resolve_model(adapter, token=token, endpoint=endpoint)
+        loaded = LoraAdapter(resolved.path, label=adapter)
+    except AdapterError as err:
+        return [str(err)]
+    return fit_problems(loaded, base.headers, base.config)
+
+
+__all__ = [
+    "CompatibilityReport",
+    "SourceInfo",
+    "adapter_problems",
+    "check_recipe",
+    "compare_sources",
+]

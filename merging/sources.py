@@ -7,11 +7,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from merging.check import SourceInfo
-from merging.errors import AdapterError
-from merging.io.headers import TensorHeader
+from merging import hub
+from merging.io.headers import SourceInfo, TensorHeader
 from merging.io.refs import ModelRef
 from merging.io.source import CheckpointSource, TensorSource
+from merging.lora.source import AdapterSource
 from merging.recipe import Recipe, SourceSpec
 
 logger = logging.getLogger(__name__)
@@ -54,8 +54,6 @@ def resolve_model(
     ref = ModelRef.parse(text)
     if ref.local:
         return ResolvedModel(ref, Path(ref.name))
-    from merging import hub
-
     commit = hub.resolve_revision(ref.name, ref.revision, token=token, endpoint=endpoint)
     path = hub.download_model(
         ref.name,
@@ -76,8 +74,6 @@ def remote_info(
     if ref.local:
         source = CheckpointSource(ref.name, allow_pickle=True)
         return SourceInfo(str(ref), source.headers, source.config), None
-    from merging import hub
-
     commit = hub.resolve_revision(ref.name, ref.revision, token=token, endpoint=endpoint)
     headers: dict[str, TensorHeader] = hub.remote_tensor_headers(
         ref.name, revision=commit, token=token, endpoint=endpoint
@@ -100,11 +96,7 @@ def open_source(
     base = CheckpointSource(resolved.path, allow_pickle=allow_pickle, label=label)
     if adapter is None:
         return base
-    try:
-        from merging import lora_source
-    except ImportError as err:  # pragma: no cover - lora ships with the package
-        raise AdapterError(f"{label}: LoRA adapters are not available ({err})") from None
-    return lora_source.AdapterSource(base, adapter.path, label=label)
+    return AdapterSource(base, adapter.path, label=label)
 
 
 def source_info(source: TensorSource) -> SourceInfo:

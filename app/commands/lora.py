@@ -65,7 +65,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
 
 
 def run_lorahub(args: argparse.Namespace) -> int:
-    from merging.lorahub import lorahub
+    from merging.lora.lorahub import lorahub
 
     def report(step: int, steps: int, value: float) -> None:
         print(f"step {step}/{steps}: objective {value:.4f}", flush=True)
@@ -94,7 +94,7 @@ def run_lorahub(args: argparse.Namespace) -> int:
 
 def run_merge(args: argparse.Namespace) -> int:
     from merging.engine import MergeOptions
-    from merging.lora_source import merge_into_base
+    from merging.lora.merge import merge_into_base
 
     options = MergeOptions(overwrite=args.overwrite, token=read_token(args))
     result = merge_into_base(args.base, args.adapter, args.output, options=options)
@@ -103,7 +103,7 @@ def run_merge(args: argparse.Namespace) -> int:
 
 
 def run_combine(args: argparse.Namespace) -> int:
-    from merging.lora_combine import CombineParams, combine_adapters
+    from merging.lora.combine import CombineParams, combine_adapters
 
     params = CombineParams(
         rank=args.rank, method=args.svd_method, parameters=args.svd_parameters, seed=args.seed

@@ -9,8 +9,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from merging.hub._calls import call, download_one, hub_api
 from merging.errors import HubError
+from merging.hub._calls import call, download_one, hub_api
 
 logger = logging.getLogger(__name__)
 

@@ -1,9 +1,10 @@
-"""What a safetensors header says about one tensor, without reading its data."""
+"""What safetensors headers and a config say about a checkpoint, without reading tensor data."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -32,3 +33,30 @@ class TensorHeader:
     @property
     def nbytes(self) -> int:
         return self.numel * DTYPE_BYTES.get(self.dtype, 4)
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    """Headers and config of one source, however they were obtained (disk or Hub)."""
+
+    label: str
+    headers: dict[str, TensorHeader]
+    config: dict[str, Any]
+
+    @property
+    def architecture(self) -> str:
+        archs = self.config.get("architectures") or ["?"]
+        return str(archs[0])
+
+    @property
+    def parameters(self) -> int:
+        return sum(h.numel for h in self.headers.values())
+
+    @property
+    def vocab_size(self) -> int | None:
+        value = self.config.get("vocab_size")
+        return int(value) if value is not None else None
+
+    @property
+    def tied_embeddings(self) -> bool:
+        return bool(self.config.get("tie_word_embeddings", False))

@@ -7,7 +7,7 @@ ends with ``.key``). With ``fan_in_fan_out`` (GPT-2's Conv1D) and for embeddings
 weight is the transpose, so ΔW is transposed too. Tensors the adapter stores whole
 (``modules_to_save``, biases trained with ``bias: all``) replace the base's.
 
-`merging.lora_source.AdapterSource` is a `TensorSource` that returns W + ΔW for targeted
+`merging.lora.source.AdapterSource` is a `TensorSource` that returns W + ΔW for targeted
 weights, so an adapter is an input like any other: merged alone (``linear`` with one source)
 it equals PEFT's ``merge_and_unload()``, and inside ``task_arithmetic`` / ``ties`` / ``dare_*``
 its task vector is exactly ΔW.

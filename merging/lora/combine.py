@@ -35,9 +35,17 @@ from pydantic import BaseModel, ConfigDict, Field
 from merging.errors import AdapterError, RecipeError
 from merging.io.headers import TensorHeader
 from merging.io.writer import ShardWriter, torch_dtype_code
-from merging.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS, PEFT_PREFIX, LoraAdapter, LoraModule
-from merging.lora_factors import Factors, concat_factors, lorahub_factors, svd_factors
+from merging.lora.adapter import (
+    ADAPTER_CONFIG,
+    ADAPTER_WEIGHTS,
+    PEFT_PREFIX,
+    LoraAdapter,
+    LoraModule,
+)
+from merging.lora.factors import Factors, concat_factors, lorahub_factors, svd_factors
+from merging.methods import get_method, random_stream
 from merging.registry import Registry
+from merging.sources import resolve_model
 
 logger = logging.getLogger(__name__)
 
@@ -102,8 +110,6 @@ def merged_delta(
     params: CombineParams,
 ) -> torch.Tensor:
     """One registered merge method applied to task vectors ΔW_i (the base is zero)."""
-    from merging.methods import get_method, random_stream
-
     method = get_method(params.method)
     global_keys = {f.alias or n for n, f in method.params.model_fields.items()}
     source_keys = {f.alias or n for n, f in method.source_params.model_fields.items()} - {"weight"}
@@ -355,8 +361,6 @@ def open_adapter(
     """A `LoraAdapter` from a folder or a Hub ref (only the adapter is downloaded)."""
     if isinstance(adapter, LoraAdapter):
         return adapter
-    from merging.sources import resolve_model
-
     resolved = resolve_model(str(adapter), token=token, endpoint=endpoint)
     return LoraAdapter(resolved.path, label=str(adapter))
 

@@ -1,7 +1,7 @@
 """The factor algebra of combining LoRA adapters: pure functions on (A, B̃) pairs.
 
 For adapter i, ΔW_i = B̃_i·A_i with A_i (r_i, in) and B̃_i = s_i·B_i (out, r_i), the scale
-folded in. `merging.lora_combine` applies these per module and writes the adapter.
+folded in. `merging.lora.combine` applies these per module and writes the adapter.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """LoraHub: learn the weights of a LoRA combination from a few examples, without gradients.
 
 Huang et al., 2023 (https://arxiv.org/abs/2307.13269): the combined adapter is A' = Σ w_i·A_i,
-B' = Σ w_i·B_i (see `merging.lora_combine`); the weights w are found by a gradient-free
+B' = Σ w_i·B_i (see `merging.lora.combine`); the weights w are found by a gradient-free
 optimiser (nevergrad's NGOpt over [-1.5, 1.5]ⁿ, starting at 0) that minimises
 
     cross-entropy of the examples' outputs given their inputs  +  l1 · mean|w|.
@@ -24,16 +24,19 @@ from typing import Any
 import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from merging.engine import MergeOptions
 from merging.errors import AdapterError
-from merging.lora import LoraAdapter
-from merging.lora_combine import (
+from merging.lora.adapter import LoraAdapter
+from merging.lora.combine import (
     combine_adapters,
     module_factors,
     open_adapter,
     output_config,
     plan_modules,
 )
-from merging.lora_factors import Factors, lorahub_factors
+from merging.lora.factors import Factors, lorahub_factors
+from merging.lora.merge import merge_into_base
+from merging.sources import resolve_model
 
 logger = logging.getLogger(__name__)
 
@@ -205,7 +208,6 @@ def lorahub_search(
     import numpy as np
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from merging.sources import resolve_model
 
     rows = read_examples(examples) if isinstance(examples, (str, Path)) else list(examples)
     loaded = [open_adapter(a, token=token, endpoint=endpoint) for a in adapters]
@@ -260,8 +262,6 @@ def lorahub(
         )
         result.output = written.output
         return result
-    from merging.engine import MergeOptions
-    from merging.lora_source import merge_into_base
 
     with tempfile.TemporaryDirectory(prefix="hubmerge-lorahub-") as tmp:
         adapter = combine_adapters(adapters, Path(tmp) / "adapter", endpoint=endpoint, **common)

@@ -1,22 +1,20 @@
-"""A base model with a LoRA adapter applied, read lazily as a `TensorSource`; checks and the
-merge of an adapter into its base. (Adapter parsing and ΔW math: `merging.lora`.)"""
+"""A base model with a LoRA adapter applied, read lazily as a `TensorSource`.
+
+(Adapter parsing and ΔW math: `merging.lora.adapter`; merging an adapter into its base as a full
+model: `merging.lora.merge`, a recipe the engine runs.)"""
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from merging.errors import AdapterError
 from merging.io.headers import TensorHeader
 from merging.io.source import TensorSource
-from merging.lora import LoraAdapter, fit_problems
-
-if TYPE_CHECKING:
-    from merging.check import SourceInfo
-    from merging.engine import MergeOptions, MergeResult
+from merging.lora.adapter import LoraAdapter, fit_problems
 
 logger = logging.getLogger(__name__)
 
@@ -61,42 +59,4 @@ class AdapterSource:
         return f"AdapterSource({self.label!r})"
 
 
-def adapter_problems(
-    adapter: str, base: SourceInfo, *, token: str | None = None, endpoint: str | None = None
-) -> list[str]:
-    """`hubmerge check`: why an adapter (local folder or Hub ref) does not fit a base.
-
-    Only the adapter is downloaded (it is small); the base is judged from its headers.
-    """
-    from merging.sources import resolve_model
-
-    try:
-        resolved = resolve_model(adapter, token=token, endpoint=endpoint)
-        loaded = LoraAdapter(resolved.path, label=adapter)
-    except AdapterError as err:
-        return [str(err)]
-    return fit_problems(loaded, base.headers, base.config)
-
-
-def merge_into_base(
-    base: str | Path,
-    adapter: str | Path,
-    output: str | Path,
-    *,
-    options: MergeOptions | None = None,
-) -> MergeResult:
-    """Write base + adapter as a full model, streamed tensor by tensor (PEFT's merge_and_unload).
-
-    Example:
-        >>> merge_into_base("org/base", "org/lora", "out/merged")  # doctest: +SKIP
-    """
-    from merging.engine import merge
-    from merging.recipe import parse_recipe
-
-    recipe = parse_recipe(
-        {"merge_method": "linear", "models": [{"model": str(base), "adapter": str(adapter)}]}
-    )
-    return merge(recipe, output, options=options)
-
-
-__all__ = ["AdapterSource", "adapter_problems", "merge_into_base"]
+__all__ = ["AdapterSource"]

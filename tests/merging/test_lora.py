@@ -13,7 +13,7 @@ from merging import MergeOptions, load_recipe, merge
 from merging.check import check_recipe
 from merging.errors import AdapterError
 from merging.lora import LoraAdapter, lora_scale, pattern_value
-from merging.lora_source import merge_into_base
+from merging.lora.merge import merge_into_base
 from tests.helpers.tiny import build_llama, state_dict
 
 pytest.importorskip("peft")

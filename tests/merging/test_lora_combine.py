@@ -9,8 +9,8 @@ import torch
 
 from merging.errors import AdapterError
 from merging.lora import LoraAdapter
-from merging.lora_combine import CombineParams, combine_adapters
-from merging.lora_factors import concat_factors, svd_factors
+from merging.lora.combine import CombineParams, combine_adapters
+from merging.lora.factors import concat_factors, svd_factors
 from tests.merging.test_lora import make_adapter
 
 pytest.importorskip("peft")
@@ -123,7 +123,9 @@ def test_svd_error_zero_at_full_rank_positive_below(tiny_models, adapters, tmp_p
     assert max(full.errors.values()) < 1e-5
     got = peft_deltas(tiny_models["base"], full.output)
     for target, delta in weighted_deltas(paths, [1.0, 0.5]).items():
-        torch.testing.assert_close(got[target], delta, atol=1e-5, rtol=1e-4, msg=target)
+        # float32 SVD: the error scales with the tensor's magnitude (the embedding's ΔW reaches ~25)
+        scale = float(delta.abs().max())
+        torch.testing.assert_close(got[target], delta, atol=1e-5 * scale, rtol=1e-4, msg=target)
     low = combine_adapters(paths, tmp_path / "low", method="svd", params=CombineParams(rank=1))
     assert low.overall_error is not None
     assert low.overall_error > 0.01

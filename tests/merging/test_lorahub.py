@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from merging.errors import AdapterError
-from merging.lora_combine import combine_adapters
-from merging.lorahub import (
+from merging.lora.combine import combine_adapters
+from merging.lora.lorahub import (
     Example,
     encode_examples,
     few_shot_loss,
