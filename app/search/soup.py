@@ -3,8 +3,10 @@
 
 Ingredients are ordered by their own held-out score, best first. The soup starts as the best
 ingredient; each next one is tried as a uniform `linear` soup with the current members and
-kept only if the held-out score does not get worse. Every candidate is merged into a
-temporary folder; the winner is moved to the output, the others are deleted.
+kept only if the held-out score does not get worse. Every ingredient is loaded once into the
+search's `InMemoryEvaluator`; each candidate soup is merged into its resident model in place
+and scored there (nothing is written per candidate). Only the final soup goes through the
+streamed `merging.merge`.
 
 >>> result = greedy_soup(["org/ft-a", "org/ft-b"], examples, output="out/soup")  # doctest: +SKIP
 >>> [(step.ingredient, step.kept) for step in result.steps]  # doctest: +SKIP
@@ -12,10 +14,7 @@ temporary folder; the winner is moved to the output, the others are deleted.
 
 from __future__ import annotations
 
-import gc
 import logging
-import shutil
-import tempfile
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -133,7 +132,8 @@ def greedy_soup(
     Raises:
         `RecipeError`: fewer than two ingredients; `MergeCancelled`; merge and scoring errors.
     """
-    from evaluation.scoring import Scorer, as_examples, higher_is_better
+    from app.search.evaluator import InMemoryEvaluator
+    from evaluation.scoring import as_examples, higher_is_better
 
     if len(dict.fromkeys(ingredients)) < 2:
         raise RecipeError("a greedy soup needs at least two distinct ingredient models")
@@ -142,6 +142,8 @@ def greedy_soup(
     better_high = higher_is_better(metric)  # type: ignore[arg-type]
     say = log or (lambda message: logger.info("%s", message))
     output = Path(output)
+    if output.exists():
+        raise RecipeError(f"output {output} already exists")
     total = len(ingredients) * 2 - 1
     done = 0
 
@@ -153,49 +155,32 @@ def greedy_soup(
         if cancel is not None and cancel.is_set():
             raise MergeCancelled("greedy soup cancelled; nothing was kept")
 
-    def score(path: Path) -> float:
-        scorer = Scorer.from_pretrained(path, device=device, dtype="float32")
-        try:
-            return float(scorer.score(rows, metric=metric))  # type: ignore[arg-type]
-        finally:
-            del scorer
-            gc.collect()
-
     def better_or_equal(new: float, old: float) -> bool:
         return new >= old if better_high else new <= old
 
-    work = Path(tempfile.mkdtemp(prefix=".soup-", dir=output.parent if output.parent.exists()
-                                  else None))  # fmt: skip
+    evaluator = InMemoryEvaluator(soup_recipe(ingredients, template=template), rows,
+                                  metric=metric, device=device, token=token,
+                                  endpoint=endpoint)  # fmt: skip
+    individual: dict[str, float] = {}
+    for name in ingredients:
+        individual[name] = evaluator.score(soup_recipe([name], template=template))
+        say(f"{name}: held-out {metric} {individual[name]:.4f}")
+        tick()
+    order = sorted(ingredients, key=individual.__getitem__, reverse=better_high)
+    members = [order[0]]
+    best = individual[order[0]]
+    steps = [SoupStep(order[0], best, True, (order[0],))]
+    for name in order[1:]:
+        candidate = [*members, name]
+        value = evaluator.score(soup_recipe(candidate, template=template))
+        kept = better_or_equal(value, best)
+        if kept:
+            members, best = candidate, value
+        steps.append(SoupStep(name, value, kept, tuple(members)))
+        say(f"+ {name}: soup {metric} {value:.4f} → {'kept' if kept else 'rejected'}")
+        tick()
+    del evaluator
+    recipe = soup_recipe(members, template=template)
     options = MergeOptions(token=token, endpoint=endpoint, cancel=cancel, device=device)
-    try:
-        individual: dict[str, float] = {}
-        for index, name in enumerate(ingredients):
-            single = merge(soup_recipe([name], template=template), work / f"single-{index}",
-                           options=options)  # fmt: skip
-            individual[name] = score(single.output)
-            say(f"{name}: held-out {metric} {individual[name]:.4f}")
-            tick()
-        order = sorted(ingredients, key=individual.__getitem__, reverse=better_high)
-        members = [order[0]]
-        best_dir = work / f"single-{ingredients.index(order[0])}"
-        best = individual[order[0]]
-        steps = [SoupStep(order[0], best, True, (order[0],))]
-        for index, name in enumerate(order[1:], start=1):
-            candidate = [*members, name]
-            result = merge(soup_recipe(candidate, template=template), work / f"soup-{index}",
-                           options=options)  # fmt: skip
-            value = score(result.output)
-            kept = better_or_equal(value, best)
-            if kept:
-                members, best, best_dir = candidate, value, result.output
-            steps.append(SoupStep(name, value, kept, tuple(members)))
-            say(f"+ {name}: soup {metric} {value:.4f} → {'kept' if kept else 'rejected'}")
-            tick()
-        if output.exists():
-            raise RecipeError(f"output {output} already exists")
-        shutil.move(str(best_dir), output)
-        recipe = soup_recipe(members, template=template)
-        (output / "hubmerge_recipe.yaml").write_text(recipe.to_yaml(), encoding="utf-8")
-        return SoupResult(recipe, output, individual, steps, metric, better_high)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    merge(recipe, output, options=options)
+    return SoupResult(recipe, output, individual, steps, metric, better_high)
