@@ -12,9 +12,16 @@ from pydantic import ValidationError
 
 from merging.errors import RecipeError, RegistryError
 from merging.methods import (  # noqa: F401  (registration)
+    arcee_fusion,
+    della,
     linear,
     model_stock,
+    nearswap,
+    nuslerp,
+    ram,
+    sce,
     slerp,
+    spherical,
     task_arithmetic,
 )
 from merging.methods._base import METHODS, Method, MethodParams, SourceParams, register

@@ -52,6 +52,9 @@ class Method(Generic[P, S]):
         formula: the update rule in one line, shown in the UI and in model cards.
         paper: link to the method's paper.
         needs_base: whether ``base_model`` is required (and excluded from the inputs).
+        optional_base: with ``needs_base`` false, whether a ``base_model`` the recipe names is
+            still used as the base (mergekit's optional base: NuSLERP and Multi-SLERP of task
+            vectors); the function then receives it as ``base``, else ``None``.
         min_inputs / max_inputs: how many non-base inputs it accepts.
         randomized: whether the result depends on the seed.
         semantics: renders the exact rules in effect for given parameters (for model cards).
@@ -67,6 +70,7 @@ class Method(Generic[P, S]):
     formula: str
     paper: str
     needs_base: bool = True
+    optional_base: bool = False
     min_inputs: int = 1
     max_inputs: int | None = None
     randomized: bool = False

@@ -77,4 +77,8 @@ def method_parameters(name: str) -> dict[str, Any]:
         "breadcrumbs": {"density": 0.5, "gamma": 0.1},
         "breadcrumbs_ties": {"density": 0.5, "gamma": 0.1},
         "slerp": {"t": 0.3},
+        "della": {"density": 0.5, "epsilon": 0.1},
+        "della_linear": {"density": 0.5, "epsilon": 0.1},
+        "sce": {"select_topk": 0.5},
+        "nearswap": {"t": 0.05},
     }.get(name, {})

@@ -366,9 +366,11 @@ def test_every_method_documents_formula_and_paper(name):
     method = METHODS.get(name)
     assert method.formula
     assert method.paper.startswith("https://")
-    params = method.params.model_validate(method_parameters(name) if name == "slerp" else {})
+    shared = {k: v for k, v in method_parameters(name).items() if k in method.params.model_fields}
+    params = method.params.model_validate(shared)
     assert method.describe(params).startswith(f"{name}: ")
 
 
 def test_randomized_flag_marks_exactly_the_dare_methods():
-    assert {n for n in METHODS.names() if METHODS.get(n).randomized} == {"dare_linear", "dare_ties"}
+    randomized = {n for n in METHODS.names() if METHODS.get(n).randomized}
+    assert randomized == {"dare_linear", "dare_ties", "della", "della_linear"}

@@ -1,0 +1,121 @@
+"""Per-vector statistics over flat chunks, for the methods that work on rows, columns or whole
+tensors as vectors (NuSLERP, Multi-SLERP, Karcher, DELLA, Arcee Fusion).
+
+A tensor of shape ``shape`` is cut into vectors in one of three ways:
+
+- ``flat``: the whole tensor is one vector;
+- ``last``: vectors along the last dimension (the rows of a matrix): element ``p`` of the
+  flattened tensor belongs to vector ``p // shape[-1]``;
+- ``first``: vectors along the first dimension (the columns of a matrix; mergekit's
+  ``transpose(0, -1)``): element ``p`` belongs to vector ``p % (numel // shape[0])``.
+
+A 1-D tensor is one vector in every layout. `VectorSums` adds per-element values into
+per-vector float64 sums chunk by chunk; the partial sums are kept per chunk offset and added in
+offset order, so the result never depends on thread timing.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+Along = Literal["flat", "last", "first"]
+
+
+class Layout:
+    """Which vector each flat position belongs to (see the module docstring)."""
+
+    def __init__(self, shape: Sequence[int], along: Along) -> None:
+        self.numel = max(1, math.prod(shape))
+        if along == "flat" or len(shape) < 2:
+            self.along: Along = "flat"
+            self.count = 1
+        elif along == "last":
+            self.along = "last"
+            self.count = self.numel // max(1, shape[-1])
+        else:
+            self.along = "first"
+            self.count = self.numel // max(1, shape[0])
+        self.size = self.numel // self.count  # elements per vector
+
+    def span(self, offset: int, length: int) -> tuple[int, int]:
+        """(first vector, number of vectors) a chunk's sums are indexed over."""
+        if self.along == "last":
+            first = offset // self.size
+            return first, (offset + length - 1) // self.size - first + 1
+        return 0, self.count
+
+    def index(self, offset: int, length: int, device: torch.device) -> Tensor | None:
+        """Vector index (relative to `span`'s first) of each element; None for one vector."""
+        if self.count == 1:
+            return None
+        positions = torch.arange(offset, offset + length, device=device)
+        if self.along == "last":
+            return positions // self.size - offset // self.size
+        return positions % self.count
+
+    def gather(self, values: Tensor, offset: int, length: int) -> Tensor:
+        """Per-vector ``values`` (one per vector) broadcast to the chunk's elements."""
+        index = self.index(offset, length, values.device)
+        if index is None:
+            return values[:1].expand(length)
+        first, _ = self.span(offset, length)
+        return values[first:][index] if self.along == "last" else values[index]
+
+
+def vector_sums(layout: Layout, products: Sequence[Tensor], offset: int) -> tuple[int, Tensor]:
+    """(first vector, float64 sums of each product per vector) for one chunk."""
+    length = products[0].numel()
+    first, count = layout.span(offset, length)
+    index = layout.index(offset, length, products[0].device)
+    if index is None:
+        sums = torch.stack([p.double().sum() for p in products]).unsqueeze(1)
+        return first, sums.cpu()
+    sums = torch.zeros(len(products), count, dtype=torch.float64, device=products[0].device)
+    for row, product in enumerate(products):
+        sums[row].index_add_(0, index, product.double())
+    return first, sums.cpu()
+
+
+class VectorSums:
+    """Thread-safe per-vector sums of ``stats`` per-element values, added in offset order."""
+
+    def __init__(self, layout: Layout, stats: int) -> None:
+        self.layout = layout
+        self.stats = stats
+        self.lock = threading.Lock()
+        self.parts: dict[int, tuple[int, Tensor]] = {}
+
+    def add(self, products: Sequence[Tensor], offset: int) -> None:
+        part = vector_sums(self.layout, products, offset)
+        with self.lock:
+            self.parts[offset] = part
+
+    def total(self) -> Tensor:
+        """(stats, vectors) float64 sums; the parts are dropped."""
+        sums = torch.zeros(self.stats, self.layout.count, dtype=torch.float64)
+        for _, (first, part) in sorted(self.parts.items()):
+            sums[:, first : first + part.shape[1]] += part
+        self.parts.clear()
+        return sums
+
+
+def vectors_of(x: Tensor, along: Along) -> Tensor:
+    """The tensor as a (vectors, size) matrix in the layout's order (a copy when needed)."""
+    if along == "flat" or x.dim() < 2:
+        return x.reshape(1, -1)
+    if along == "last":
+        return x.reshape(-1, x.shape[-1])
+    return x.reshape(x.shape[0], -1).t()  # vector j: flat positions ≡ j mod numel/shape[0]
+
+
+def from_vectors(rows: Tensor, shape: Sequence[int], along: Along) -> Tensor:
+    """Inverse of `vectors_of`."""
+    if along == "flat" or len(shape) < 2 or along == "last":
+        return rows.reshape(shape)
+    return rows.t().reshape(shape)

@@ -1,0 +1,160 @@
+"""RAM and RAM+ (Reinforced Agent Merging, arXiv 2601.13572), as mergekit 0.1.5's ``ram`` and
+``ramplus_tl`` compute them (``merge_methods/ram.py``).
+
+With task vectors δᵢ = θᵢ − θ_base, an entry of δᵢ *contributes* when |δᵢ| > ε; cᵢ counts, per
+element, the models that contribute there. Entries only one model changed are kept whole
+(not averaged down by the models that left them alone); entries several changed are averaged
+over those models only:
+
+    ram:         θ = θ_base + Σᵢ [|δᵢ| > ε]·δᵢ / max(c, 1)
+    ramplus_tl:  θ = θ_base + Σᵢ [|δᵢ| > ε]·δᵢ·(λᵢ·[c = 1] + [c > 1]/c),
+                 λᵢ = 1 + r·clamp(ρᵢ, 0, α),  ρᵢ = #shared(i) / max(#unique(i), ε)
+
+where #shared(i) / #unique(i) count model i's contributing entries in this tensor that other
+models also change / that only it changes ("tensor-local": counted per tensor). ``ram`` is
+elementwise; ``ramplus_tl``'s kernel counts in one reduction pass (exact integer counts).
+Per-model weights are not used.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from pydantic import Field
+from torch import Tensor
+
+from merging.methods._base import MethodParams, SourceParams, register
+from merging.methods._kernels import Kernel
+from merging.methods._ops import RandomStream, as_float, task_vectors
+
+
+class RamParams(MethodParams):
+    epsilon: float = Field(1e-5, ge=0)
+
+
+class RamPlusParams(RamParams):
+    r: float = 0.1
+    alpha: float = 0.2
+
+
+def contributions(deltas: Sequence[Tensor], epsilon: float) -> tuple[list[Tensor], Tensor]:
+    """([|δᵢ| > ε] per model, count of contributing models per element)."""
+    masks = [d.abs() > epsilon for d in deltas]
+    counts = torch.zeros(deltas[0].shape, dtype=torch.int32, device=deltas[0].device)
+    for mask in masks:
+        counts.add_(mask.view(torch.uint8))
+    return masks, counts
+
+
+def ram_mix(deltas: Sequence[Tensor], epsilon: float, lambdas: Sequence[float] | None) -> Tensor:
+    """Σᵢ (zᵢ·[c = 1]·λᵢ + zᵢ·[c > 1] / max(c, 1)), zᵢ = [|δᵢ| > ε]·δᵢ, in mergekit's order of
+    operations (so the same float32 rounding); ``ram`` passes no λ."""
+    masks, counts = contributions(deltas, epsilon)
+    unique = as_float(counts == 1)
+    overlap = as_float(counts > 1)
+    divisor = counts.clamp(min=1).float()
+    out = torch.zeros_like(deltas[0])
+    for index, (delta, mask) in enumerate(zip(deltas, masks, strict=True)):
+        kept = delta * as_float(mask)
+        term = kept * unique
+        if lambdas is not None:
+            term.mul_(lambdas[index])
+        out.add_(term.add_(kept.mul_(overlap).div_(divisor)))
+    return out
+
+
+def ramplus_lambdas(shared: Sequence[int], unique: Sequence[int], p: RamPlusParams) -> list[float]:
+    """λᵢ = 1 + r·clamp(#shared(i) / max(#unique(i), ε), 0, α), in float32 as mergekit."""
+    rho = torch.tensor(shared, dtype=torch.float32) / torch.tensor(
+        unique, dtype=torch.float32
+    ).clamp(min=p.epsilon)
+    return [float(x) for x in 1 + p.r * rho.clamp(min=0, max=p.alpha)]
+
+
+def ramplus_counts(deltas: Sequence[Tensor], epsilon: float) -> tuple[list[int], list[int]]:
+    """Per model, (#entries it shares with another model, #entries only it changes)."""
+    masks, counts = contributions(deltas, epsilon)
+    shared = [int((m & (counts > 1)).sum()) for m in masks]
+    unique = [int((m & (counts == 1)).sum()) for m in masks]
+    return shared, unique
+
+
+@register(
+    "ram",
+    params=RamParams,
+    formula="θ = θ_base + Σᵢ [|δᵢ| > ε]·δᵢ / max(#models with |δ| > ε, 1)",
+    paper="https://arxiv.org/abs/2601.13572",
+    kernel=lambda p, s, rng, shape: RamKernel(p, len(s), plus=False),
+    semantics=lambda p: (
+        f"An entry contributes when |δ| > {p.epsilon}; entries one model changed are kept whole, "
+        "shared ones averaged over the models that changed them; weights are not used."
+    ),
+)
+def ram(
+    base: Tensor | None,
+    inputs: Sequence[Tensor],
+    sources: Sequence[SourceParams],
+    params: RamParams,
+    rng: RandomStream,
+) -> Tensor:
+    """Reinforced Agent Merging: keep unique changes whole, average shared ones."""
+    assert base is not None
+    deltas = task_vectors(base, inputs)
+    return base + ram_mix(deltas, params.epsilon, None)
+
+
+@register(
+    "ramplus_tl",
+    params=RamPlusParams,
+    formula="θ = θ_base + Σᵢ [|δᵢ| > ε]·δᵢ·(λᵢ·[c = 1] + [c > 1]/c), "
+    "λᵢ = 1 + r·clamp(#shared/#unique, 0, α)",
+    paper="https://arxiv.org/abs/2601.13572",
+    kernel=lambda p, s, rng, shape: RamKernel(p, len(s), plus=True),
+    semantics=lambda p: (
+        f"As ram (ε = {p.epsilon}), with each model's unique entries scaled by "
+        f"λᵢ = 1 + {p.r}·clamp(#shared/#unique, 0, {p.alpha}), counted per tensor; "
+        "weights are not used."
+    ),
+)
+def ramplus_tl(
+    base: Tensor | None,
+    inputs: Sequence[Tensor],
+    sources: Sequence[SourceParams],
+    params: RamPlusParams,
+    rng: RandomStream,
+) -> Tensor:
+    """RAM+ (tensor-local): RAM with each model's unique entries rescaled by λᵢ."""
+    assert base is not None
+    deltas = task_vectors(base, inputs)
+    lambdas = ramplus_lambdas(*ramplus_counts(deltas, params.epsilon), params)
+    return base + ram_mix(deltas, params.epsilon, lambdas)
+
+
+class RamKernel(Kernel):
+    """``ram``: elementwise. ``ramplus_tl``: one pass counting each model's shared and unique
+    entries (integers, so the sum is exact in any order), then elementwise."""
+
+    def __init__(self, params: RamParams, count: int, *, plus: bool) -> None:
+        super().__init__()
+        self.params = params
+        self.reductions = 1 if plus else 0
+        self.shared = [0] * count
+        self.unique = [0] * count
+        self.plus = plus
+        self.lambdas: list[float] | None = None
+
+    def reduce(self, step: int, base: Tensor | None, inputs: Sequence[Tensor], offset: int) -> None:
+        assert base is not None
+        shared, unique = ramplus_counts(task_vectors(base, inputs), self.params.epsilon)
+        with self.lock:
+            self.shared = [a + b for a, b in zip(self.shared, shared, strict=True)]
+            self.unique = [a + b for a, b in zip(self.unique, unique, strict=True)]
+
+    def end_pass(self, step: int) -> None:
+        assert isinstance(self.params, RamPlusParams)
+        self.lambdas = ramplus_lambdas(self.shared, self.unique, self.params)
+
+    def apply(self, base: Tensor | None, inputs: Sequence[Tensor], offset: int) -> Tensor:
+        assert base is not None
+        return ram_mix(task_vectors(base, inputs), self.params.epsilon, self.lambdas).add_(base)

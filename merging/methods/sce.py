@@ -1,0 +1,178 @@
+"""SCE (FuseChat, arXiv 2408.07990): Select, Calculate, Erase — as mergekit 0.1.5's ``sce``.
+
+With task vectors δᵢ = θᵢ − θ_base (k models):
+
+1. **Select** (``select_topk`` < 1): keep the elements whose variance across the models,
+   Var = (1/k)·Σᵢ (δᵢ − δ̄)², is among the ``select_topk`` share of the non-zero variances
+   (k_sel = ⌊select_topk·#(Var ≠ 0)⌋; none when k_sel = 0); zero the others in every δᵢ.
+2. **Calculate**: wᵢ = mean(δᵢ²) / Σⱼ mean(δⱼ²) over the tensor (1/k each when Σ < 1e-6).
+3. **Erase**: elect the sign of Σᵢ δᵢ per element (+ at 0) and drop the entries of the other
+   sign (and zeros): θ = θ_base + Σᵢ wᵢ·mᵢ·δᵢ / max(Σᵢ wᵢ·mᵢ, 1e-6).
+
+Ties rule of the selection: every element whose variance equals the k_sel-th largest is kept
+(mergekit's ``topk`` keeps exactly k_sel, an arbitrary subset of the ties), so the result never
+depends on element order. The kernel finds that threshold exactly by radix select over chunks.
+Per-model weights are not used (as in mergekit).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Sequence
+
+import torch
+from pydantic import Field
+from torch import Tensor
+
+from merging.methods._base import MethodParams, SourceParams, register
+from merging.methods._kernels import Kernel
+from merging.methods._ops import RandomStream, agreement, as_float, elect_sign, task_vectors
+from merging.methods._select import RadixSelect
+
+WEIGHT_FLOOR = 1e-6
+
+
+class SceParams(MethodParams):
+    select_topk: float = Field(1.0, ge=0)
+    int8_mask: bool = False  # accepted for mergekit recipes; hubmerge always masks exactly
+
+
+def variance(deltas: Sequence[Tensor]) -> Tensor:
+    """Population variance across the models, elementwise: (1/k)·Σᵢ (δᵢ − δ̄)²."""
+    mean = deltas[0].clone()
+    for d in deltas[1:]:
+        mean.add_(d)
+    mean.div_(len(deltas))
+    out = torch.zeros_like(mean)
+    for d in deltas:
+        out.add_((d - mean).square_())
+    return out.div_(len(deltas))
+
+
+def selection_count(nonzero: int, select_topk: float) -> int:
+    """k_sel = ⌊select_topk·#(Var ≠ 0)⌋."""
+    return int(nonzero * select_topk)
+
+
+def sce_weights(mean_squares: Sequence[float]) -> list[float]:
+    """wᵢ = mean(δᵢ²)/Σⱼ mean(δⱼ²), or 1/k each when that sum is below 1e-6."""
+    total = sum(mean_squares)
+    if abs(total) < WEIGHT_FLOOR:
+        return [1.0 / len(mean_squares)] * len(mean_squares)
+    return [m / total for m in mean_squares]
+
+
+def erase_and_mix(base: Tensor, deltas: Sequence[Tensor], weights: Sequence[float]) -> Tensor:
+    """θ_base + Σᵢ wᵢ·mᵢ·δᵢ / max(Σᵢ wᵢ·mᵢ, 1e-6), mᵢ = [δᵢ non-zero with the sign of Σⱼ δⱼ]."""
+    sign = elect_sign(deltas, "sum")
+    merged = torch.zeros_like(base)
+    divisor = torch.zeros_like(base)
+    for delta, weight in zip(deltas, weights, strict=True):
+        erased = agreement(delta, sign).mul_(weight)
+        merged.addcmul_(delta, erased)
+        divisor.add_(erased)
+    return merged.div_(divisor.clamp_(min=WEIGHT_FLOOR)).add_(base)
+
+
+@register(
+    "sce",
+    params=SceParams,
+    formula="θ = θ_base + Σᵢ wᵢ·mᵢ·sel(δᵢ) / Σᵢ wᵢ·mᵢ, wᵢ ∝ mean(sel(δᵢ)²), mᵢ = [sign agrees]",
+    paper="https://arxiv.org/abs/2408.07990",
+    kernel=lambda p, s, rng, shape: SceKernel(p, len(s), math.prod(shape)),
+    semantics=lambda p: (
+        (
+            f"Select: keep the top {p.select_topk:g} share of elements by variance across the "
+            "models (ties at the threshold kept); "
+            if p.select_topk < 1
+            else "Select: all elements; "
+        )
+        + "weights ∝ mean squared task vector per tensor; erase entries against the elected "
+        "sign (sum); per-model weights are not used."
+    ),
+)
+def sce(
+    base: Tensor | None,
+    inputs: Sequence[Tensor],
+    sources: Sequence[SourceParams],
+    params: SceParams,
+    rng: RandomStream,
+) -> Tensor:
+    """SCE merge of k fine-tunes of ``base`` (Wan et al., 2024), steps as the module states."""
+    assert base is not None
+    deltas = task_vectors(base, inputs)
+    if params.select_topk < 1:
+        spread = variance(deltas).reshape(-1)
+        keep = selection_count(int(torch.count_nonzero(spread)), params.select_topk)
+        if keep == 0:
+            mask = torch.zeros_like(spread, dtype=torch.bool)
+        else:
+            threshold = spread.kthvalue(spread.numel() - keep + 1).values
+            mask = spread >= threshold
+        mask = mask.reshape(base.shape)
+        deltas = [d * as_float(mask) for d in deltas]
+    mean_squares = [float(d.double().square().mean()) for d in deltas]
+    return erase_and_mix(base, deltas, sce_weights(mean_squares))
+
+
+class SceKernel(Kernel):
+    """Select: pass 0 histograms the variance's high bits and counts its zeros, pass 1 its low
+    bits (an exact radix select of the k_sel-th largest variance); then one pass sums each
+    model's squared (selected) task vector in float64, in offset order; the output pass erases
+    and mixes elementwise."""
+
+    def __init__(self, params: SceParams, count: int, numel: int) -> None:
+        super().__init__()
+        self.select = params.select_topk < 1
+        self.topk = params.select_topk
+        self.count = count
+        self.selector = RadixSelect(1)
+        self.zeros = 0
+        self.numel = max(1, numel)
+        self.nothing = False  # k_sel = 0: every task vector is zeroed
+        self.reductions = 3 if self.select else 1
+        self.parts: dict[int, list[float]] = {}
+        self.weights: list[float] = []
+        self.parts_lock = threading.Lock()
+
+    def _selected(self, base: Tensor, inputs: Sequence[Tensor]) -> list[Tensor]:
+        deltas = task_vectors(base, inputs)
+        if not self.select:
+            return deltas
+        if self.nothing:
+            return [torch.zeros_like(d) for d in deltas]
+        keep = as_float(variance(deltas) >= self.selector.threshold.to(base.device))
+        return [d.mul_(keep) for d in deltas]
+
+    def reduce(self, step: int, base: Tensor | None, inputs: Sequence[Tensor], offset: int) -> None:
+        assert base is not None
+        if self.select and step < 2:
+            spread = variance(task_vectors(base, inputs))
+            if step == 0:
+                zeros = int((spread == 0).sum())
+                with self.lock:
+                    self.zeros += zeros
+            self.selector.observe(step, spread)
+            return
+        squares = [float(d.double().square().sum()) for d in self._selected(base, inputs)]
+        with self.parts_lock:
+            self.parts[offset] = squares
+
+    def end_pass(self, step: int) -> None:
+        if self.select and step < 2:
+            if step == 0:
+                keep = selection_count(self.numel - self.zeros, self.topk)
+                self.nothing = keep == 0
+                self.selector.k = max(1, keep)
+            self.selector.end_pass(step)
+            return
+        sums = [0.0] * self.count
+        for _, part in sorted(self.parts.items()):
+            sums = [a + b for a, b in zip(sums, part, strict=True)]
+        self.parts.clear()
+        self.weights = sce_weights([s / self.numel for s in sums])
+
+    def apply(self, base: Tensor | None, inputs: Sequence[Tensor], offset: int) -> Tensor:
+        assert base is not None
+        return erase_and_mix(base, self._selected(base, inputs), self.weights)
