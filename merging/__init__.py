@@ -3,7 +3,8 @@
 from merging.engine import MergeOptions, MergeResult, Progress, merge
 from merging.errors import MergeError, RecipeError
 from merging.methods import METHODS, get_method
-from merging.recipe import Recipe, SourceSpec, load_recipe, parse_recipe
+from merging.recipe import Recipe, Slice, SliceSource, SourceSpec
+from merging.validate import load_recipe, parse_recipe
 
 __all__ = [
     "METHODS",
@@ -13,6 +14,8 @@ __all__ = [
     "Progress",
     "Recipe",
     "RecipeError",
+    "Slice",
+    "SliceSource",
     "SourceSpec",
     "get_method",
     "load_recipe",

@@ -51,8 +51,11 @@ def render_card(
     resolved: dict[str, ResolvedModel],
     *,
     out_dtype: str | None = None,
+    warnings: list[str] | tuple[str, ...] = (),
+    plan: list[str] | tuple[str, ...] = (),
 ) -> str:
-    """Markdown model card: front matter, method and semantics, seed, lineage, recipe YAML."""
+    """Markdown model card: front matter, method and semantics, seed, lineage, the plan in
+    short, warnings (keys of the recipe that had no effect), recipe YAML."""
     meta = yaml.safe_dump(front_matter(recipe, resolved), sort_keys=False, allow_unicode=True)
     lines = [
         "---",
@@ -87,5 +90,10 @@ def render_card(
         if any(s.adapter == name for s in recipe.models):
             role = "adapter"
         lines.append(f"| {role} | `{name}` | `{model.commit or 'local'}` |")
+    if plan:
+        lines += ["", "## Layers", "", *(f"- {line}" for line in plan)]
+    if warnings:
+        lines += ["", "## Warnings", "", "Accepted, but without effect on the merge:", ""]
+        lines += [f"- {w}" for w in warnings]
     lines += ["", "## Recipe", "", "```yaml", recipe.to_yaml().rstrip(), "```", ""]
     return "\n".join(lines)

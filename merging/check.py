@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from merging.errors import (
     AdapterError,
@@ -11,10 +12,13 @@ from merging.errors import (
     VocabMismatchError,
 )
 from merging.io.headers import SourceInfo, TensorHeader
+from merging.io.refs import ModelRef
 from merging.lora.adapter import LoraAdapter, fit_problems
-from merging.methods import get_method
+from merging.plan import TensorPlan, build_plan, plan_sources
 from merging.recipe import Recipe
 from merging.sources import remote_info, resolve_model
+from merging.tokenizer import build_vocab
+from merging.validate import recipe_warnings
 
 VOCAB_TENSOR_HINTS = ("embed_tokens", "lm_head", "wte", "embed_in", "embed_out", "word_embeddings")
 FLOAT_DTYPES = {"F32", "F16", "BF16", "F64"}
@@ -46,6 +50,7 @@ class CompatibilityReport:
     output_bytes: int = 0
     download_bytes: int = 0
     peak_memory_bytes: int = 0
+    plan: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -69,6 +74,8 @@ class CompatibilityReport:
                 f"  {s.label}: {s.architecture}, {s.parameters / 1e6:.1f}M params, "
                 f"vocab {s.vocab_size}{tied}, {len(s.headers)} tensors"
             )
+        if self.plan:
+            lines += ["Plan:", *(f"  {line}" for line in self.plan)]
         lines.append(f"Output: {len(self.output)} tensors, {self.output_bytes / 1e9:.3f} GB")
         lines.append(
             f"Disk needed: {(self.output_bytes + self.download_bytes) / 1e9:.3f} GB "
@@ -122,6 +129,11 @@ def compare_sources(
         rows = _reconcile(report, name, header, others, vocab_policy)
         shape = header.shape if rows is None else (rows, *header.shape[1:])
         report.output.append(TensorHeader(name, shape, output_dtype_code(header, out_dtype)))
+    _estimate(report, prefetch)
+    return report
+
+
+def _estimate(report: CompatibilityReport, prefetch: int) -> None:
     report.output_bytes = sum(h.nbytes for h in report.output)
     largest = max((h.numel for h in report.output), default=0)
     # three output-sized buffers (two tensors computing, one being written), the tensors read
@@ -129,6 +141,63 @@ def compare_sources(
     out_bytes = max((h.nbytes for h in report.output), default=0)
     read_ahead = largest * 2 * len(report.sources) * (2 * prefetch + 3)
     report.peak_memory_bytes = 3 * out_bytes + read_ahead + 64 * 2**20
+
+
+def compare_plan(
+    plan: TensorPlan,
+    infos: dict[str, SourceInfo],
+    *,
+    out_dtype: str,
+    vocab_policy: str = "error",
+    prefetch: int = 2,
+    vocab_rows: int | None = None,
+) -> CompatibilityReport:
+    """Check a plan's inputs from headers: each output tensor's inputs exist and agree in shape.
+
+    ``models:`` plans are checked by `compare_sources`; ``slices:`` plans tensor by tensor
+    (sources may differ in depth). With ``vocab_rows`` (a tokenizer setting) the embedding and
+    LM-head rows are mapped by token, so their row counts may differ.
+    """
+    reference = infos[plan.reference]
+    others = [infos[k] for k in plan.sources if k != plan.reference]
+    if not plan.layers or plan.layers[0].slice is None:
+        report = compare_sources(
+            reference, others, out_dtype=out_dtype, prefetch=prefetch,
+            vocab_policy="base" if vocab_rows else vocab_policy,
+        )  # fmt: skip
+    else:
+        report = CompatibilityReport(reference.label, [reference, *others])
+        archs = {s.architecture for s in report.sources if s.config}
+        if len(archs) > 1:
+            report.errors.append(f"architectures differ: {', '.join(sorted(archs))}")
+        _check_tied(report)
+        report.errors += plan.errors
+        if not plan.errors:
+            for tensor in plan.tensors:
+                first = tensor.inputs[0]
+                header = infos[first.source].headers[first.name]
+                shapes = {
+                    f"{i.source} ({i.name})": infos[i.source].headers[i.name].shape
+                    for i in tensor.inputs[1:]
+                }
+                rows = None
+                if not vocab_rows:
+                    rows = _reconcile_shapes(
+                        report, tensor.name, f"{first.source} ({first.name})", header.shape,
+                        shapes, vocab_policy,
+                    )  # fmt: skip
+                shape = header.shape if rows is None else (rows, *header.shape[1:])
+                out = TensorHeader(tensor.name, shape, output_dtype_code(header, out_dtype))
+                report.output.append(out)
+    if vocab_rows:
+        report.warnings = [w for w in report.warnings if "vocab rows" not in w]
+        report.output = [
+            TensorHeader(h.name, (vocab_rows, *h.shape[1:]), h.dtype) if is_vocab_tensor(h.name)
+            else h
+            for h in report.output
+        ]  # fmt: skip
+    report.plan = plan.summary()
+    _estimate(report, prefetch)
     return report
 
 
@@ -151,30 +220,40 @@ def _reconcile(
 ) -> int | None:
     """Record shape problems for one tensor; return the output row count if vocab rows differ."""
     shapes = {o.label: o.headers[name].shape for o in others if name in o.headers}
-    differing = {k: s for k, s in shapes.items() if s != header.shape}
+    return _reconcile_shapes(report, name, report.reference, header.shape, shapes, vocab_policy)
+
+
+def _reconcile_shapes(
+    report: CompatibilityReport,
+    name: str,
+    reference: str,
+    expected: tuple[int, ...],
+    shapes: dict[str, tuple[int, ...]],
+    vocab_policy: str,
+) -> int | None:
+    differing = {k: s for k, s in shapes.items() if s != expected}
     if not differing:
         return None
-    rows_only = all(
-        len(s) == len(header.shape) and s[1:] == header.shape[1:] for s in differing.values()
-    )
+    rows_only = all(len(s) == len(expected) and s[1:] == expected[1:] for s in differing.values())
     if rows_only and is_vocab_tensor(name):
-        all_rows = {report.reference: header.shape[0]} | {k: s[0] for k, s in shapes.items()}
+        all_rows = {reference: expected[0]} | {k: s[0] for k, s in shapes.items()}
         report.vocab_rows.update(all_rows)
         if vocab_policy == "error":
             sizes = ", ".join(f"{k}: {v}" for k, v in all_rows.items())
             report.errors.append(
                 f"vocab sizes differ on {name} ({sizes}); set vocab_policy: base (keep the "
-                "base's rows) or union (pad to the largest) — rows are never dropped silently"
+                "base's rows) or union (pad to the largest), or tokenizer_source: union (rows "
+                "mapped by token) — rows are never dropped silently"
             )
             return None
         if vocab_policy == "base":
-            report.warnings.append(f"{name}: vocab rows aligned to the base's {header.shape[0]}")
-            return header.shape[0]
+            report.warnings.append(f"{name}: vocab rows aligned to the base's {expected[0]}")
+            return expected[0]
         rows = max(all_rows.values())
         report.warnings.append(f"{name}: vocab rows padded to the union size {rows}")
         return rows
     for label, shape in differing.items():
-        report.mismatches.append(Mismatch(name, label, shape, header.shape))
+        report.mismatches.append(Mismatch(name, label, shape, expected))
         report.errors.append(str(report.mismatches[-1]))
     return None
 
@@ -187,32 +266,44 @@ def check_recipe(
     Hub sources are read with HTTP range requests on the shard headers: no weight is
     downloaded, so a 7B and a 13B are found incompatible in seconds.
     """
-    method = get_method(recipe.merge_method)
-    names = ([recipe.base_model] if method.needs_base and recipe.base_model else []) + [
-        s.model for s in (recipe.inputs() if method.needs_base else recipe.models)
-    ]
+    recipe.with_warnings(recipe_warnings(recipe))
+    specs = plan_sources(recipe)
+    fetched: dict[str, SourceInfo] = {}
     infos: dict[str, SourceInfo] = {}
     download = 0
-    for name in dict.fromkeys(names):
-        info, commit = remote_info(name, token=token, endpoint=endpoint)
-        infos[name] = info
-        if commit is not None:
-            download += sum(h.nbytes for h in info.headers.values())
-    ordered = [infos[n] for n in names]
-    reference = ordered[0]
+    for key, spec in specs.items():
+        if spec.model not in fetched:
+            info, commit = remote_info(spec.model, token=token, endpoint=endpoint)
+            fetched[spec.model] = info
+            if commit is not None:
+                download += sum(h.nbytes for h in info.headers.values())
+        info = fetched[spec.model]
+        infos[key] = info if key == info.label else SourceInfo(key, info.headers, info.config)
+    plan = build_plan(recipe, infos)
+    reference = infos[plan.reference]
     out_dtype = recipe.output_dtype(reference.config.get("torch_dtype"))  # type: ignore[arg-type]
     if out_dtype not in OUT_DTYPE_CODES:
         out_dtype = recipe.output_dtype()
-    report = compare_sources(
-        reference, ordered[1:], out_dtype=out_dtype, vocab_policy=recipe.vocab_policy
-    )
+    vocab = None
+    refs = {k: ModelRef.parse(s.model) for k, s in specs.items()}
+    local = {k: Path(ref.name) for k, ref in refs.items() if ref.local}
+    if len(local) == len(specs):
+        vocab = build_vocab(recipe, plan, local, infos)
+    report = compare_plan(
+        plan, infos, out_dtype=out_dtype, vocab_policy=recipe.vocab_policy,
+        vocab_rows=vocab.rows if vocab else None,
+    )  # fmt: skip
+    if vocab is None and (recipe.tokenizer or recipe.tokenizer_source):
+        report.plan.append("embedding rows mapped by token (vocabulary built at merge time)")
+    elif vocab is not None:
+        report.plan.append(f"embedding rows mapped by token: {vocab.rows} rows")
+    report.warnings[:0] = list(recipe.warnings)
     report.download_bytes = download
-    adapters = [s for s in recipe.models if s.adapter]
-    for spec in adapters:
-        assert spec.adapter is not None
-        report.errors += adapter_problems(
-            spec.adapter, infos.get(spec.model) or reference, token=token, endpoint=endpoint
-        )
+    for spec in specs.values():
+        if spec.adapter:
+            report.errors += adapter_problems(
+                spec.adapter, fetched[spec.model], token=token, endpoint=endpoint
+            )
     return report
 
 

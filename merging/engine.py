@@ -7,10 +7,8 @@ arithmetic), and the writer streams each result straight into its shard.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import re
 import threading
 import time
 from collections.abc import Callable
@@ -21,21 +19,16 @@ from typing import Any
 
 import torch
 
-from merging.card import render_card
-from merging.check import CompatibilityReport, compare_sources
+from merging.check import CompatibilityReport, compare_plan, is_vocab_tensor
 from merging.errors import MergeCancelled, RecipeError
 from merging.io.headers import TensorHeader
 from merging.io.source import TensorSource
 from merging.io.writer import DEFAULT_SHARD_SIZE, ShardWriter
-from merging.methods import get_method, random_stream, resolve_params
+from merging.methods import get_method, random_stream
+from merging.outputs import TOKENIZER_FILES, TORCH_DTYPES, Extras, config_dtype, write_extras
+from merging.plan import PlannedTensor, build_plan, layer_index, plan_sources
 from merging.recipe import Recipe
-from merging.sources import (
-    ResolvedModel,
-    open_source,
-    resolve_model,
-    source_info,
-    tokenizer_dir,
-)
+from merging.sources import ResolvedModel, open_source, resolve_model, source_info
 from merging.streaming import (
     Pipeline,
     Prefetcher,
@@ -45,15 +38,11 @@ from merging.streaming import (
     run_kernel,
     touch_pages,
 )
+from merging.tokenizer import build_vocab, vocab_models
+from merging.validate import recipe_warnings
 
 logger = logging.getLogger(__name__)
 
-TOKENIZER_FILES = (
-    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
-    "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja", "chat_template.json",
-)  # fmt: skip
-_LAYER = re.compile(r"\.(?:layers|h|blocks|layer)\.(\d+)\.")
-TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 @dataclass(frozen=True)
@@ -111,11 +100,6 @@ class MergeResult:
     report: CompatibilityReport
 
 
-def layer_index(tensor_name: str) -> int | None:
-    match = _LAYER.search(tensor_name)
-    return int(match.group(1)) if match else None
-
-
 def layer_position(tensor_name: str, num_layers: int) -> float:
     """Gradient position t in [0, 1]: i/(n−1) for layer i of n; 0 outside the layers."""
     index = layer_index(tensor_name)
@@ -167,44 +151,51 @@ def merge(
         >>> merge(load_recipe("examples/ties.yaml"), "out/merged")  # doctest: +SKIP
     """
     options = options or MergeOptions()
+    if getattr(recipe, "align", None) is not None:  # align sources into one basis first
+        from merging.align.recipe_step import merge_aligned
+
+        return merge_aligned(recipe, output, options=options)
     started = time.perf_counter()
+    recipe.with_warnings(recipe_warnings(recipe))  # binds the method: fails before any read
     method = get_method(recipe.merge_method)
     resolved = _resolve_all(recipe, options)
-    base_key = recipe.base_model if method.needs_base else None
-    specs = recipe.inputs() if method.needs_base else list(recipe.models)
     open_ = _source_opener(recipe, resolved)
-    base = open_(base_key) if base_key else None
-    inputs = [open_(spec) for spec in specs]
-    reference = base or inputs[0]
-    report = compare_sources(
-        source_info(reference),
-        [source_info(s) for s in ([*inputs] if base else inputs[1:])],
-        out_dtype=recipe.output_dtype(_config_dtype(reference.config)),
-        vocab_policy=recipe.vocab_policy,
-        prefetch=options.prefetch,
-    )
+    sources = {key: open_(spec) for key, spec in plan_sources(recipe).items()}
+    infos = {key: source_info(source) for key, source in sources.items()}
+    plan = build_plan(recipe, infos)
+    reference = sources[plan.reference]
+    vocab = build_vocab(recipe, plan, {k: resolved[s.model].path for k, s in plan.sources.items()},
+                        infos)  # fmt: skip
+    out_dtype_name = recipe.output_dtype(config_dtype(reference.config))
+    report = compare_plan(
+        plan, infos, out_dtype=out_dtype_name, vocab_policy=recipe.vocab_policy,
+        prefetch=options.prefetch, vocab_rows=vocab.rows if vocab else None,
+    )  # fmt: skip
+    report.warnings[:0] = list(recipe.warnings)
     report.raise_for_errors()
     device = pick_device(options.device)
     compute = TORCH_DTYPES[recipe.compute_dtype]
-    all_sources = [s for s in (base, *inputs) if s is not None]
-    num_layers = _num_layers(reference)
+    planned = {t.name: t for t in plan.tensors}
+    vocab_names = {t.name for t in plan.tensors if is_vocab_tensor(t.name)} if vocab else set()
 
     def load(name: str) -> list[torch.Tensor]:
-        tensors = [src.get(name) for src in all_sources]
+        entry = planned[name]
+        tensors = [sources[i.source].get(i.name) for i in entry.inputs]
         for tensor in tensors:
             touch_pages(tensor)
+        if name in vocab_names:
+            assert vocab is not None
+            tensors = vocab.map_rows([i.source for i in entry.inputs], tensors)
         return tensors
 
     headers = report.output
     total_bytes = sum(h.nbytes for h in headers)
-    out_dtype = TORCH_DTYPES[recipe.output_dtype(_config_dtype(reference.config))]
+    out_dtype = TORCH_DTYPES[out_dtype_name]
     threads = options.threads or ((os.cpu_count() or 1) if device.type == "cpu" else 1)
     pool = ThreadPoolExecutor(threads, thread_name_prefix="merge") if threads > 1 else None
-    context = _TensorContext(
-        recipe, method, specs, base is not None, num_layers, device, compute, pool
-    )
-    for source in all_sources:
-        expect_reads(source, [h.name for h in headers])
+    context = _TensorContext(recipe, method, planned, device, compute, pool)
+    for key, source in sources.items():
+        expect_reads(source, plan.reads(key))
     torch_threads = torch.get_num_threads()
     if device.type == "cpu":
         torch.set_num_threads(1)
@@ -222,8 +213,8 @@ def merge(
                 header, result = pipeline.oldest()
                 writer.write(header.name, result)
                 pipeline.recycle()
-                for source in all_sources:
-                    release_tensor(source, header.name)
+                for source in planned[header.name].inputs:
+                    release_tensor(sources[source.source], source.name)
                 bytes_done += header.nbytes
                 written += 1
                 if options.progress is not None:
@@ -242,7 +233,8 @@ def merge(
                     write_oldest()
             finally:
                 pipeline.close()
-            _write_extras(writer, recipe, method, reference, resolved, report)
+            extras = Extras(recipe, method, plan, infos, resolved, report, out_dtype_name)
+            write_extras(writer, extras, vocab)
             path = writer.finish()
     finally:
         prefetcher.close()
@@ -257,13 +249,11 @@ def merge(
 
 @dataclass(frozen=True)
 class _TensorContext:
-    """What every tensor's merge needs besides its data."""
+    """What every tensor's merge needs besides its data: the plan gives inputs and params."""
 
     recipe: Recipe
     method: Any
-    specs: list[Any]
-    has_base: bool
-    num_layers: int
+    planned: dict[str, PlannedTensor]
     device: torch.device
     compute: torch.dtype
     pool: ThreadPoolExecutor | None
@@ -273,8 +263,8 @@ class _TensorContext:
     ) -> torch.Tensor:
         if header.dtype not in ("F32", "F16", "BF16") or not tensors[0].is_floating_point():
             return tensors[0]
-        t = layer_position(header.name, self.num_layers)
-        params, per_source = resolve_params(self.method, self.recipe, self.specs, header.name, t)
+        entry = self.planned[header.name]
+        params, per_source = entry.params, list(entry.per_source)
         rng = random_stream(self.recipe.seed, header.name)
         if any(x.shape != header.shape for x in tensors):
             # vocab policies: rows cut or filled in the stored dtype, then merged in chunks
@@ -286,20 +276,19 @@ class _TensorContext:
             flats = [x.reshape(-1) for x in tensors]
             out = workspace[: header.numel]
             run_kernel(
-                kernel, flats, out, has_base=self.has_base, device=self.device,
+                kernel, flats, out, has_base=entry.has_base, device=self.device,
                 dtype=self.compute, pool=self.pool, chunk=chunk_size(self.device),
             )  # fmt: skip
             return out.view(header.shape)
         full = [x.to(device=self.device, dtype=self.compute) for x in tensors]
-        base_tensor, inputs = (full[0], full[1:]) if self.has_base else (None, full)
+        base_tensor, inputs = (full[0], full[1:]) if entry.has_base else (None, full)
         return self.method.fn(base_tensor, inputs, per_source, params, rng)
 
 
 def _resolve_all(recipe: Recipe, options: MergeOptions) -> dict[str, ResolvedModel]:
-    names = [recipe.base_model] if recipe.base_model else []
-    names += [s.model for s in recipe.models] + [s.adapter for s in recipe.models if s.adapter]
-    if recipe.tokenizer_source not in (None, "base"):
-        names.append(recipe.tokenizer_source)
+    specs = recipe.referenced_models()
+    names = [s.model for s in specs] + [s.adapter for s in specs if s.adapter]
+    names += vocab_models(recipe)
     resolved: dict[str, ResolvedModel] = {}
     for index, name in enumerate(dict.fromkeys(names)):
 
@@ -327,47 +316,15 @@ def _source_opener(recipe: Recipe, resolved: dict[str, ResolvedModel]) -> Callab
     return open_
 
 
-def _config_dtype(config: dict[str, Any]) -> str | None:
-    value = config.get("torch_dtype") or config.get("dtype")
-    return value if value in TORCH_DTYPES else None
-
-
-def _num_layers(source: TensorSource) -> int:
-    for key in ("num_hidden_layers", "n_layer", "num_layers"):
-        if isinstance(source.config.get(key), int):
-            return int(source.config[key])
-    found = [i for i in map(layer_index, source.headers) if i is not None]
-    return max(found) + 1 if found else 1
-
-
-def _write_extras(
-    writer: ShardWriter,
-    recipe: Recipe,
-    method: Any,
-    reference: TensorSource,
-    resolved: dict[str, ResolvedModel],
-    report: CompatibilityReport,
-) -> None:
-    out_dtype = recipe.output_dtype(_config_dtype(reference.config))
-    if reference.config:
-        config = dict(reference.config)
-        config["torch_dtype"] = out_dtype
-        if "dtype" in config:
-            config["dtype"] = out_dtype
-        rows = {h.shape[0] for h in report.output if h.name.endswith("embed_tokens.weight")}
-        if rows and "vocab_size" in config:
-            config["vocab_size"] = max(rows)
-        writer.add_file("config.json", json.dumps(config, indent=2, sort_keys=True) + "\n")
-    reference_dir = resolved[recipe.base_model or recipe.models[0].model].path
-    if (reference_dir / "generation_config.json").is_file():
-        writer.copy_file(reference_dir / "generation_config.json")
-    tokenizer = tokenizer_dir(recipe, resolved)
-    for name in TOKENIZER_FILES:
-        if (tokenizer / name).is_file():
-            writer.copy_file(tokenizer / name)
-    params, _ = resolve_params(method, recipe, [], "", 0.0)
-    writer.add_file("hubmerge_recipe.yaml", recipe.to_yaml())
-    writer.add_file("README.md", render_card(recipe, method, params, resolved, out_dtype=out_dtype))
-
-
-__all__ = ["MergeOptions", "MergeResult", "Progress", "RecipeError", "merge"]
+__all__ = [
+    "TOKENIZER_FILES",
+    "TORCH_DTYPES",
+    "MergeOptions",
+    "MergeResult",
+    "Progress",
+    "RecipeError",
+    "layer_index",
+    "layer_position",
+    "merge",
+    "run_kernel",
+]

@@ -17,16 +17,31 @@ across the layers: layer ``i`` of ``n`` reads position ``i / (n - 1)``; tensors 
 the layer stack read position 0, as mergekit does) or a list of ``{filter, value}``
 entries (the first entry whose ``filter`` is a substring of the tensor name wins; an
 entry without filter, or with ``"*"``, matches everything).
+
+This module is syntax only (plus warnings for keys that have no effect); binding parameters
+to a method happens in `merging.validate` and `merging.plan`, which ``merging.load_recipe``
+runs.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
+from merging._recipe_keys import Lenient
+from merging.chat_templates import check_chat_template
 from merging.errors import RecipeError
 
 DTYPES = ("float32", "float16", "bfloat16")
@@ -35,15 +50,21 @@ _DTYPE_ALIASES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16", "hal
 Scalar = float | int | bool | str
 
 
+def _not_empty(value: Any) -> Any:
+    if isinstance(value, list) and not value:
+        raise ValueError("an empty list is not a value: give a number, or a gradient [a, b, ...]")
+    return value
+
+
 class Conditional(BaseModel):
     """One ``{filter, value}`` entry of a parameter."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
     filter: str | None = None
-    value: Scalar | list[float]
+    value: Annotated[Scalar | list[float], AfterValidator(_not_empty)]
 
 
-ParameterValue = Scalar | list[float] | list[Conditional]
+ParameterValue = Annotated[Scalar | list[float] | list[Conditional], AfterValidator(_not_empty)]
 
 
 def evaluate_parameter(value: ParameterValue, tensor_name: str, t: float) -> Scalar | None:
@@ -107,6 +128,96 @@ class SourceSpec(BaseModel):
             data = {**data, "model": model, "adapter": adapter}
         return data
 
+    @property
+    def key(self) -> str:
+        """How the recipe names this model (``model`` or ``model+adapter``)."""
+        return self.model + (f"+{self.adapter}" if self.adapter else "")
+
+
+class SliceSource(SourceSpec):
+    """One source of a slice: layers ``[start, end)`` of a model (mergekit's
+    ``InputSliceDefinition``)."""
+
+    layer_range: tuple[int, int]
+
+    @field_validator("layer_range")
+    @classmethod
+    def _ordered(cls, value: tuple[int, int]) -> tuple[int, int]:
+        start, end = value
+        if start < 0 or end <= start:
+            raise ValueError(f"layer_range {list(value)} is empty or negative; write [start, end)")
+        return value
+
+
+class Slice(BaseModel):
+    """One output slice: layers taken from each source and merged (``OutputSliceDefinition``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    sources: list[SliceSource] = Field(min_length=1)
+    parameters: dict[str, ParameterValue] = Field(default_factory=dict)
+    base_model: str | None = None
+
+    @property
+    def num_layers(self) -> int:
+        start, end = self.sources[0].layer_range
+        return end - start
+
+
+class ModelToken(BaseModel):
+    """A token's embedding taken from a token of one model (``kind: model_token``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    kind: Literal["model_token"]
+    model: str
+    token_id: int | None = None
+    token: str | None = None
+
+    @model_validator(mode="after")
+    def _one_of(self) -> ModelToken:
+        if (self.token_id is None) == (self.token is None):
+            raise ValueError("give exactly one of token_id or token")
+        return self
+
+
+class ZeroToken(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    kind: Literal["zero"]
+
+
+class TokenSpec(BaseModel):
+    """Where one token's embedding row comes from; ``force`` overrides rows the models have."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    source: ModelToken | ZeroToken | str | None = None
+    force: bool = False
+
+
+class TokenizerSpec(BaseModel):
+    """mergekit's ``tokenizer:`` block."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    source: str = "union"
+    tokens: dict[str, TokenSpec] = Field(default_factory=dict)
+    pad_to_multiple_of: int | None = Field(None, gt=0)
+
+    @field_validator("source")
+    @classmethod
+    def _source(cls, value: str) -> str:
+        return _tokenizer_choice(value)
+
+    @field_validator("tokens", mode="before")
+    @classmethod
+    def _null_tokens(cls, value: Any) -> Any:
+        return {} if value is None else value
+
+
+def _tokenizer_choice(value: str) -> str:
+    if value.startswith("model:"):
+        raise ValueError(
+            f"{value!r} is the legacy spelling; write the model itself: {value[len('model:'):]!r}"
+        )
+    return value
+
 
 class Recipe(BaseModel):
     """A complete, reproducible description of one merge.
@@ -115,11 +226,17 @@ class Recipe(BaseModel):
         merge_method: registered method name (``method`` is accepted as an alias).
         base_model: the model task vectors are taken against; required by methods that need it.
         models: the sources, each with per-source parameters.
+        slices: mergekit's ``slices:`` (layer ranges of sources, merged slice by slice and
+            stacked); with slices, ``models`` is optional and only gives per-model parameters.
         parameters: global parameters; a per-source value overrides the global one.
         dtype: mergekit's ``dtype``; here it only sets the output dtype when ``out_dtype`` is unset.
         out_dtype: dtype of the written tensors (default: ``dtype``, else the base's dtype).
         compute_dtype: dtype the arithmetic runs in (default float32).
-        tokenizer_source: ``base`` (default), or a model reference to copy the tokenizer from.
+        tokenizer_source: ``base`` (default), ``union`` (a vocabulary built from every source's
+            tokenizer; embedding rows mapped by token), or a model reference.
+        tokenizer: mergekit's ``tokenizer:`` block (source, per-token sources, padding).
+        chat_template: ``auto``, a built-in name (``chatml``, ``alpaca``, …) or a Jinja string.
+        strict: turn every warning (keys with no effect) into an error.
         vocab_policy: what to do when vocabularies differ: ``error`` (default), ``base`` (keep
             the base's rows; sources' extra rows are dropped, missing rows come from the base),
             or ``union`` (pad every source to the largest vocabulary with the base's rows).
@@ -134,15 +251,20 @@ class Recipe(BaseModel):
     merge_method: str = Field(alias="method", min_length=1)
     base_model: str | None = None
     models: list[SourceSpec] = Field(default_factory=list)
+    slices: list[Slice] | None = None
     parameters: dict[str, ParameterValue] = Field(default_factory=dict)
     dtype: str | None = None
     out_dtype: str | None = None
     compute_dtype: str = "float32"
     tokenizer_source: str | None = None
+    tokenizer: TokenizerSpec | None = None
+    chat_template: str | None = None
     vocab_policy: Literal["error", "base", "union"] = "error"
     seed: int = 0
     allow_pickle: bool = False
     trust_remote_code: bool = False
+    strict: bool = False
+    _warnings: tuple[str, ...] = PrivateAttr(default=())
 
     @field_validator("dtype", "out_dtype", "compute_dtype")
     @classmethod
@@ -156,17 +278,49 @@ class Recipe(BaseModel):
 
     @field_validator("tokenizer_source")
     @classmethod
-    def _one_tokenizer(cls, value: str | None) -> str | None:
-        if value == "union":  # mergekit builds a merged vocabulary; hubmerge does not (yet)
-            raise ValueError("'union' is not supported; name one model, or 'base'")
-        return value
+    def _tokenizer_source(cls, value: str | None) -> str | None:
+        return None if value is None else _tokenizer_choice(value)
 
-    @field_validator("models")
+    @field_validator("chat_template")
     @classmethod
-    def _non_empty(cls, value: list[SourceSpec]) -> list[SourceSpec]:
-        if not value:
-            raise ValueError("a recipe needs at least one entry under 'models'")
-        return value
+    def _chat_template(cls, value: str | None) -> str | None:
+        return None if value is None else check_chat_template(value)
+
+    @model_validator(mode="after")
+    def _models_or_slices(self) -> Recipe:
+        if not self.models and not self.slices:
+            raise ValueError("a recipe needs at least one entry under 'models' (or 'slices')")
+        if self.slices is not None and not self.slices:
+            raise ValueError("slices: empty; give at least one slice, or use 'models'")
+        if self.tokenizer_source is not None and self.tokenizer is not None:
+            raise ValueError("give either tokenizer_source or a tokenizer block, not both")
+        return self
+
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        """Keys that were accepted but have no effect (see `merging.validate`)."""
+        return self._warnings
+
+    def with_warnings(self, warnings: list[str] | tuple[str, ...]) -> Recipe:
+        """This recipe with ``warnings`` recorded (deduplicated, in order)."""
+        self._warnings = tuple(dict.fromkeys([*self._warnings, *warnings]))
+        return self
+
+    def referenced_models(self) -> list[SourceSpec]:
+        """Every model the recipe reads (base first), each once (mergekit's
+        ``referenced_models``, in a stable order)."""
+        specs = [SourceSpec(model=self.base_model)] if self.base_model else []
+        for slice_ in self.slices or []:
+            specs += [SourceSpec(model=s.model, adapter=s.adapter) for s in slice_.sources]
+        specs += [SourceSpec(model=s.model, adapter=s.adapter) for s in self.models]
+        return list({s.key: s for s in reversed(specs)}.values())[::-1]
+
+    @property
+    def tokenizer_choice(self) -> str:
+        """``base``, ``union`` or a model reference: where the output's vocabulary comes from."""
+        if self.tokenizer is not None:
+            return self.tokenizer.source
+        return self.tokenizer_source or "base"
 
     @property
     def method(self) -> str:
@@ -199,12 +353,19 @@ def _format_validation_error(err: ValidationError) -> str:
     return "invalid recipe:\n" + "\n".join(lines)
 
 
-def parse_recipe(data: Any) -> Recipe:
-    """Validate a recipe given as a mapping (parsed YAML).
+def known_keys() -> list[str]:
+    """Every top-level key a recipe may have (field names and aliases)."""
+    return [k for name, f in Recipe.model_fields.items() for k in (name, f.alias) if k]
+
+
+def parse_recipe_syntax(data: Any) -> Recipe:
+    """Validate a recipe's syntax (parsed YAML); keys with no effect become warnings.
+
+    This does not look methods up: `merging.parse_recipe` (`merging.validate`) also binds the
+    parameters to the method and is what callers want.
 
     Raises:
-        `RecipeError`: the recipe is malformed or its method/parameters are invalid; the message
-            names the key and the allowed values.
+        `RecipeError`: the recipe is malformed; the message names the key and what is allowed.
     """
     if not isinstance(data, dict):
         raise RecipeError(
@@ -212,18 +373,25 @@ def parse_recipe(data: Any) -> Recipe:
         )
     if "merge_method" in data and "method" in data:
         raise RecipeError("give either 'merge_method' or 'method', not both")
+    lenient = Lenient(known_keys())
+    cleaned = lenient.clean(data)
     try:
-        recipe = Recipe.model_validate(data)
+        recipe = Recipe.model_validate(cleaned)
     except ValidationError as err:
-        raise RecipeError(_format_validation_error(err)) from None
-    from merging.methods import validate_recipe_parameters
+        text = _format_validation_error(err)
+        if lenient.warnings:
+            text += "\n" + "\n".join(f"  (warning) {w}" for w in lenient.warnings)
+        raise RecipeError(text) from None
+    return recipe.with_warnings(lenient.warnings)
 
-    validate_recipe_parameters(recipe)
-    return recipe
 
+def read_recipe_data(source: str | Path) -> Any:
+    """The parsed YAML of a recipe file path, or of YAML text when ``source`` has a newline.
 
-def load_recipe(source: str | Path) -> Recipe:
-    """Load a recipe from a YAML file path, or from YAML text when ``source`` contains a newline."""
+    Raises:
+        `RecipeError`: unreadable file, broken YAML (naming the line), or several YAML documents
+            (mergekit reads exactly one).
+    """
     text = str(source)
     if "\n" not in text:
         path = Path(text)
@@ -231,8 +399,26 @@ def load_recipe(source: str | Path) -> Recipe:
             text = path.read_text(encoding="utf-8")
         except OSError as err:
             raise RecipeError(f"cannot read recipe {path}: {err.strerror}") from None
+        except UnicodeDecodeError as err:
+            raise RecipeError(f"recipe {path} is not UTF-8 text (byte {err.object[err.start]:#04x} "
+                              f"at offset {err.start}); a recipe is a YAML file") from None
+        except ValueError as err:  # a NUL character in the path
+            raise RecipeError(f"cannot read recipe {text[:80]!r}: {err}") from None
     try:
-        data = yaml.safe_load(text)
+        documents = list(yaml.safe_load_all(text))
     except yaml.YAMLError as err:
-        raise RecipeError(f"recipe is not valid YAML: {err}") from None
-    return parse_recipe(data)
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err)
+        context = getattr(err, "context_mark", None)
+        if context is not None and getattr(err, "context", None):
+            problem += f" ({err.context} at line {context.line + 1})"  # type: ignore[attr-defined]
+        raise RecipeError(f"recipe is not valid YAML{where}: {problem}") from None
+    if len(documents) > 1:
+        lines = [i + 1 for i, line in enumerate(text.splitlines()) if line.startswith("---")]
+        seps = [n for n in lines if n > 1] or lines
+        raise RecipeError(
+            f"recipe holds {len(documents)} YAML documents (separated by '---' at line "
+            f"{seps[0] if seps else '?'}); a recipe is one document, as in mergekit"
+        )
+    return documents[0] if documents else None

@@ -18,6 +18,7 @@ from merging.methods import (  # noqa: F401  (registration)
     model_stock,
     nearswap,
     nuslerp,
+    passthrough,
     ram,
     sce,
     slerp,
@@ -26,7 +27,7 @@ from merging.methods import (  # noqa: F401  (registration)
 )
 from merging.methods._base import METHODS, Method, MethodParams, SourceParams, register
 from merging.methods._ops import RandomStream
-from merging.recipe import Conditional, evaluate_parameter, scalars_of
+from merging.recipe import evaluate_parameter
 
 if TYPE_CHECKING:
     from merging.recipe import ParameterValue, Recipe, SourceSpec
@@ -40,7 +41,6 @@ __all__ = [
     "random_stream",
     "register",
     "resolve_params",
-    "validate_recipe_parameters",
 ]
 
 
@@ -50,97 +50,6 @@ def get_method(name: str) -> Method[Any, Any]:
         return METHODS.get(name)
     except RegistryError as err:
         raise RecipeError(f"merge_method: {err}") from None
-
-
-def _field_info(method: Method[Any, Any], key: str) -> tuple[type[Any], str] | None:
-    for model in (method.source_params, method.params):
-        for name, field in model.model_fields.items():
-            if key in (name, field.alias):
-                return model, name
-    return None
-
-
-def _check_value(method: Method[Any, Any], where: str, key: str, value: ParameterValue) -> None:
-    found = _field_info(method, key)
-    if found is None:
-        allowed = ", ".join(sorted(method.parameter_names())) or "(none)"
-        raise RecipeError(f"{where}.{key}: unknown parameter for {method.name}; allowed: {allowed}")
-    model, name = found
-    for scalar in scalars_of(value):
-        try:
-            model.model_validate({name: scalar, **_required_stub(model, name)})
-        except ValidationError as err:
-            problem = next(e for e in err.errors() if e["loc"] and e["loc"][0] == name)
-            raise RecipeError(f"{where}.{key} = {scalar!r}: {problem['msg']}") from None
-
-
-def _required_stub(model: type[Any], skip: str) -> dict[str, Any]:
-    """Placeholder values for the other required fields, so one field validates alone."""
-    return {
-        name: 0.5
-        for name, field in model.model_fields.items()
-        if field.is_required() and name != skip
-    }
-
-
-def validate_recipe_parameters(recipe: Recipe) -> None:
-    """Check method, base and every parameter of a recipe before any tensor is read.
-
-    Raises:
-        `RecipeError`: naming the offending key and the allowed values.
-    """
-    method = get_method(recipe.merge_method)
-    inputs = recipe.inputs() if method.needs_base else list(recipe.models)
-    if method.needs_base and recipe.base_model is None:
-        raise RecipeError(f"base_model: {method.name} needs a base model")
-    if len(inputs) < method.min_inputs:
-        raise RecipeError(
-            f"models: {method.name} needs at least {method.min_inputs} model(s) besides the base"
-        )
-    if method.max_inputs is not None and len(inputs) > method.max_inputs:
-        raise RecipeError(
-            f"models: {method.name} takes exactly {method.max_inputs} model(s) besides the base "
-            f"(got {len(inputs)}: {', '.join(s.model for s in inputs)})"
-        )
-    for key, value in recipe.parameters.items():
-        if key == "weights":
-            _check_weight_list(value, len(inputs))
-            continue
-        _check_value(method, "parameters", key, value)
-    source_keys = set(method.source_params.model_fields)
-    for index, source in enumerate(recipe.models):
-        for key, value in source.parameters.items():
-            if key not in source_keys:
-                allowed = ", ".join(sorted(source_keys))
-                raise RecipeError(
-                    f"models[{index}].parameters.{key}: not a per-model parameter of "
-                    f"{method.name}; allowed: {allowed}"
-                )
-            _check_value(method, f"models[{index}].parameters", key, value)
-    for name, field in method.params.model_fields.items():
-        key = field.alias or name
-        if field.is_required() and key not in recipe.parameters:
-            raise RecipeError(f"parameters.{key}: required by {method.name}")
-        if field.is_required() and not _has_fallback(recipe.parameters[key]):
-            raise RecipeError(
-                f"parameters.{key}: required by {method.name}, so its list of filters needs a "
-                "last entry without a filter (the value for every other tensor)"
-            )
-
-
-def _has_fallback(value: ParameterValue) -> bool:
-    if not isinstance(value, list) or not value or not isinstance(value[0], Conditional):
-        return True
-    return any(c.filter in (None, "*") for c in value if isinstance(c, Conditional))
-
-
-def _check_weight_list(value: ParameterValue, n_inputs: int) -> None:
-    if not isinstance(value, list) or not all(isinstance(v, (int, float)) for v in value):
-        raise RecipeError("parameters.weights: must be a list with one number per model")
-    if len(value) != n_inputs:
-        raise RecipeError(
-            f"parameters.weights: has {len(value)} values but the recipe has {n_inputs} model(s)"
-        )
 
 
 def _lookup(

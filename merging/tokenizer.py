@@ -1,0 +1,253 @@
+"""The output vocabulary and embedding rows mapped by token, as mergekit 0.1.5 builds them
+(``mergekit/tokenizer/build.py`` and ``embed.py``).
+
+With ``tokenizer_source`` (``union``, ``base`` or a model) or a ``tokenizer:`` block, the output
+tokenizer is the base's, the named model's, or the union (the base's tokenizer plus every other
+token of the sources, added as tokens); each source's embedding and LM-head rows are then
+re-ordered to the output vocabulary: a token's row comes from the source's own row for that
+token; a source that lacks the token gets a default row — the one model's row when only one
+model has it, the base's when the base has it, else the mean of the models that have it, zero
+when none does — unless the ``tokens:`` block names the source (``force`` uses it even for
+models that have the token). Rows beyond the vocabulary (``pad_to_multiple_of``) are the mean
+of the real rows. Without a tokenizer setting the base's tokenizer is copied and rows merge by
+index (``vocab_policy``).
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from merging.chat_templates import BUILT_IN
+from merging.errors import RecipeError, VocabMismatchError
+from merging.io.headers import SourceInfo
+from merging.plan import TensorPlan
+from merging.recipe import ModelToken, Recipe, TokenSpec, ZeroToken
+
+logger = logging.getLogger(__name__)
+
+
+def vocab_models(recipe: Recipe) -> list[str]:
+    """Models the tokenizer settings name besides the recipe's sources (to resolve them)."""
+    names = []
+    if recipe.tokenizer_choice not in ("base", "union"):
+        names.append(recipe.tokenizer_choice)
+    for spec in (recipe.tokenizer.tokens if recipe.tokenizer else {}).values():
+        if isinstance(spec.source, ModelToken):
+            names.append(spec.source.model)
+    return names
+
+
+def _load(path: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path, use_fast=True)
+
+
+def _union(base: Any, others: list[tuple[Any, int]]) -> Any:
+    """The base tokenizer plus every token of the others it lacks (mergekit's
+    ``build_union_tokenizer``): normal tokens first, then added (special) tokens."""
+    added: dict[str, Any] = {}
+    normal: dict[str, None] = {}
+    for tokenizer, size in others:
+        special = {info.content for info in tokenizer.added_tokens_decoder.values()}
+        for token, index in tokenizer.get_vocab().items():
+            if index < size and token not in special:
+                normal.setdefault(token)
+        for index, info in tokenizer.added_tokens_decoder.items():
+            if index < size:
+                added.setdefault(info.content, info)
+    with tempfile.TemporaryDirectory() as tmp:
+        base.save_pretrained(tmp)
+        out = _load(Path(tmp))
+    have = base.get_vocab()
+    out.add_tokens([t for t in normal if t not in have and t not in added])
+    out.add_tokens(list(added.values()))
+    return out
+
+
+@dataclass
+class Vocab:
+    """The output tokenizer and, per source, the row of each output token (-1: lacks it)."""
+
+    tokenizer: Any
+    index: dict[str, torch.Tensor]
+    base: str | None
+    tokens: dict[str, TokenSpec]
+    original: dict[str, dict[str, int]]
+    rows: int
+
+    @property
+    def size(self) -> int:
+        return len(self.tokenizer.get_vocab())
+
+    def map_rows(self, keys: list[str], tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Each source's rows re-ordered to the output vocabulary (in its stored dtype)."""
+        vocab = self.tokenizer.get_vocab()
+        count = self.size
+        present = torch.stack([self.index[k] >= 0 for k in keys])
+        forced = torch.zeros(count, dtype=torch.bool)
+        configured = {vocab[t]: spec for t, spec in self.tokens.items() if t in vocab}
+        for token_id, spec in configured.items():
+            forced[token_id] = spec.force
+        needed = (present.sum(0) < len(keys)) | forced
+        defaults = self._defaults(keys, tensors, present, needed, configured)
+        out = []
+        for k, (key, tensor) in enumerate(zip(keys, tensors, strict=True)):
+            index = self.index[key]
+            new = torch.zeros((self.rows, *tensor.shape[1:]), dtype=tensor.dtype)
+            own = present[k] & ~forced
+            new[:count][own] = tensor[index[own]]
+            fill = needed & ~own
+            new[:count][fill] = defaults[fill].to(tensor.dtype)
+            if self.rows > count:
+                new[count:] = new[:count].float().mean(0).to(tensor.dtype)
+            out.append(new)
+        return out
+
+    def _defaults(
+        self,
+        keys: list[str],
+        tensors: list[torch.Tensor],
+        present: torch.Tensor,
+        needed: torch.Tensor,
+        configured: dict[int, TokenSpec],
+    ) -> torch.Tensor:
+        count = present.shape[1]
+        width = tensors[0].shape[1:]
+        defaults = torch.zeros((count, *width), dtype=torch.float32)
+        number = present.sum(0)
+        base = keys.index(self.base) if self.base in keys else None
+        automatic = needed.clone()
+        for token_id, spec in configured.items():
+            automatic[token_id] = spec.source is None and bool(needed[token_id])
+        base_has = present[base] if base is not None else torch.zeros_like(automatic)
+        by_base = automatic & (number > 1) & base_has
+        averaged = automatic & (number > 1) & ~by_base
+        for k, tensor in enumerate(tensors):
+            index = self.index[keys[k]]
+            single = automatic & (number == 1) & present[k]
+            rows = single | (by_base if k == base else torch.zeros_like(single))
+            defaults[rows] = tensor[index[rows]].float()
+            share = averaged & present[k]
+            defaults[share] += tensor[index[share]].float() / number[share].unsqueeze(1)
+        for token_id, spec in configured.items():
+            if spec.source is not None and bool(needed[token_id]):
+                defaults[token_id] = self._configured(keys, tensors, token_id, spec)
+        return defaults
+
+    def _configured(
+        self, keys: list[str], tensors: list[torch.Tensor], token_id: int, spec: TokenSpec
+    ) -> torch.Tensor:
+        source = spec.source
+        if isinstance(source, ZeroToken):
+            return torch.zeros(tensors[0].shape[1:])
+        model = source.model if isinstance(source, ModelToken) else str(source)
+        key = _key_for(model, keys)
+        tensor = tensors[keys.index(key)]
+        if isinstance(source, ModelToken):
+            row = source.token_id
+            if row is None:
+                row = self.original[key].get(str(source.token), -1)
+            if not 0 <= row < tensor.shape[0]:
+                raise VocabMismatchError(f"tokenizer.tokens: {source} is not a row of {model}")
+        else:
+            row = int(self.index[key][token_id])
+            if row < 0:
+                raise VocabMismatchError(f"tokenizer.tokens: {model} lacks token id {token_id}")
+        return tensor[row].float()
+
+
+def _key_for(model: str, keys: list[str]) -> str:
+    for key in keys:
+        if key == model or key.partition("+")[0] == model:
+            return key
+    raise RecipeError(f"tokenizer.tokens: {model} is not a source of this tensor ({keys})")
+
+
+def build_vocab(
+    recipe: Recipe, plan: TensorPlan, paths: dict[str, Path], infos: dict[str, SourceInfo]
+) -> Vocab | None:
+    """The output vocabulary, or `None` when the recipe sets no tokenizer source (then the
+    base's tokenizer is copied and rows merge by index)."""
+    if recipe.tokenizer is None and recipe.tokenizer_source is None:
+        return None
+    base_key = recipe.base_model if recipe.base_model in paths else next(iter(paths))
+    loaded: dict[str, Any] = {}
+    for key, path in paths.items():
+        try:
+            loaded[key] = _load(path)
+        except (OSError, ValueError) as err:  # mergekit: assume the base's tokenizer
+            logger.warning("no tokenizer for %s (%s); assuming the base's", key, err)
+    if base_key not in loaded:
+        raise VocabMismatchError(f"{base_key}: no tokenizer to build the output vocabulary from")
+    sizes = {k: infos[k].vocab_size or len(loaded.get(k, loaded[base_key])) for k in paths}
+    choice = recipe.tokenizer_choice
+    if choice == "base":
+        tokenizer = loaded[base_key]
+    elif choice == "union":
+        tokenizer = _union(loaded[base_key], [(loaded[k], sizes[k]) for k in loaded])
+    else:
+        tokenizer = _load(paths.get(choice) or Path(choice))
+    tokens = dict(recipe.tokenizer.tokens) if recipe.tokenizer else {}
+    if tokens:
+        tokenizer.add_tokens([t for t in tokens if t not in tokenizer.get_vocab()])
+    out_vocab = tokenizer.get_vocab()
+    index = {}
+    for key in paths:
+        own = loaded.get(key, loaded[base_key]).get_vocab()
+        rows = torch.full((len(out_vocab),), -1, dtype=torch.long)
+        for token, new_id in out_vocab.items():
+            old = own.get(token, -1)
+            rows[new_id] = old if old < sizes[key] else -1
+        index[key] = rows
+    pad = recipe.tokenizer.pad_to_multiple_of if recipe.tokenizer else None
+    count = len(out_vocab)
+    padded = -(-count // pad) * pad if pad else count
+    original = {k: loaded.get(k, loaded[base_key]).get_vocab() for k in paths}
+    return Vocab(tokenizer, index, base_key, tokens, original, padded)
+
+
+def chat_template(recipe: Recipe, paths: list[Path]) -> str | None:
+    """The template ``chat_template:`` names: ``auto`` takes the most common one among the
+    sources (mergekit's rule), a built-in name its template, else the Jinja text itself."""
+    value = recipe.chat_template
+    if value == "auto":
+        found = []
+        for path in paths:
+            try:
+                template = _load(path).chat_template
+            except (OSError, ValueError):
+                continue
+            if isinstance(template, dict):
+                template = template.get("default")
+            if template:
+                found.append(template.strip())
+        return Counter(found).most_common(1)[0][0] if found else None
+    return BUILT_IN.get(value, value) if value else None
+
+
+def write_tokenizer(
+    recipe: Recipe, vocab: Vocab | None, donor: Path, paths: dict[str, Path]
+) -> dict[str, bytes] | None:
+    """The output tokenizer's files, or `None` when the donor's files are copied as they are."""
+    if vocab is None and not recipe.chat_template:
+        return None
+    tokenizer = vocab.tokenizer if vocab is not None else _load(donor)
+    template = chat_template(recipe, list(dict.fromkeys(paths.values())))
+    if template:
+        tokenizer.chat_template = template
+    elif recipe.chat_template:
+        logger.warning("chat_template: auto found no template among the sources")
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer.save_pretrained(tmp)
+        return {p.name: p.read_bytes() for p in Path(tmp).iterdir() if p.is_file()}
+
+
+__all__ = ["Vocab", "build_vocab", "chat_template", "vocab_models", "write_tokenizer"]
