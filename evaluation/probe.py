@@ -244,3 +244,64 @@ def plot_probe(result: ProbeResult, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path)
     return path
+
+
+def compare_barriers(
+    model_a: str | Path,
+    ends: dict[str, str | Path],
+    examples: Iterable[Example | dict[str, Any]],
+    *,
+    alphas: Sequence[float] | None = None,
+    device: str = "cpu",
+    dtype: str = "float32",
+    batch_size: int = 8,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, ProbeResult]:
+    """The probe from one model A to several ends on the same examples, e.g. "before vs
+    after" alignment: ``{"B": b, "aligned B": aligned}`` gives the barriers A→B and A→π(B).
+
+    A and the working model are loaded once; each end is loaded in turn.
+    """
+    if device == "auto":
+        raise EvaluationError("the probe edits weights in place: give one device, not 'auto'")
+    examples = as_examples(examples)
+    model = load_model(model_a, device=device, dtype=dtype)
+    scorer = Scorer(model, load_tokenizer(model_a), batch_size=batch_size)
+    state_a = float_state(model)
+    results = {}
+    for label, end in ends.items():
+        other = load_model(end, device="cpu", dtype=dtype)
+        state_b = float_state(other)
+        del other
+        gc.collect()
+        results[label] = probe_loaded(
+            scorer, state_a, state_b, examples, alphas=alphas or alpha_grid(),
+            labels=(Path(model_a).name or str(model_a), label), progress=progress,
+        )  # fmt: skip
+    return results
+
+
+def plot_probes(results: dict[str, ProbeResult], path: str | Path) -> Path:
+    """Draw several probe curves (e.g. A→B and A→aligned B) on one plot, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(6, 4), dpi=100)
+    axes = figure.add_subplot()
+    for label, result in results.items():
+        alphas = [p.alpha for p in result.points]
+        line = axes.plot(alphas, [p.loss for p in result.points], "o-",
+                         label=f"A → {label} (barrier {result.barrier:.4f})")  # fmt: skip
+        axes.plot(alphas, [p.linear_loss for p in result.points], "--",
+                  color=line[0].get_color(), alpha=0.5)  # fmt: skip
+    axes.set_xlabel("α (0: A, 1: the other end)")
+    axes.set_ylabel("loss per output token")
+    axes.set_title("interpolation loss (dashed: straight line between the ends)")
+    axes.legend(loc="best")
+    figure.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path)
+    return path

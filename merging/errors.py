@@ -58,6 +58,11 @@ class MergeCancelled(MergeError):
     """The merge was cancelled by its caller; nothing was left at the destination."""
 
 
+class AlignmentError(MergeError, ValueError):
+    """Alignment cannot run (unsupported architecture, mismatched shapes) or it changed the
+    function (the check failed; nothing was written)."""
+
+
 class AuthError(HubError, PermissionError):
     """The Hub refused the token: missing, invalid, or without access to the repo."""
 

@@ -41,6 +41,7 @@ from pydantic import (
 )
 
 from merging._recipe_keys import Lenient
+from merging.align.settings import AlignSettings
 from merging.chat_templates import check_chat_template
 from merging.errors import RecipeError
 
@@ -264,6 +265,7 @@ class Recipe(BaseModel):
     allow_pickle: bool = False
     trust_remote_code: bool = False
     strict: bool = False
+    align: AlignSettings | None = None  # permute sources into one basis first (merging.align)
     _warnings: tuple[str, ...] = PrivateAttr(default=())
 
     @field_validator("dtype", "out_dtype", "compute_dtype")
