@@ -44,6 +44,7 @@ def run(settings: Settings) -> None:
                 show_error=True,
                 footer_links=["api", "gradio"],
                 allowed_paths=[str(settings.jobs_dir)],
+                mcp_server=True,  # the API's endpoints as MCP tools, at /gradio_api/mcp/
             )
         finally:
             demo.runner.shutdown()  # type: ignore[attr-defined]
