@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "app.commands.lora",
     "app.commands.hub",
     "app.commands.serve",
+    "app.commands.jobs",
     "app.commands.align",
 )
 

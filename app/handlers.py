@@ -7,6 +7,11 @@ running when the client goes away; `job_status` polls them by id.
 
 Tokens: a handler receives the user's token (the OAuth sign-in on Spaces, else the token
 field) and closes over it in the job's work function; it is never stored or logged.
+
+Ownership: every job belongs to the identity that submitted it (`app.identity`). Job
+endpoints take the caller's token as their last input and act only on the caller's own
+jobs; another identity's job answers exactly like an unknown id. New job endpoints should
+use `Handlers.caller` and `Handlers.owned_job` (or pass ``owner=`` to `app.workflows`).
 """
 
 from __future__ import annotations
@@ -20,7 +25,8 @@ from typing import Any
 import gradio as gr
 
 from app import forms, workflows
-from app.jobs import FINISHED, JobRecord, JobRunner
+from app.identity import Identities
+from app.jobs import FINISHED, JobLimitError, JobRecord, JobRunner
 from app.settings import Settings
 from merging.errors import MergeError, RecipeError
 
@@ -34,7 +40,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
     """Errors whose message is meant for the user (bad recipe, missing token, …)."""
     from evaluation.errors import EvaluationError
 
-    return (MergeError, EvaluationError, workflows.InputError)
+    return (MergeError, EvaluationError, workflows.InputError, JobLimitError)
 
 
 def as_gr_error(err: BaseException) -> gr.Error:
@@ -55,7 +61,7 @@ def user_facing() -> Iterator[None]:
 
 def public(record: JobRecord) -> dict[str, Any]:
     """A job record for clients: ``path`` keys are renamed (gradio_client would take a dict
-    with a ``path`` for a file to download)."""
+    with a ``path`` for a file to download); the owner and internal flags are left out."""
 
     def rename(value: Any) -> Any:
         if isinstance(value, dict):
@@ -64,7 +70,10 @@ def public(record: JobRecord) -> dict[str, Any]:
             return [rename(v) for v in value]
         return value
 
-    return rename(record.to_dict())
+    data = record.to_dict()
+    for key in ("owner", "cancel_requested"):
+        data.pop(key, None)
+    return rename(data)
 
 
 def _token(token: str | None, oauth_token: gr.OAuthToken | None) -> str | None:
@@ -76,22 +85,33 @@ def _token(token: str | None, oauth_token: gr.OAuthToken | None) -> str | None:
 class Handlers:
     """The app's event handlers, bound to one settings object and one job runner."""
 
-    def __init__(self, settings: Settings, runner: JobRunner) -> None:
+    def __init__(
+        self, settings: Settings, runner: JobRunner, identities: Identities | None = None
+    ) -> None:
         self.settings = settings
         self.runner = runner
         self.store = runner.store
+        self.identities = identities or Identities(settings.hub_endpoint)
+
+    # ------------------------------------------------------------------ who is calling
+    def caller(
+        self,
+        token: str | None,
+        oauth_token: gr.OAuthToken | None = None,
+        request: gr.Request | None = None,
+    ) -> str:
+        """The caller's identity: their Hub user, else their Gradio session (`app.identity`)."""
+        return self.identities.of_request(_token(token, oauth_token), request)
+
+    def owned_job(self, job_id: str | None, owner: str) -> JobRecord | None:
+        """The job `job_id` if `owner` owns it; None otherwise, as for an unknown id. The one
+        ownership check of every endpoint that takes a job id."""
+        job_id = (job_id or "").strip()
+        return self.store.get_owned(job_id, owner) if job_id else None
 
     # ------------------------------------------------------------------ models and recipe
     def search_models(self, query: str, token: str | None = None) -> list[dict[str, Any]]:
-        """Search the Hub for models to merge (up to 20 hits, most downloaded first).
-
-        Args:
-            query: words of the model ids to find, e.g. `llama 1b instruct` or `tiny`.
-            token: a Hub token, needed only to see private or gated models (blank: anonymous).
-
-        Returns:
-            one dict per model: `id`, `architecture`, `parameters`, `dtype`, `is_adapter`, ….
-        """
+        """Hub search; each hit as a dict (id, architecture, parameters, adapter facts)."""
         from merging.hub import search_models
 
         with user_facing():
@@ -157,18 +177,7 @@ class Handlers:
     def check(
         self, recipe: str, token: str | None, oauth_token: gr.OAuthToken | None = None
     ) -> str:
-        """Check that a merge recipe's models can merge, from their safetensors headers only.
-
-        Nothing but the headers is downloaded: architectures, tensor names, shapes and dtypes
-        are compared with the base model's, per model. Run it before `merge`.
-
-        Args:
-            recipe: the merge recipe as YAML (hubmerge's, or a mergekit config).
-            token: a Hub token that can read the recipe's models (blank for public models).
-
-        Returns:
-            the compatibility report as text; an invalid recipe is an error naming the problem.
-        """
+        """API ``check``: the compatibility report; a bad recipe is a `gr.Error`."""
         with user_facing():
             return self._check(recipe, _token(token, oauth_token))
 
@@ -193,23 +202,15 @@ class Handlers:
         soup_examples: str | None = None,
         soup_metric: str | None = None,
         oauth_token: gr.OAuthToken | None = None,
+        request: gr.Request | None = None,
         progress: gr.Progress = gr.Progress(),  # noqa: B008 - gradio's injection idiom
     ) -> Iterator[tuple[str, str, dict[str, Any]]]:
-        """Merge the models of a recipe into a new model (a job; it streams progress).
-
-        Args:
-            recipe: the merge recipe as YAML (method, base model, models and their weights).
-            token: a Hub token that can read the recipe's models (blank for public models).
-            soup_examples: greedy soup only: a jsonl file of held-out examples (blank: default).
-            soup_metric: greedy soup only: what ranks the ingredients on the held-out examples.
-
-        Returns:
-            the merge job's id (for `evaluate`, `push` and `job_status`), its log, its record.
-        """
+        """API ``merge``: start a merge (or greedy soup) job and stream its state."""
         with user_facing():
             job_id = workflows.submit_merge(
                 self.runner, self.settings, recipe, token=_token(token, oauth_token),
                 examples=(soup_examples or "").strip() or None, metric=soup_metric or "loss",
+                owner=self.caller(token, oauth_token, request),
             )  # fmt: skip
         yield from self._follow(job_id, progress, lambda r: (r.id, r.log, public(r)))
 
@@ -220,6 +221,7 @@ class Handlers:
         metric: str,
         token: str | None,
         oauth_token: gr.OAuthToken | None = None,
+        request: gr.Request | None = None,
         progress: gr.Progress = gr.Progress(),  # noqa: B008
     ) -> Iterator[tuple[str, str, dict[str, Any]]]:
         """API ``greedy_soup``: models one per line (or comma-separated); examples a jsonl path."""
@@ -229,6 +231,7 @@ class Handlers:
             job_id = workflows.submit_merge(
                 self.runner, self.settings, text, token=_token(token, oauth_token),
                 examples=examples or None, metric=metric or "loss",
+                owner=self.caller(token, oauth_token, request),
             )  # fmt: skip
         yield from self._follow(job_id, progress, lambda r: (r.id, r.log, public(r)))
 
@@ -241,26 +244,15 @@ class Handlers:
         plot: bool,
         token: str | None,
         oauth_token: gr.OAuthToken | None = None,
+        request: gr.Request | None = None,
         progress: gr.Progress = gr.Progress(),  # noqa: B008
     ) -> Iterator[tuple[str, str, str | None, dict[str, Any]]]:
-        """Evaluate a merge against its base and inputs, side by side (a job; it streams).
-
-        Args:
-            merge_job: the id of a finished merge job (what `merge` returned).
-            suite: a named evaluation suite, e.g. `demo` (ignored when `tasks` is given).
-            tasks: comma-separated lm-evaluation-harness task names; overrides the suite.
-            limit: items per task (blank or 0: the suite's own limit).
-            plot: also compute the interpolation curve from the base to the merge.
-            token: a Hub token that can read the base and input models.
-
-        Returns:
-            the evaluation job's id, the results as a markdown table, the plot, the job record.
-        """
+        """API ``evaluate``: base / inputs / merge of a merge job on a suite or task list."""
         with user_facing():
             job_id = workflows.submit_evaluate(
                 self.runner, self.settings, (merge_job or "").strip(), suite=suite or None,
                 tasks=tasks or None, limit=int(limit) if limit else None, plot=bool(plot),
-                token=_token(token, oauth_token),
+                token=_token(token, oauth_token), owner=self.caller(token, oauth_token, request),
             )  # fmt: skip
 
         def render(record: JobRecord) -> tuple[str, str, str | None, dict[str, Any]]:
@@ -269,10 +261,25 @@ class Handlers:
 
         yield from self._follow(job_id, progress, render)
 
-    def card_preview(self, merge_job: str) -> str:
-        """The model card that `push` will upload (with the latest evaluation's results)."""
+    def card_preview(
+        self,
+        merge_job: str,
+        token: str | None = None,
+        oauth_token: gr.OAuthToken | None = None,
+        request: gr.Request | None = None,
+    ) -> str:
+        """Show the model card that `push` will upload, with the latest evaluation's results.
+
+        Args:
+            merge_job: the id of one of your finished merge jobs (what `merge` returned).
+            token: your Hub token, the one the merge was started with (blank: this session).
+
+        Returns:
+            the card (README.md) as markdown, or a line saying why there is none.
+        """
         try:
-            return workflows.card_text(self.store, (merge_job or "").strip())
+            owner = self.caller(token, oauth_token, request)
+            return workflows.card_text(self.store, (merge_job or "").strip(), owner=owner)
         except Exception as err:
             if isinstance(err, user_errors()):
                 return f"⚠️ {err}"
@@ -287,11 +294,13 @@ class Handlers:
         exist_ok: bool,
         token: str | None,
         oauth_token: gr.OAuthToken | None = None,
+        request: gr.Request | None = None,
     ) -> None:
         with user_facing():
             workflows.validate_push(
                 self.store, self.settings, (merge_job or "").strip(), (repo_id or "").strip(),
                 token=_token(token, oauth_token), exist_ok=bool(exist_ok),
+                owner=self.caller(token, oauth_token, request),
             )  # fmt: skip
 
     def push(
@@ -302,29 +311,20 @@ class Handlers:
         exist_ok: bool,
         token: str | None,
         oauth_token: gr.OAuthToken | None = None,
+        request: gr.Request | None = None,
         progress: gr.Progress = gr.Progress(),  # noqa: B008
     ) -> Iterator[tuple[str, str, dict[str, Any]]]:
-        """Upload a merge job's model to a Hub repo, with a model card and its results (a job).
-
-        Args:
-            merge_job: the id of a finished merge job (what `merge` returned).
-            repo_id: the repo to push to, `namespace/name`.
-            private: create the repo as private.
-            exist_ok: update the repo when it exists already (else that is an error).
-            token: a Hub token with write access to the namespace.
-
-        Returns:
-            the push job's id, the commit's URL, the job record.
-        """
+        """API ``push``: upload a merge job's output (card with results) to ``repo_id``."""
         user_token = _token(token, oauth_token)
+        owner = self.caller(token, oauth_token, request)
         with user_facing():
             workflows.validate_push(
                 self.store, self.settings, (merge_job or "").strip(), (repo_id or "").strip(),
-                token=user_token, exist_ok=bool(exist_ok),
+                token=user_token, exist_ok=bool(exist_ok), owner=owner,
             )  # fmt: skip
             job_id = workflows.submit_push(
                 self.runner, self.settings, merge_job.strip(), repo_id.strip(),
-                private=bool(private), exist_ok=bool(exist_ok), token=user_token,
+                private=bool(private), exist_ok=bool(exist_ok), token=user_token, owner=owner,
             )  # fmt: skip
 
         def render(record: JobRecord) -> tuple[str, str, dict[str, Any]]:
@@ -333,21 +333,47 @@ class Handlers:
 
         yield from self._follow(job_id, progress, render)
 
-    def cancel(self, job_id: str) -> str:
-        """API ``cancel``: stop a queued or running job (its partial output is removed)."""
-        job_id = (job_id or "").strip()
-        if self.runner.cancel(job_id):
-            return f"cancelling {job_id}…"
-        record = self.store.get(job_id)
-        return f"{job_id} is {record.state}" if record else f"no job {job_id!r}"
+    def cancel(
+        self,
+        job_id: str,
+        token: str | None = None,
+        oauth_token: gr.OAuthToken | None = None,
+        request: gr.Request | None = None,
+    ) -> str:
+        """Stop one of your queued or running jobs; its partial output is removed.
 
-    def job_status(self, job_id: str) -> dict[str, Any]:
-        """The record of a job: state, timings, recipe, results, output, log.
+        Args:
+            job_id: the id of the job to stop.
+            token: your Hub token, the one the job was started with (blank: this session).
+
+        Returns:
+            a status line: cancelling, the job's final state, or "no job" for an unknown id.
+        """
+        job_id = (job_id or "").strip()
+        record = self.owned_job(job_id, self.caller(token, oauth_token, request))
+        if record is None:
+            return f"no job {job_id!r}"
+        if self.runner.cancel(record.id):
+            return f"cancelling {job_id}…"
+        return f"{job_id} is {record.state}"
+
+    def job_status(
+        self,
+        job_id: str,
+        token: str | None = None,
+        oauth_token: gr.OAuthToken | None = None,
+        request: gr.Request | None = None,
+    ) -> dict[str, Any]:
+        """The record of one of your jobs: state, timings, recipe, results, output, log.
 
         Args:
             job_id: the job's id (what `merge`, `evaluate` or `push` returned).
+            token: your Hub token, the one the job was started with (blank: this session).
+
+        Returns:
+            the job record, with `progress` while it runs; an unknown id is an error.
         """
-        record = self.store.get((job_id or "").strip())
+        record = self.owned_job(job_id, self.caller(token, oauth_token, request))
         if record is None:
             raise gr.Error(f"No job with id {job_id!r}.", print_exception=False)
         data = public(record)
@@ -357,10 +383,25 @@ class Handlers:
                                 "eta": live.eta, "log": "\n".join(live.lines)}  # fmt: skip
         return data
 
-    def list_jobs(self, limit: float | None = 50) -> list[list[Any]]:
-        """API ``list_jobs``: the latest jobs, newest first, as table rows."""
+    def list_jobs(
+        self,
+        limit: float | None = 50,
+        token: str | None = None,
+        oauth_token: gr.OAuthToken | None = None,
+        request: gr.Request | None = None,
+    ) -> list[list[Any]]:
+        """List your latest jobs, newest first.
+
+        Args:
+            limit: how many jobs to list (at most 500).
+            token: your Hub token (blank: the jobs of this session).
+
+        Returns:
+            a table: id, kind, state, created, seconds, output, error.
+        """
+        owner = self.caller(token, oauth_token, request)
         rows = []
-        for record in self.store.list(limit=int(limit or 50)):
+        for record in self.store.list(limit=min(int(limit or 50), 500), owner=owner):
             data = public(record)
             data["created"] = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.created))
             rows.append([data[c] if data[c] is not None else "" for c in JOB_COLUMNS])

@@ -1,196 +1,50 @@
 """Jobs: every merge, evaluation, push or soup is a job with an id, state, timings and results.
 
-Records live in SQLite under the data dir, so the history survives restarts. A job that was
-queued or running when the app died is marked failed on the next start and its partial
-output is removed. Work runs on a pool of `concurrency` threads; the web handlers only poll.
+Records live in SQLite under the data dir (`app.jobs_store`), so the history survives
+restarts. A job that was queued or running when the app died is marked failed on the next
+start and its partial output is removed. Work runs on a pool of `concurrency` threads; the
+web handlers only poll. Each job belongs to the identity that submitted it (`app.identity`),
+which may have at most `max_queued` jobs queued or running at once.
+
+A maintenance thread applies cancellations asked for from the operator's CLI and, with
+`keep_hours`, removes job outputs older than that (their records say so).
 
 Tokens are never stored: the work function closes over the caller's token, and nothing of it
 reaches the database, the log or another job.
 
 >>> store = JobStore(":memory:", jobs_dir=Path("/tmp/jobs"))  # doctest: +SKIP
 >>> runner = JobRunner(store, concurrency=1)  # doctest: +SKIP
->>> job_id = runner.submit("merge", lambda ctx: {"ok": True})  # doctest: +SKIP
+>>> job_id = runner.submit("merge", lambda ctx: {"ok": True}, owner="user:alice")  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import secrets
-import shutil
-import sqlite3
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from app.jobs_store import (
+    ACTIVE,
+    FINISHED,
+    INTERRUPTED,
+    JobLimitError,
+    JobRecord,
+    JobStore,
+    remove_output,
+)
+
 logger = logging.getLogger(__name__)
 
-ACTIVE = ("queued", "running")
-FINISHED = ("succeeded", "failed", "cancelled")
-INTERRUPTED = "the app stopped while this job was running; its partial output was removed"
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
-    id TEXT PRIMARY KEY,
-    kind TEXT NOT NULL,
-    state TEXT NOT NULL,
-    created REAL NOT NULL,
-    started REAL,
-    finished REAL,
-    recipe TEXT,
-    params TEXT NOT NULL DEFAULT '{}',
-    result TEXT,
-    error TEXT,
-    user_error INTEGER NOT NULL DEFAULT 0,
-    output TEXT,
-    parent TEXT,
-    log TEXT NOT NULL DEFAULT ''
-)
-"""
+MAINTENANCE_SECONDS = 1.0
 
 
 class JobCancelled(Exception):
     """Raised inside work functions when the job's cancel flag is set."""
-
-
-@dataclass
-class JobRecord:
-    """One row of the job table (what `job_status` and `list_jobs` return)."""
-
-    id: str
-    kind: str
-    state: str
-    created: float
-    started: float | None = None
-    finished: float | None = None
-    recipe: str | None = None
-    params: dict[str, Any] = field(default_factory=dict)
-    result: dict[str, Any] | None = None
-    error: str | None = None
-    user_error: bool = False
-    output: str | None = None
-    parent: str | None = None
-    log: str = ""
-
-    @property
-    def seconds(self) -> float | None:
-        if self.started is None:
-            return None
-        return (self.finished or time.time()) - self.started
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["seconds"] = None if self.seconds is None else round(self.seconds, 3)
-        return data
-
-
-class JobStore:
-    """SQLite-backed job records; thread-safe.
-
-    Args:
-        path (`Path` or `":memory:"`): the database file (created with its folder).
-        jobs_dir (`Path`): where job outputs live (``<jobs_dir>/<job id>/``).
-    """
-
-    def __init__(self, path: Path | str, *, jobs_dir: Path) -> None:
-        self.jobs_dir = Path(jobs_dir)
-        if str(path) != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
-        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        self._db.row_factory = sqlite3.Row
-        with self._lock:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute(_SCHEMA)
-        self.recover()
-
-    def job_dir(self, job_id: str) -> Path:
-        return self.jobs_dir / job_id
-
-    def recover(self) -> list[str]:
-        """Mark jobs left queued/running by a dead process as failed; remove their output."""
-        with self._lock:
-            rows = self._db.execute("SELECT id FROM jobs WHERE state IN (?, ?)", ACTIVE).fetchall()
-        stale = [row["id"] for row in rows]
-        for job_id in stale:
-            remove_output(self.job_dir(job_id))
-            self.update(job_id, state="failed", error=INTERRUPTED, finished=time.time())
-            logger.warning("job %s was interrupted by a restart; marked failed", job_id)
-        return stale
-
-    def create(
-        self,
-        kind: str,
-        *,
-        recipe: str | None = None,
-        params: dict[str, Any] | None = None,
-        parent: str | None = None,
-    ) -> JobRecord:
-        record = JobRecord(
-            id=f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}",
-            kind=kind,
-            state="queued",
-            created=time.time(),
-            recipe=recipe,
-            params=params or {},
-            parent=parent,
-        )
-        with self._lock:
-            self._db.execute(
-                "INSERT INTO jobs (id, kind, state, created, recipe, params, parent) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (record.id, kind, "queued", record.created, recipe, json.dumps(record.params),
-                 parent),
-            )  # fmt: skip
-        return record
-
-    def update(self, job_id: str, **values: Any) -> None:
-        if not values:
-            return
-        for key in ("params", "result"):
-            if key in values and values[key] is not None:
-                values[key] = json.dumps(values[key], default=str)
-        if "user_error" in values:
-            values["user_error"] = int(bool(values["user_error"]))
-        columns = ", ".join(f"{key} = ?" for key in values)
-        with self._lock:
-            self._db.execute(f"UPDATE jobs SET {columns} WHERE id = ?", (*values.values(), job_id))
-
-    def get(self, job_id: str) -> JobRecord | None:
-        with self._lock:
-            row = self._db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        return _record(row) if row is not None else None
-
-    def list(self, *, limit: int = 50, kind: str | None = None) -> list[JobRecord]:
-        query, args = "SELECT * FROM jobs", []
-        if kind:
-            query, args = query + " WHERE kind = ?", [kind]
-        query += " ORDER BY created DESC LIMIT ?"
-        with self._lock:
-            rows = self._db.execute(query, (*args, limit)).fetchall()
-        return [_record(row) for row in rows]
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
-
-
-def _record(row: sqlite3.Row) -> JobRecord:
-    data = dict(row)
-    data["params"] = json.loads(data["params"] or "{}")
-    data["result"] = json.loads(data["result"]) if data["result"] else None
-    data["user_error"] = bool(data["user_error"])
-    return JobRecord(**data)
-
-
-def remove_output(path: Path) -> None:
-    """Remove a job's folder and any half-written ``*.tmp`` sibling folders inside it."""
-    if path.exists():
-        shutil.rmtree(path, ignore_errors=True)
 
 
 @dataclass
@@ -256,6 +110,10 @@ class JobRunner:
         user_errors (`tuple[type[BaseException], ...]`): errors whose message is safe and
             useful to show as it is; anything else is logged with a traceback and reported
             as a generic failure naming the job id.
+        max_queued (`int`, *optional*): jobs one owner may have queued or running at once
+            (None: no limit).
+        keep_hours (`float`, *optional*): remove job outputs this long after the job
+            finished (None or 0: keep them).
     """
 
     def __init__(
@@ -264,29 +122,71 @@ class JobRunner:
         *,
         concurrency: int = 1,
         user_errors: tuple[type[BaseException], ...] = (),
+        max_queued: int | None = None,
+        keep_hours: float | None = None,
     ) -> None:
         self.store = store
         self.user_errors = user_errors
+        self.max_queued = max_queued
+        self.keep_seconds = keep_hours * 3600 if keep_hours else None
         self._pool = ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="job")
         self._live: dict[str, LiveState] = {}
         self._cancel: dict[str, threading.Event] = {}
         self._done: dict[str, threading.Event] = {}
+        self._stop = threading.Event()
+        self._maintenance = threading.Thread(
+            target=self._maintain, name="job-maintenance", daemon=True
+        )
+        self._maintenance.start()
 
     def submit(
         self,
         kind: str,
         work: Work,
         *,
+        owner: str | None = None,
         recipe: str | None = None,
         params: dict[str, Any] | None = None,
         parent: str | None = None,
     ) -> str:
-        record = self.store.create(kind, recipe=recipe, params=params, parent=parent)
+        """Queue `work` as a job of `owner`.
+
+        Raises:
+            `JobLimitError`: `owner` already has `max_queued` jobs queued or running.
+        """
+        record = self.store.create(
+            kind, owner=owner, recipe=recipe, params=params, parent=parent,
+            max_active=self.max_queued,
+        )  # fmt: skip
         live, cancel, done = LiveState(), threading.Event(), threading.Event()
         self._live[record.id], self._cancel[record.id], self._done[record.id] = live, cancel, done
         context = JobContext(record.id, self.store.job_dir(record.id), live, cancel)
         self._pool.submit(self._run, context, work, done)
         return record.id
+
+    def sweep(self, *, now: float | None = None) -> list[str]:
+        """Remove outputs older than `keep_hours` now (the maintenance thread runs it too)."""
+        if not self.keep_seconds:
+            return []
+        return self.store.expire_outputs(older_than=self.keep_seconds, now=now)
+
+    def _maintain(self) -> None:
+        last_sweep = 0.0
+        every = min(3600.0, (self.keep_seconds or 3600.0) / 10)
+        while not self._stop.wait(MAINTENANCE_SECONDS):
+            try:
+                for job_id in self.store.cancel_requests():
+                    event = self._cancel.get(job_id)
+                    if event is not None and not event.is_set():
+                        logger.info("job %s: cancelled by the operator", job_id)
+                        event.set()
+                if self.keep_seconds and time.monotonic() - last_sweep >= every:
+                    last_sweep = time.monotonic()
+                    self.sweep()
+            except Exception:  # the store may be closing; keep the app up
+                if self._stop.is_set():
+                    return
+                logger.exception("job maintenance failed")
 
     def _run(self, ctx: JobContext, work: Work, done: threading.Event) -> None:
         try:
@@ -352,7 +252,14 @@ class JobRunner:
         return event is None or event.is_set()
 
     def shutdown(self, *, cancel: bool = True) -> None:
+        self._stop.set()
         if cancel:
             for event in self._cancel.values():
                 event.set()
         self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+__all__ = [
+    "ACTIVE", "FINISHED", "INTERRUPTED", "JobCancelled", "JobContext", "JobLimitError",
+    "JobRecord", "JobRunner", "JobStore", "LiveState", "remove_output",
+]  # fmt: skip

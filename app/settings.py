@@ -37,7 +37,13 @@ class Settings:
         oauth_client: the Space's OAuth (client id, secret); with ``demo`` the demo Hub
             registers it, so sign-in can be rehearsed offline against the local Hub.
         demo_hub_port: port of the demo's local Hub (0: any free port).
-        allow_local_paths: accept local directories as models (off on Spaces).
+        local_paths: accept local directories as models: True / False as the operator set
+            ``HUBMERGE_ALLOW_LOCAL_PATHS``; None (unset): only when listening on a loopback
+            address outside a Space. Never below `data_dir` (`app.local_paths`).
+        in_space: running inside a Hugging Face Space (``SPACE_ID`` is set).
+        keep_hours: job outputs are removed this long after the job finished (0: never).
+        max_queued: heavy jobs one identity may have queued or running at once.
+        disk_reserve_bytes: free space a merge must leave on the data dir's disk.
         default_token: a token pre-filled in the form (only the demo's public token).
         eval_include_paths: extra lm-evaluation-harness task folders offered to evaluate.
         probe_examples: jsonl examples for the interpolation plot (default: built-in ones).
@@ -55,7 +61,11 @@ class Settings:
     on_spaces: bool = False
     oauth_client: tuple[str, str] | None = field(default=None, repr=False)
     demo_hub_port: int = 0
-    allow_local_paths: bool = True
+    local_paths: bool | None = None
+    in_space: bool = False
+    keep_hours: float = 24.0
+    max_queued: int = 3
+    disk_reserve_bytes: int = 0
     default_token: str | None = field(default=None, repr=False)
     eval_include_paths: tuple[Path, ...] = ()
     probe_examples: Path | None = None
@@ -71,11 +81,20 @@ class Settings:
     def jobs_dir(self) -> Path:
         return self.data_dir / "jobs"
 
+    @property
+    def allow_local_paths(self) -> bool:
+        """Whether recipes may name local folders (see `local_paths`)."""
+        if self.local_paths is not None:
+            return self.local_paths
+        from app.local_paths import is_loopback
+
+        return is_loopback(self.host) and not self.in_space
+
     def with_(self, **changes: object) -> Settings:
         return replace(self, **changes)  # type: ignore[arg-type]
 
 
-def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
+def _flag(env: Mapping[str, str], name: str, default: bool | None) -> bool | None:
     value = env.get(name)
     return default if value is None or value == "" else value.strip().lower() in TRUE
 
@@ -114,11 +133,15 @@ def read_settings(env: Mapping[str, str] | None = None) -> Settings:
         port=int(number("HUBMERGE_PORT", number("GRADIO_SERVER_PORT", 7860))),
         concurrency=max(1, int(number("HUBMERGE_CONCURRENCY", 1))),
         hub_endpoint=(env.get("HF_ENDPOINT") or None),
-        demo=_flag(env, "HUBMERGE_DEMO", False),
+        demo=bool(_flag(env, "HUBMERGE_DEMO", False)),
         on_spaces=on_spaces,
         oauth_client=(client_id, client_secret) if client_id and client_secret else None,
         demo_hub_port=int(number("HUBMERGE_DEMO_HUB_PORT", 0)),
-        allow_local_paths=_flag(env, "HUBMERGE_ALLOW_LOCAL_PATHS", not in_space),
+        local_paths=_flag(env, "HUBMERGE_ALLOW_LOCAL_PATHS", None),
+        in_space=in_space,
+        keep_hours=max(0.0, float(number("HUBMERGE_KEEP_HOURS", 24.0, float))),
+        max_queued=max(1, int(number("HUBMERGE_MAX_QUEUED", 3))),
+        disk_reserve_bytes=int(float(number("HUBMERGE_DISK_RESERVE_GB", 0.0, float)) * 1e9),
         eval_include_paths=_paths(env.get("HUBMERGE_EVAL_INCLUDE")),
         probe_examples=Path(env["HUBMERGE_PROBE_EXAMPLES"])
         if env.get("HUBMERGE_PROBE_EXAMPLES")

@@ -120,7 +120,10 @@ def build_demo(settings: Settings, runner: JobRunner | None = None) -> gr.Blocks
         from app.handlers import user_errors
 
         store = JobStore(settings.jobs_db, jobs_dir=settings.jobs_dir)
-        runner = JobRunner(store, concurrency=settings.concurrency, user_errors=user_errors())
+        runner = JobRunner(
+            store, concurrency=settings.concurrency, user_errors=user_errors(),
+            max_queued=settings.max_queued, keep_hours=settings.keep_hours,
+        )  # fmt: skip
     h = Handlers(settings, runner)
     with gr.Blocks(title="hubmerge") as demo:
         with gr.Row():

@@ -39,7 +39,7 @@ def render(h: Handlers, settings: Settings, *, method: dict[str, Any], token: An
     merge_btn.click(h.validate_recipe, recipe, None, api_visibility="private", **LIGHT).success(
         h.merge, inputs, [merge_job, merge_log, merge_record], api_name="merge", **FOLLOW
     )
-    cancel_btn.click(h.cancel, merge_job, cancel_note, api_name="cancel", **LIGHT)
+    cancel_btn.click(h.cancel, [merge_job, token], cancel_note, api_name="cancel", **LIGHT)
 
     with gr.Tab("4 · Evaluate", id="evaluate"):
         suites = _suites(settings)
@@ -80,13 +80,17 @@ def render(h: Handlers, settings: Settings, *, method: dict[str, Any], token: An
         with gr.Accordion("Job record", open=False):
             push_record = gr.JSON(label="Job")
     merge_job.change(lambda job: job, merge_job, push_job_in, api_visibility="private", **LIGHT)
-    preview_btn.click(h.card_preview, push_job_in, card, api_name="card_preview", **LIGHT)
+    preview_btn.click(h.card_preview, [push_job_in, token], card, api_name="card_preview",
+                      **LIGHT)  # fmt: skip
     push_inputs = [push_job_in, repo_id, private, exist_ok, token]
     push_btn.click(h.validate_push, push_inputs, None, api_visibility="private", **LIGHT).success(
         h.push, push_inputs, [push_job, commit_url, push_record], api_name="push", **FOLLOW
     )
 
     with gr.Tab("6 · Jobs", id="jobs"):
+        keep = f"{settings.keep_hours:g} h after a job ends" if settings.keep_hours else "for now"
+        gr.Markdown("Your jobs only: those of your Hub user (the token above, or your sign-in), "
+                    f"else those of this browser tab. Outputs are kept {keep}.")  # fmt: skip
         with gr.Row():
             refresh = gr.Button("Refresh", elem_id="jobs-refresh")
             limit_jobs = gr.Number(value=50, precision=0, label="Show", visible=False)
@@ -96,17 +100,21 @@ def render(h: Handlers, settings: Settings, *, method: dict[str, Any], token: An
             status_id = gr.Textbox(label="Job id", elem_id="status-id")
             status_btn = gr.Button("Show", elem_id="status-btn")
         status = gr.JSON(label="Job record")
-    refresh.click(h.list_jobs, limit_jobs, jobs, api_name="list_jobs", **LIGHT)
-    status_btn.click(h.job_status, status_id, status, api_name="job_status", **LIGHT)
+    refresh.click(h.list_jobs, [limit_jobs, token], jobs, api_name="list_jobs", **LIGHT)
+    status_btn.click(h.job_status, [status_id, token], status, api_name="job_status", **LIGHT)
 
 
 def soup_api(h: Handlers) -> None:
     """``greedy_soup`` for scripts: ingredients, held-out examples path, metric, token."""
 
     def greedy_soup(
-        models: str, examples: str = "", metric: str = "loss", token: str = ""
+        models: str,
+        examples: str = "",
+        metric: str = "loss",
+        token: str = "",
+        request: gr.Request | None = None,
     ) -> Iterator[tuple[str, str, dict]]:
         """Greedy soup of `models` (one per line); returns (job id, log, job record)."""
-        yield from h.greedy_soup(models, examples, metric, token)
+        yield from h.greedy_soup(models, examples, metric, token, request=request)
 
     gr.api(greedy_soup, api_name="greedy_soup", **FOLLOW)

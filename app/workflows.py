@@ -18,9 +18,9 @@ from typing import Any
 
 from app import forms
 from app.jobs import JobContext, JobRunner, JobStore
+from app.local_paths import LocalPathError, check_path, check_recipe_paths
 from app.settings import Settings
 from merging import MergeOptions, Progress, Recipe, load_recipe, merge
-from merging.io.refs import ModelRef
 
 logger = logging.getLogger(__name__)
 
@@ -32,16 +32,14 @@ class InputError(ValueError):
 
 
 def parse(text: str, settings: Settings) -> Recipe:
-    """Parse recipe YAML; refuse local folders where the settings forbid them."""
+    """Parse recipe YAML; refuse local folders the app may not read (`app.local_paths`)."""
     if not (text or "").strip():
         raise InputError("The recipe is empty: add models (step 1) and pick a method (step 2).")
     recipe = load_recipe(text if "\n" in text else text + "\n")
-    if not settings.allow_local_paths:
-        names = [recipe.base_model, *(s.model for s in recipe.models),
-                 *(s.adapter for s in recipe.models)]  # fmt: skip
-        local = [n for n in names if n and ModelRef.parse(n).local]
-        if local:
-            raise InputError(f"Local folders are not allowed here ({local[0]}); use Hub ids.")
+    try:
+        check_recipe_paths(recipe, settings)
+    except LocalPathError as err:
+        raise InputError(str(err)) from None
     return recipe
 
 
@@ -49,7 +47,10 @@ def _examples(settings: Settings, path: str | None) -> list[Any]:
     from evaluation.scoring import load_examples
 
     if path:
-        return load_examples(path)
+        try:
+            return load_examples(check_path(path, settings, what="Local example files"))
+        except LocalPathError as err:
+            raise InputError(str(err)) from None
     if settings.probe_examples is not None:
         return load_examples(settings.probe_examples)
     return load_examples(Path(__file__).with_name("heldout_examples.jsonl"))
@@ -63,15 +64,24 @@ def submit_merge(
     token: str | None,
     examples: str | None = None,
     metric: str = "loss",
+    owner: str | None = None,
 ) -> str:
-    """Start a merge job (a greedy-soup job when the YAML carries the soup note)."""
+    """Start a merge job of `owner` (a greedy-soup job when the YAML carries the soup note)."""
     recipe = parse(text, settings)
     if forms.is_soup(text):
         return _submit_soup(runner, settings, recipe, token=token, examples=examples,
-                            metric=metric)  # fmt: skip
+                            metric=metric, owner=owner)  # fmt: skip
     delay = settings.tensor_delay
 
     def work(ctx: JobContext) -> dict[str, Any]:
+        from app.disk_space import ensure_disk_space, needed_bytes
+
+        ctx.progress("check disk space", 0, 1)
+        sizes = needed_bytes(recipe, token=token, endpoint=settings.hub_endpoint)
+        if sizes is not None:
+            ensure_disk_space(ctx.output_dir, *sizes, reserve_bytes=settings.disk_reserve_bytes)
+            ctx.log(f"disk: {sizes[0] / 1e6:.2f} MB output, {sizes[1] / 1e6:.2f} MB downloads")
+        ctx.check_cancelled()
         ctx.log(f"merging with {recipe.merge_method}: {len(recipe.models)} model(s)")
 
         def report(event: Progress) -> None:
@@ -98,7 +108,7 @@ def submit_merge(
             "resolved": result.resolved,
         }
 
-    return runner.submit("merge", work, recipe=recipe.to_yaml())
+    return runner.submit("merge", work, owner=owner, recipe=recipe.to_yaml())
 
 
 def _submit_soup(
@@ -109,6 +119,7 @@ def _submit_soup(
     token: str | None,
     examples: str | None,
     metric: str,
+    owner: str | None,
 ) -> str:
     from app.soup import greedy_soup
 
@@ -127,14 +138,27 @@ def _submit_soup(
         return {"output": str(result.output), "soup": result.to_dict()}
 
     params = {"soup": True, "metric": metric}
-    return runner.submit("merge", work, recipe=forms.SOUP_NOTE + recipe.to_yaml(), params=params)
+    return runner.submit("merge", work, owner=owner, recipe=forms.SOUP_NOTE + recipe.to_yaml(),
+                         params=params)  # fmt: skip
 
 
-def merge_record(store: JobStore, job_id: str) -> tuple[Any, Recipe, Path]:
-    """The finished merge job `job_id`, its recipe and output folder."""
-    record = store.get(job_id) if job_id else None
+def merge_record(store: JobStore, job_id: str, *, owner: str | None) -> tuple[Any, Recipe, Path]:
+    """The finished merge job `job_id` of `owner`, its recipe and output folder.
+
+    Args:
+        owner (`str` or `None`): the caller's identity; another identity's job is refused
+            exactly like an unknown id. `None` only for the operator (any owner).
+    """
+    job_id = (job_id or "").strip()
+    if not job_id:
+        record = None
+    else:
+        record = store.get(job_id) if owner is None else store.get_owned(job_id, owner)
     if record is None or record.kind != "merge":
         raise InputError(f"No merge job {job_id!r}: run a merge first (step 3) or pick a job id.")
+    if record.expired is not None:
+        raise InputError(f"Merge job {job_id}'s output was removed when it expired "
+                         "(HUBMERGE_KEEP_HOURS); run the merge again.")  # fmt: skip
     if record.state != "succeeded" or not record.output or not Path(record.output).is_dir():
         raise InputError(f"Merge job {job_id} has no output (state: {record.state}).")
     text = (record.recipe or "").replace(forms.SOUP_NOTE, "")
@@ -153,11 +177,12 @@ def submit_evaluate(
     limit: int | None,
     plot: bool,
     token: str | None,
+    owner: str | None,
 ) -> str:
-    """Evaluate base / inputs / merge of a merge job on the same items."""
+    """Evaluate base / inputs / merge of a merge job of `owner` on the same items."""
     from evaluation.harness import EvalOptions
 
-    _, recipe, merged = merge_record(runner.store, merge_job)
+    _, recipe, merged = merge_record(runner.store, merge_job, owner=owner)
     common: dict[str, Any] = {
         "include_paths": tuple(settings.eval_include_paths),
         "device": settings.device or "auto",
@@ -212,7 +237,7 @@ def submit_evaluate(
         return out
 
     params = {"suite": suite, "tasks": list(options.tasks), "limit": options.limit, "plot": plot}
-    return runner.submit("evaluate", work, params=params, parent=merge_job)
+    return runner.submit("evaluate", work, owner=owner, params=params, parent=merge_job)
 
 
 def _label_of(paths: dict[str, str], name: str, labelled: dict[str, str]) -> str:
@@ -247,11 +272,13 @@ def _results_rows(store: JobStore, merge_job: str) -> list[dict[str, Any]]:
     return report_to_model_index(report, label="merge")
 
 
-def card_text(store: JobStore, merge_job: str, *, model_name: str | None = None) -> str:
-    """The merged model's card, with the latest evaluation's results added."""
+def card_text(
+    store: JobStore, merge_job: str, *, owner: str | None, model_name: str | None = None
+) -> str:
+    """The merged model's card (a merge job of `owner`), with the latest evaluation's results."""
     from merging.hub import write_eval_results_to_card
 
-    _, _, folder = merge_record(store, merge_job)
+    _, _, folder = merge_record(store, merge_job, owner=owner)
     rows = _results_rows(store, merge_job)
     staging = folder.parent / f".card-{os.getpid()}-{time.monotonic_ns()}"
     staging.mkdir()
@@ -272,12 +299,13 @@ def validate_push(
     *,
     token: str | None,
     exist_ok: bool,
+    owner: str | None,
 ) -> None:
     """Raise `InputError` / `HubError` for what the user must fix before pushing."""
-    merge_record(store, merge_job)
     if not token:
         where = "Sign in with Hugging Face" if settings.on_spaces else "Paste a Hub write token"
         raise InputError(f"{where} to push: pushing needs a token with write access.")
+    merge_record(store, merge_job, owner=owner)
     if not _REPO_ID.match(repo_id or ""):
         raise InputError(f"{repo_id!r} is not a repo id: use namespace/name, e.g. you/my-merge.")
     if exist_ok:
@@ -306,11 +334,12 @@ def submit_push(
     private: bool,
     exist_ok: bool,
     token: str | None,
+    owner: str | None,
 ) -> str:
-    """Upload a merge's folder (card with evaluation results) to `repo_id`."""
+    """Upload the folder of `owner`'s merge (card with evaluation results) to `repo_id`."""
     from merging.hub import push_folder, write_eval_results_to_card
 
-    _, _, folder = merge_record(runner.store, merge_job)
+    _, _, folder = merge_record(runner.store, merge_job, owner=owner)
     rows = _results_rows(runner.store, merge_job)
     assert token is not None
 
@@ -331,7 +360,7 @@ def submit_push(
         return {"output": result.repo_url, **result.model_dump(mode="json"), "repo_id": repo_id}
 
     params = {"repo_id": repo_id, "private": private, "exist_ok": exist_ok}
-    return runner.submit("push", work, params=params, parent=merge_job)
+    return runner.submit("push", work, owner=owner, params=params, parent=merge_job)
 
 
 def _link_tree(source: Path, target: Path) -> None:

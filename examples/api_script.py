@@ -45,13 +45,15 @@ def main() -> None:
     merge_id, _log, record = job.result()
     print(f"merge {merge_id}: {record['state']} → {record['output']}")
 
-    # or fire and poll by job id
-    print(client.predict(merge_id, api_name="/job_status")["state"])
+    # or fire and poll by job id; job endpoints take your token last (your jobs only)
+    print(client.predict(merge_id, args.token, api_name="/job_status")["state"])
+    print(client.predict(5, args.token, api_name="/list_jobs")["data"])
 
     _eval_id, table, _plot, _ = client.predict(
         merge_id, "demo", "", 10, False, args.token, api_name="/evaluate"
     )
     print(table)
+    print(client.predict(merge_id, args.token, api_name="/card_preview")[:400])
 
     _push_id, commit_url, _ = client.predict(
         merge_id, args.repo_id, True, True, args.token, api_name="/push"

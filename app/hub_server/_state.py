@@ -12,7 +12,7 @@ from fastapi import Request
 from ._auth import Authenticator
 from ._control import ServerControl
 from .errors import HubHTTPError
-from .storage import RepoMeta, RepoNotFound, RepoStore
+from .storage import NAME, RepoMeta, RepoNotFound, RepoStore
 
 KINDS = {"models": "model", "datasets": "dataset", "spaces": "space"}
 
@@ -31,7 +31,12 @@ class HubState:
         return hmac.new(self.secret, f"{oid}:{size}".encode(), hashlib.sha256).hexdigest()
 
     def meta(self, repo_type: str, repo_id: str) -> RepoMeta:
-        """Repo settings, or a 404 `RepoNotFound`."""
+        """Repo settings, or a 404 `RepoNotFound` (also for ids that cannot exist)."""
+        namespace, _, name = repo_id.partition("/")
+        if repo_type not in KINDS.values():
+            raise HubHTTPError(400, f"Unknown repo type {repo_type[:40]!r}")
+        if not (NAME.match(namespace) and NAME.match(name)):
+            raise HubHTTPError(404, "Repository not found", code="RepoNotFound")
         try:
             return self.store.get_meta(repo_type, repo_id)
         except RepoNotFound:

@@ -12,7 +12,8 @@ import yaml
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from . import _cards
+from . import _cards, _input
+from ._input import json_body, text
 from ._state import base_url, hub, repo_type_of, repo_url
 from .errors import HubHTTPError
 from .storage import (
@@ -45,9 +46,9 @@ def _resolve(request: Request, repo_type: str, repo_id: str, revision: str) -> t
 async def create_repo(request: Request) -> JSONResponse:
     state = hub(request)
     user = state.auth.require_user(request)
-    body = await request.json()
-    namespace, name = body.get("organization") or user, str(body.get("name", ""))
-    repo_type = body.get("type") or "model"
+    body = await json_body(request)
+    namespace, name = text(body, "organization") or user, text(body, "name")
+    repo_type = text(body, "type") or "model"
     if not NAME.match(name) or not NAME.match(namespace) or repo_type not in ("model", "dataset"):
         raise HubHTTPError(400, "Invalid repo name or type")
     if not state.auth.is_open and namespace != user:
@@ -66,10 +67,10 @@ async def create_repo(request: Request) -> JSONResponse:
 @router.delete("/api/repos/delete")
 async def delete_repo(request: Request) -> JSONResponse:
     state = hub(request)
-    body = await request.json()
-    repo_type = body.get("type") or "model"
-    namespace = body.get("organization") or state.auth.require_user(request)
-    repo_id = f"{namespace}/{body.get('name', '')}"
+    body = await json_body(request)
+    repo_type = text(body, "type") or "model"
+    namespace = text(body, "organization") or state.auth.require_user(request)
+    repo_id = f"{namespace}/{text(body, 'name')}"
     meta = state.meta(repo_type, repo_id)
     state.auth.check_write(request, meta)
     state.store.delete_repo(repo_type, repo_id)
@@ -81,12 +82,16 @@ async def update_settings(request: Request, kind: str, namespace: str, name: str
     state = hub(request)
     meta = state.meta(repo_type_of(kind), f"{namespace}/{name}")
     state.auth.check_write(request, meta)
-    body = await request.json()
+    body = await json_body(request)
+    if body.get("gated") not in (None, False, "auto", "manual"):
+        raise HubHTTPError(400, "'gated' must be false, 'auto' or 'manual'")
     if "gated" in body:
         meta.gated = body["gated"] or False
     if "private" in body:
         meta.private = bool(body["private"])
     if "visibility" in body:
+        if body["visibility"] not in ("private", "public"):
+            raise HubHTTPError(400, "'visibility' must be 'private' or 'public'")
         meta.private = body["visibility"] == "private"
     state.store.save_meta(meta)
     return JSONResponse({})
@@ -94,9 +99,9 @@ async def update_settings(request: Request, kind: str, namespace: str, name: str
 
 @router.post("/api/validate-yaml")
 async def validate_yaml(request: Request) -> JSONResponse:
-    body = await request.json()
+    body = await json_body(request)
     try:
-        _cards.parse_front_matter(str(body.get("content", "")))
+        _cards.parse_front_matter(text(body, "content"))
     except yaml.YAMLError as e:
         errors = [{"message": f"Invalid YAML in the card metadata: {e}"}]
         return JSONResponse({"errors": errors, "error": "Invalid metadata"}, status_code=400)
@@ -209,7 +214,10 @@ async def list_repos(request: Request, kind: str) -> JSONResponse:
     found.sort(key=lambda info: info["id"])
     if key:
         found.sort(key=lambda info: info[key], reverse=params.get("direction", "-1") == "-1")
-    limit = int(params.get("limit") or 1000)
+    try:
+        limit = max(0, int(params.get("limit") or 1000))
+    except ValueError:
+        raise HubHTTPError(400, "'limit' must be an integer") from None
     return JSONResponse(found[:limit])
 
 
@@ -260,10 +268,10 @@ async def create_branch(
 ) -> JSONResponse:
     state, repo_type, repo_id = hub(request), repo_type_of(kind), f"{namespace}/{name}"
     state.auth.check_write(request, state.meta(repo_type, repo_id))
-    body = await request.json() if await request.body() else {}
+    body = await json_body(request, empty_ok=True)
     try:
         state.store.create_branch(
-            repo_type, repo_id, branch, start=body.get("startingPoint") or "main"
+            repo_type, repo_id, branch, start=text(body, "startingPoint") or "main"
         )
     except RepoExists:
         raise HubHTTPError(409, f"Branch {branch} already exists") from None
@@ -279,7 +287,9 @@ async def preupload(
 ) -> JSONResponse:
     state, repo_type, repo_id = hub(request), repo_type_of(kind), f"{namespace}/{name}"
     state.auth.check_write(request, state.meta(repo_type, repo_id))
-    files = (await request.json()).get("files", [])
+    files = (await json_body(request)).get("files", [])
+    if not isinstance(files, list) or not all(isinstance(item, dict) for item in files):
+        raise HubHTTPError(400, "'files' must be a list of {path, size} objects")
     try:
         sha = state.store.resolve(repo_type, repo_id, revision)
         existing = state.store.get_commit(repo_type, repo_id, sha).files
@@ -287,7 +297,11 @@ async def preupload(
         existing = {}
     answer = []
     for item in files:
-        path, size = str(item["path"]), int(item.get("size", 0))
+        try:
+            path = _input.file_path(item.get("path"))
+            size = _input.size(item.get("size"), default=0)
+        except ValueError as e:
+            raise HubHTTPError(400, str(e)) from None
         lfs = wants_lfs(path, size)
         entry = existing.get(path)
         oid = None if entry is None else (entry.sha256 if entry.lfs else entry.git_oid)
@@ -304,21 +318,28 @@ def _parse_commit(lines: list[bytes]) -> tuple[dict[str, Any], list[Addition], l
         if not raw.strip():
             continue
         item = json.loads(raw)
+        if not isinstance(item, dict) or not isinstance(item.get("value", {}), dict):
+            raise ValueError("each line must be a JSON object {key, value: {...}}")
         key, value = item.get("key"), item.get("value", {})
         if key == "header":
             header = value
         elif key == "file":
+            if not isinstance(value.get("content"), str):
+                raise ValueError("a file's 'content' must be a base64 string")
             content = base64.b64decode(value["content"], validate=True)
-            additions.append(Addition(value["path"], content=content))
+            additions.append(Addition(_input.file_path(value.get("path")), content=content))
         elif key == "lfsFile":
-            size = value.get("size")
-            additions.append(Addition(value["path"], lfs_oid=value["oid"], lfs_size=size))
+            size = None if value.get("size") is None else _input.size(value["size"])
+            path, oid = _input.file_path(value.get("path")), _input.oid(value.get("oid"))
+            additions.append(Addition(path, lfs_oid=oid, lfs_size=size))
         elif key == "deletedFile":
-            deletions.append(value["path"])
+            deletions.append(_input.file_path(value.get("path")))
         elif key == "deletedFolder":
-            deletions.append(value["path"].rstrip("/") + "/")
+            folder = value.get("path")
+            folder = folder.rstrip("/") if isinstance(folder, str) else folder
+            deletions.append(_input.file_path(folder) + "/")
         else:
-            raise ValueError(f"unknown commit operation {key!r}")
+            raise ValueError(f"unknown commit operation {str(key)[:80]!r}")
     return header, additions, deletions
 
 
@@ -332,8 +353,10 @@ async def commit(
         raise HubHTTPError(400, "Pull requests are not supported by this server")
     try:
         header, additions, deletions = _parse_commit((await request.body()).splitlines())
-    except (ValueError, KeyError, binascii.Error) as e:
-        raise HubHTTPError(400, f"Malformed commit payload: {e}") from None
+    except (ValueError, KeyError, binascii.Error, RecursionError) as e:
+        raise HubHTTPError(400, f"Malformed commit payload: {str(e)[:300]}") from None
+    if not isinstance(header.get("parentCommit"), (str, type(None))):
+        raise HubHTTPError(400, "Malformed commit payload: 'parentCommit' must be a string")
     message = str(header.get("summary") or "commit")
     try:
         sha = state.store.commit(

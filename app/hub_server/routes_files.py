@@ -9,6 +9,8 @@ from collections.abc import Iterator
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from . import _input
+from ._input import json_body
 from ._state import base_url, hub
 from .errors import HubHTTPError
 from .storage import CommitConflict, FileEntry, RevisionNotFound
@@ -23,15 +25,19 @@ OID = re.compile(r"^[0-9a-f]{64}$")
 async def _batch(request: Request, repo_type: str, repo_id: str) -> JSONResponse:
     state = hub(request)
     state.auth.check_write(request, state.meta(repo_type, repo_id))
-    body = await request.json()
+    body = await json_body(request)
     if body.get("operation") != "upload":
         raise HubHTTPError(400, "Only the upload operation is supported")
+    items = body.get("objects", [])
+    if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
+        raise HubHTTPError(400, "'objects' must be a list of {oid, size} objects")
     prefix = "" if repo_type == "model" else f"{repo_type}s/"
     verify = f"{base_url(request)}/{prefix}{repo_id}.git/info/lfs/verify"
     objects = []
-    for item in body.get("objects", []):
-        oid, size = str(item.get("oid", "")), int(item.get("size", -1))
-        if not OID.match(oid) or size < 0:
+    for item in items:
+        oid, size = str(item.get("oid", ""))[:100], item.get("size", -1)
+        if not OID.match(oid) or isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            size = size if isinstance(size, int) and not isinstance(size, bool) else 0
             error = {"code": 422, "message": "invalid oid or size"}
             objects.append({"oid": oid, "size": max(size, 0), "error": error})
         elif state.store.has_blob(oid, size):
@@ -76,8 +82,12 @@ async def lfs_upload(request: Request, oid: str, size: int, sig: str) -> JSONRes
 async def _verify(request: Request, repo_type: str, repo_id: str) -> JSONResponse:
     state = hub(request)
     state.auth.check_write(request, state.meta(repo_type, repo_id))
-    body = await request.json()
-    if not state.store.has_blob(str(body.get("oid", "")), int(body.get("size", -1))):
+    body = await json_body(request)
+    try:
+        oid, size = _input.oid(body.get("oid")), _input.size(body.get("size"))
+    except ValueError as e:
+        raise HubHTTPError(400, str(e)) from None
+    if not state.store.has_blob(oid, size):
         raise HubHTTPError(404, "Object not found")
     return JSONResponse({})
 

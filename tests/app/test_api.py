@@ -52,7 +52,7 @@ def test_merge_evaluate_push_and_download(client, running_app, tmp_path):
     assert Path(record["output"]).is_dir()
     assert any(p.unit == "tensors" and p.length == 21 for p in progress), progress
 
-    status = client.predict(job_id, api_name="/job_status")
+    status = client.predict(job_id, TOKEN, api_name="/job_status")
     assert status["recipe"].startswith("merge_method: task_arithmetic")
     assert "hf_" not in json.dumps(status)  # tokens never reach job records
 
@@ -67,7 +67,7 @@ def test_merge_evaluate_push_and_download(client, running_app, tmp_path):
     assert plot
     assert Path(plot).suffix == ".png"
 
-    card = client.predict(job_id, api_name="/card_preview")
+    card = client.predict(job_id, TOKEN, api_name="/card_preview")
     assert "model-index" in card
     assert "hubmerge_demo" in card
 
@@ -76,7 +76,7 @@ def test_merge_evaluate_push_and_download(client, running_app, tmp_path):
     )
     assert push_record["state"] == "succeeded"
     assert "/demo/api-merge/commit/" in commit_url
-    rows = client.predict(20, api_name="/list_jobs")["data"]
+    rows = client.predict(20, TOKEN, api_name="/list_jobs")["data"]
     assert {job_id, eval_id, push_id} <= {row[0] for row in rows}
 
     # download the pushed repo with the real client and compare it to the merge output
@@ -148,11 +148,11 @@ def test_cancel_leaves_nothing(client, running_app):
         outputs = job.outputs()
         job_id = outputs[0][0] if outputs else None
         threading.Event().wait(0.05)
-    assert "cancel" in client.predict(job_id, api_name="/cancel")
-    record = client.predict(job_id, api_name="/job_status")
+    assert "cancel" in client.predict(job_id, TOKEN, api_name="/cancel")
+    record = client.predict(job_id, TOKEN, api_name="/job_status")
     while record["state"] in ("queued", "running"):
         threading.Event().wait(0.1)
-        record = client.predict(job_id, api_name="/job_status")
+        record = client.predict(job_id, TOKEN, api_name="/job_status")
     assert record["state"] == "cancelled"
     assert record["output"] is None
     assert not (running_app.data_dir / "jobs" / job_id).exists()

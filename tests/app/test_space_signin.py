@@ -51,8 +51,9 @@ def test_sign_in_on_a_space_then_push_with_the_oauth_token(space_app, artifacts)
 
     if not CHROMIUM.exists():
         pytest.skip("Debian's chromium is not installed")
-    # a merge to push, started through the API (public demo models: no token needed)
-    job_id, record, _ = run_merge(Client(space_app.url, verbose=False), RECIPE, "")
+    # a merge to push, started through the API by the demo user (whose token it is), so the
+    # same Hub user owns it when signed in with OAuth in the browser
+    job_id, record, _ = run_merge(Client(space_app.url, verbose=False), RECIPE, DEMO_TOKEN)
     assert record["state"] == "succeeded"
 
     with sync_api.sync_playwright() as playwright:
@@ -97,7 +98,8 @@ def test_sign_in_on_a_space_then_push_with_the_oauth_token(space_app, artifacts)
         browser.close()
 
     # the OAuth access token reached neither the job records nor the log
-    status = Client(space_app.url, verbose=False).predict(push_id, api_name="/job_status")
+    status = Client(space_app.url, verbose=False).predict(push_id, DEMO_TOKEN,
+                                                          api_name="/job_status")  # fmt: skip
     assert status["state"] == "succeeded"
     assert "hf_oauth_" not in json.dumps(status)
     assert b"hf_oauth_" not in (space_app.data_dir / "jobs.sqlite").read_bytes()

@@ -96,12 +96,13 @@ def test_settings_come_from_the_environment(tmp_path):
 
 
 def test_build_demo_constructs_without_launching_and_keeps_history(tmp_path):
+    from app.identity import LOCAL
     from app.ui import build_demo
 
     settings = Settings(data_dir=tmp_path)
     demo = build_demo(settings)
     store = demo.runner.store
-    job = store.create("merge", recipe="merge_method: linear\n")
+    job = store.create("merge", owner=LOCAL, recipe="merge_method: linear\n")  # in-process caller
     store.update(job.id, state="succeeded")
     demo.runner.shutdown()
     store.close()
