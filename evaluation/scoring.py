@@ -99,7 +99,8 @@ class Scorer:
         self.model = model
         self.tokenizer = tokenizer
         self.batch_size = batch_size
-        self.max_length = max_length or getattr(model.config, "max_position_embeddings", 2048)
+        limit = max_length or getattr(model.config, "max_position_embeddings", None) or 2048
+        self.max_length: int = int(limit)
 
     @classmethod
     def from_pretrained(
@@ -123,7 +124,7 @@ class Scorer:
         if not output:
             raise DataError(f"output {continuation!r} encodes to no tokens")
         if not context:  # a tokenizer without BOS and an empty input: predict from EOS
-            context = [self.tokenizer.eos_token_id]
+            context = [int(self.tokenizer.eos_token_id)]
         keep = self.max_length - len(output)
         if keep < 1:
             raise DataError(f"output of {len(output)} tokens exceeds max_length {self.max_length}")

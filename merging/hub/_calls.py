@@ -36,7 +36,7 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 TRANSIENT_STATUS = frozenset({429, 500, 502, 503, 504})
 _transport = getattr(getattr(hf_utils, "httpx", None), "TransportError", OSError)
-TRANSIENT_EXCEPTIONS: tuple[type[BaseException], ...] = (ConnectionError, TimeoutError, _transport)
+TRANSIENT_EXCEPTIONS: tuple[type[Exception], ...] = (ConnectionError, TimeoutError, _transport)
 
 
 def as_hub_error(error: Exception, *, action: str, repo_id: str, revision: str | None) -> HubError:
@@ -89,7 +89,7 @@ def call(
     for attempt in range(retries + 1):
         try:
             return fn()
-        except (HfHubHTTPError, LocalEntryNotFoundError, *TRANSIENT_EXCEPTIONS) as e:
+        except (HfHubHTTPError, LocalEntryNotFoundError, *TRANSIENT_EXCEPTIONS) as e:  # type: ignore[misc]
             if isinstance(e, MergeError):
                 raise
             # hf_hub_download hides HTTP/connection failures behind LocalEntryNotFoundError

@@ -70,25 +70,31 @@ def push_folder(
     if not token:
         raise AuthError(f"pushing to {repo_id} needs a write token")
     api = hub_api(token, endpoint)
-    retry = {"retries": retries, "backoff": backoff, "repo_id": repo_id}
     repo_url = call(
         lambda: api.create_repo(repo_id, private=private, exist_ok=exist_ok),
         action="creating",
-        **retry,
+        repo_id=repo_id,
+        retries=retries,
+        backoff=backoff,
     )
     if revision is not None and revision != "main":
+        branch = revision
         call(
-            lambda: api.create_branch(repo_id, branch=revision, exist_ok=True),
+            lambda: api.create_branch(repo_id, branch=branch, exist_ok=True),
             action="creating a branch in",
-            **retry,
+            repo_id=repo_id,
+            retries=retries,
+            backoff=backoff,
         )
     commit = call(
         lambda: api.upload_folder(
             folder_path=folder, repo_id=repo_id, revision=revision, commit_message=commit_message
         ),
         action="uploading to",
+        repo_id=repo_id,
         revision=revision,
-        **retry,
+        retries=retries,
+        backoff=backoff,
     )
     logger.info("pushed %s to %s (commit %s)", folder, repo_id, commit.oid[:8])
     return PushResult(repo_url=str(repo_url), commit_url=commit.commit_url, commit_sha=commit.oid)
@@ -115,8 +121,8 @@ def write_eval_results_to_card(
     if not path.is_file():
         raise CheckpointError(f"no model card to update: {path} does not exist")
     card = ModelCard.load(path)
-    keys = ("task_name", "task_type", "dataset_name", "dataset_type", "metric_name")
-    keys += ("metric_type", "metric_value")
+    keys = ("task_name", "task_type", "dataset_name", "dataset_type", "metric_name", "metric_type",
+            "metric_value")  # fmt: skip
     try:
         entries = [EvalResult(**{key: result[key] for key in keys}) for result in results]
     except KeyError as e:

@@ -156,7 +156,7 @@ class ShardWriter:
         if shard_index != self._file_index:
             self._open_shard(shard_index)
         data = tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8)
-        self._guard(lambda: self._file.write(memoryview(data.numpy())))  # type: ignore[union-attr]
+        self._guard(lambda: self._file.write(data.numpy().data))  # type: ignore[union-attr]
         self.bytes_written += data.numel()
         self._next += 1
 

@@ -152,10 +152,12 @@ class _CombinedLora:
             lora_dropout=0.0,
             init_lora_weights=False,
         )
-        self.model = get_peft_model(model, lora_config)
+        self.model: Any = get_peft_model(model, lora_config)
         self.model.eval()
-        self.layers = {t: self.model.base_model.model.get_submodule(t[: -len(".weight")])
-                       for t in self.factors}  # fmt: skip
+        inner: Any = self.model.base_model.model
+        self.layers: dict[str, Any] = {
+            t: inner.get_submodule(t[: -len(".weight")]) for t in self.factors
+        }
 
     def set_weights(self, weights: Sequence[float]) -> None:
         for target, pairs in self.factors.items():
@@ -213,7 +215,8 @@ def lorahub_search(
     loaded = [open_adapter(a, token=token, endpoint=endpoint) for a in adapters]
     path = resolve_model(str(base), token=token, endpoint=endpoint).path
     tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device)
+    model: Any = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    model.to(device)
     combined = _CombinedLora(model, loaded)
     batches = encode_examples(tokenizer, rows, batch_size=batch_size)
 
@@ -255,18 +258,21 @@ def lorahub(
     """Search LoraHub weights, then write the combined adapter (or, with ``merge``, the base
     with it merged in) to ``output``. ``search`` takes `lorahub_search`'s options."""
     result = lorahub_search(base, adapters, examples, token=token, endpoint=endpoint, **search)
-    common = {"method": "lorahub", "weights": result.weights, "base": str(base), "token": token}
+
+    def combine(target: Path, *, overwrite: bool) -> Path:
+        return combine_adapters(
+            adapters, target, method="lorahub", weights=result.weights, base=str(base),
+            token=token, endpoint=endpoint, overwrite=overwrite,
+        ).output  # fmt: skip
+
     if not merge:
-        written = combine_adapters(
-            adapters, output, overwrite=overwrite, endpoint=endpoint, **common
-        )
-        result.output = written.output
+        result.output = combine(Path(output), overwrite=overwrite)
         return result
 
     with tempfile.TemporaryDirectory(prefix="hubmerge-lorahub-") as tmp:
-        adapter = combine_adapters(adapters, Path(tmp) / "adapter", endpoint=endpoint, **common)
+        adapter_dir = combine(Path(tmp) / "adapter", overwrite=False)
         options = MergeOptions(overwrite=overwrite, token=token, endpoint=endpoint, device="cpu")
-        result.output = merge_into_base(base, adapter.output, output, options=options).output
+        result.output = merge_into_base(base, adapter_dir, output, options=options).output
     return result
 
 

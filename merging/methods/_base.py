@@ -28,15 +28,17 @@ class SourceParams(BaseModel):
 
 P = TypeVar("P", bound=MethodParams)
 S = TypeVar("S", bound=SourceParams)
+P_in = TypeVar("P_in", bound=MethodParams, contravariant=True)
+S_in = TypeVar("S_in", bound=SourceParams, contravariant=True)
 
 
-class MergeFunction(Protocol[P, S]):
+class MergeFunction(Protocol[P_in, S_in]):
     def __call__(
         self,
         base: Tensor | None,
         inputs: Sequence[Tensor],
-        sources: Sequence[S],
-        params: P,
+        sources: Sequence[S_in],
+        params: P_in,
         rng: RandomStream,
     ) -> Tensor: ...
 

@@ -143,7 +143,7 @@ class ModelStockKernel(Kernel):
         average.div_(self.count)
         base = base.to(self.dtype)
         if self.rows == 1:
-            t = float(self.t[0])
-            return average.mul_(t).add_(base, alpha=1 - t)
+            scalar = float(self.t[0])
+            return average.mul_(scalar).add_(base, alpha=1 - scalar)
         t = self.t.to(base.device)[self._rows_of(offset, base.numel(), base.device)]
         return average.mul_(t).add_(base * (1 - t))
