@@ -79,3 +79,20 @@ def logits(path: Path, ids: torch.Tensor) -> torch.Tensor:
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     with torch.no_grad():
         return model(input_ids=ids).logits
+
+
+def build_trained(path: Path, *, seed: int, steps: int = 40) -> Path:
+    """A tiny Llama (vocabulary 384, local tokenizer) trained for a few steps on the demo
+    corpus, so that interpolating it with a shuffled copy of itself climbs a real barrier."""
+    from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+
+    from app.demo import CORPUS, train_lm
+
+    path.mkdir(parents=True, exist_ok=True)
+    train_tokenizer(path)
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(path)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(tiny_config("llama", vocab=len(tokenizer)))
+    train_lm(model, tokenizer, CORPUS[::4], seed=seed, steps=steps)
+    model.save_pretrained(path)
+    return path
