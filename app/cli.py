@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "app.commands.check",
     "app.commands.evaluate",
     "app.commands.lora",
+    "app.commands.search",
     "app.commands.hub",
     "app.commands.serve",
     "app.commands.jobs",

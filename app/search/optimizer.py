@@ -17,6 +17,7 @@ import logging
 import math
 import threading
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -103,8 +104,12 @@ def make_sampler(space: SearchSpace, *, seed: int, x0: Sequence[float] | None, s
 
     if len(space) >= CMA_ES_MIN_GENES:
         start = dict(zip((g.name for g in space.genes), x0, strict=True)) if x0 else None
-        return optuna.samplers.CmaEsSampler(x0=start, seed=seed, warn_independent_sampling=False)
-    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup)
+        with warnings.catch_warnings():  # x0 is deprecated in Optuna 4.9 (removal in 6.0)
+            warnings.simplefilter("ignore", FutureWarning)
+            return optuna.samplers.CmaEsSampler(x0=start, seed=seed,
+                                                warn_independent_sampling=False)  # fmt: skip
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup, multivariate=True,
+                                      warn_independent_sampling=False)  # fmt: skip
 
 
 def run_loop(
@@ -181,7 +186,7 @@ def run_loop(
             best_start = candidate
     direction = "maximize" if higher_is_better else "minimize"
     sampler = make_sampler(space, seed=seed, x0=best_start.genome if best_start else None,
-                           startup=max(2, min(10, budget // 4)))  # fmt: skip
+                           startup=max(2, min(10, budget // 5)))  # fmt: skip
     study = optuna.create_study(direction=direction, sampler=sampler)
     for candidate in state.candidates:
         if candidate.genome is not None and math.isfinite(candidate.score):

@@ -211,7 +211,8 @@ class SearchSpace:
         if layout.weights != "none":
             weights = [self._weight(recipe, i, j) for i, j in enumerate(self.positions)]
             for g, suffix in enumerate(groups):
-                column = [w[g] if len(groups) == 2 else (w[0] + w[-1]) / 2 for w in weights]
+                column = [w[min(g, len(w) - 1)] if len(groups) == 2 else (w[0] + w[-1]) / 2
+                          for w in weights]  # fmt: skip
                 if layout.weights == "simplex":
                     genes = inverse_stick_breaking(column)
                     if genes is None:
@@ -225,7 +226,8 @@ class SearchSpace:
         if layout.t:
             t = _gradient(recipe.parameters.get("t", 0.5))
             for g, suffix in enumerate(groups):
-                values[f"t{suffix}"] = t[g] if len(groups) == 2 else (t[0] + t[-1]) / 2
+                both = (t[0] + t[-1]) / 2
+                values[f"t{suffix}"] = t[min(g, len(t) - 1)] if len(groups) == 2 else both
         if layout.lambda_:
             values["lambda"] = lam
         if layout.density != "none":

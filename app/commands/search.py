@@ -1,0 +1,69 @@
+"""``hubmerge search RECIPE --examples F.jsonl -o OUT``: find the recipe's parameters by
+scoring candidates in memory, then merge the winner (see `app.search`)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from app.commands._common import add_token_options, read_token
+
+logger = logging.getLogger(__name__)
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = subparsers.add_parser(
+        "search", help="search a recipe's weights / densities / λ on examples, merge the best"
+    )
+    p.add_argument("recipe", help="starting recipe YAML (its method and models set the space)")
+    p.add_argument("--examples", required=True,
+                   help='selection examples, JSON lines {"input": …, "output": …}')  # fmt: skip
+    p.add_argument("--test", help="held-out examples: reported, never used to choose")
+    p.add_argument("-o", "--output", required=True, help="output folder of the best merge")
+    p.add_argument("--budget", type=int, default=32,
+                   help="candidates in all, the starting recipes included (32); exact")  # fmt: skip
+    p.add_argument("--timeout", type=float, help="seconds after which no candidate is started")
+    p.add_argument("--seed", type=int, default=0, help="optimiser seed (0)")
+    p.add_argument("--metric", default="loss", choices=["loss", "exact_match", "multiple_choice"])
+    p.add_argument("--genes", type=int, help="genes to search (default: about budget / 8)")
+    p.add_argument("--device", default="cpu", help="where candidates are merged and scored")
+    backend = p.add_mutually_exclusive_group()
+    backend.add_argument("--ray", action="store_true",
+                         help="score on a local Ray (127.0.0.1; needs hubmerge[ray])")  # fmt: skip
+    backend.add_argument("--ray-address", help="score on an existing Ray cluster (HOST:PORT)")
+    p.add_argument("--workers", type=int, help="Ray workers (default: the cluster's CPUs)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    add_token_options(p)
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from app.commands._common import tqdm_progress
+    from app.search import search_and_merge
+    from evaluation.scoring import load_examples
+    from merging import load_recipe
+
+    recipe = load_recipe(args.recipe)
+    examples = load_examples(args.examples)
+    test = load_examples(args.test) if args.test else None
+    update, close = tqdm_progress()
+    try:
+        result = search_and_merge(
+            recipe, examples, args.output, test=test, overwrite=args.overwrite,
+            progress=update, budget=args.budget, seed=args.seed, timeout=args.timeout,
+            metric=args.metric, device=args.device, ray=args.ray, ray_address=args.ray_address,
+            workers=args.workers, max_genes=args.genes, token=read_token(args),
+        )  # fmt: skip
+    finally:
+        close()
+    best, fixed = result.best, result.best_fixed()
+    print(f"searched {len(result.space)} gene(s) with {result.sampler}: "
+          f"{len(result.candidates)} candidate(s) in {result.seconds:.1f} s on {result.backend}")
+    if fixed is not None:
+        print(f"best starting recipe: {fixed.origin}, {result.metric} {fixed.score:.5f}")
+    print(f"best: candidate {best.index} ({best.origin}), {result.metric} {best.score:.5f}; "
+          f"written merge {result.reproduced:.5f}")  # fmt: skip
+    if result.test_score is not None:
+        print(f"held-out test {result.metric}: {result.test_score:.5f}")
+    print(f"wrote {result.output} (recipe: hubmerge_recipe.yaml, search: search.json)")
+    return 0

@@ -1,0 +1,120 @@
+"""The ask/tell loop on a cheap objective: exact budget, memo, seeds, out-of-order results."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import yaml
+
+from app.search.optimizer import SearchState, run_loop
+from app.search.space import fixed_recipes, space_from_recipe
+from merging import parse_recipe
+
+TARGET = [1.2, 0.1, 0.8, 0.3, 1.4]  # weight[0..3], λ of a TIES recipe of four models
+
+
+def _recipe():
+    return parse_recipe({"merge_method": "ties", "base_model": "org/base",
+                         "models": [{"model": f"org/ft-{i}"} for i in range(4)],
+                         "parameters": {"density": 0.5}})  # fmt: skip
+
+
+class QuadraticBackend:
+    """Scores a recipe by its distance to TARGET; `workers` tasks in flight, finished in
+    reverse order of submission (the loop must not assume any order)."""
+
+    name = "quadratic"
+
+    def __init__(self, space, workers: int = 1):
+        self.space, self.workers, self.running, self.submitted = space, workers, [], 0
+
+    def submit(self, ticket, recipe_yaml):
+        assert len(self.running) < self.workers
+        self.submitted += 1
+        self.running.append((ticket, parse_recipe(yaml.safe_load(recipe_yaml))))
+
+    def collect(self):
+        ticket, recipe = self.running.pop()  # newest first
+        genome = self.space.encode(recipe)
+        if genome is None:  # a fixed recipe of another method: a poor score
+            return ticket, 10.0, 0.0, 0
+        return ticket, sum((a - b) ** 2 for a, b in zip(genome, TARGET)), 0.0, 0  # noqa: B905
+
+    def discard(self):
+        self.running.clear()
+
+    def close(self):
+        pass
+
+
+def _run(seed=0, workers=1, budget=40, **kw):
+    recipe = _recipe()
+    space = space_from_recipe(recipe, budget=budget, max_genes=5)
+    backend = QuadraticBackend(space, workers)
+    state, sampler, stopped = run_loop(space, fixed_recipes(recipe), backend, budget=budget,
+                                       seed=seed, higher_is_better=False, **kw)  # fmt: skip
+    return space, backend, state, sampler, stopped
+
+
+def test_budget_is_exact_and_the_search_improves_on_the_start():
+    space, backend, state, sampler, stopped = _run(budget=40)
+    assert [g.name for g in space.genes] == ["weight[0]", "weight[1]", "weight[2]",
+                                             "weight[3]", "lambda"]  # fmt: skip
+    assert sampler == "CmaEsSampler"
+    assert stopped == "budget"
+    assert len(state.candidates) == 40
+    assert backend.submitted == 40 - sum(c.cached for c in state.candidates)
+    start = min(c.score for c in state.candidates if c.origin != "search")
+    assert state.best.score < start / 4
+    assert state.best_so_far() == sorted(state.best_so_far(), reverse=True)
+
+
+def test_same_seed_same_candidates_other_seed_other_candidates():
+    a = _run(seed=3)[2]
+    b = _run(seed=3)[2]
+    c = _run(seed=4)[2]
+    assert [x.genome for x in a.candidates] == [x.genome for x in b.candidates]
+    assert a.best.recipe == b.best.recipe
+    assert [x.genome for x in a.candidates] != [x.genome for x in c.candidates]
+
+
+def test_parallel_workers_out_of_order_keep_the_budget():
+    _, _, state, _, _ = _run(workers=3, budget=30)
+    assert len(state.candidates) == 30
+    assert [c.index for c in state.candidates] == list(range(30))
+
+
+def test_few_genes_use_tpe():
+    recipe = _recipe()
+    space = space_from_recipe(recipe, budget=16)
+    assert len(space) < 4
+    _, sampler, _ = run_loop(space, fixed_recipes(recipe), QuadraticBackend(space), budget=8,
+                             seed=0, higher_is_better=False)[0:3]  # fmt: skip
+    assert sampler == "TPESampler"
+
+
+def test_cancel_stops_and_keeps_the_best_so_far():
+    cancel = threading.Event()
+    seen: list[float] = []
+
+    def on_candidate(candidate, state: SearchState):
+        seen.append(candidate.score)
+        if len(state.candidates) == 12:
+            cancel.set()
+
+    _, _, state, _, stopped = _run(budget=40, cancel=cancel, on_candidate=on_candidate)
+    assert stopped == "cancelled"
+    assert len(state.candidates) == 12
+    assert state.best.score == min(seen)
+
+
+def test_timeout_stops_asking():
+    _, _, state, _, stopped = _run(budget=40, timeout=0.0)
+    assert stopped == "timeout"
+    assert state.candidates == []
+
+
+def test_budget_must_be_positive():
+    with pytest.raises(ValueError, match="budget"):
+        _run(budget=0)

@@ -1,0 +1,108 @@
+"""The search space: genes from the recipe, bounded, scaled to the budget; decode ∘ encode."""
+
+from __future__ import annotations
+
+import pytest
+
+from app.search.errors import SearchError
+from app.search.space import (
+    Layout,
+    SearchSpace,
+    fixed_recipes,
+    inverse_stick_breaking,
+    space_from_recipe,
+    stick_breaking,
+)
+from merging import parse_recipe
+
+
+def _recipe(method: str, n: int = 2, **parameters: object):
+    data: dict = {"merge_method": method, "models": [{"model": f"org/ft-{i}"} for i in range(n)]}
+    if method != "linear":
+        data["base_model"] = "org/base"
+    if parameters:
+        data["parameters"] = parameters
+    return parse_recipe(data)
+
+
+def test_stick_breaking_is_a_bijection_onto_the_simplex():
+    genes = [0.3, 0.5, 0.9]
+    weights = stick_breaking(genes)
+    assert len(weights) == 4
+    assert sum(weights) == pytest.approx(1.0)
+    assert all(w >= 0 for w in weights)
+    assert inverse_stick_breaking(weights) == pytest.approx(genes)
+    assert stick_breaking(inverse_stick_breaking([1, 1, 1, 1])) == pytest.approx([0.25] * 4)
+
+
+def test_genes_scale_with_the_budget():
+    recipe = _recipe("ties", n=3, density=0.5)
+    small = space_from_recipe(recipe, budget=16)
+    medium = space_from_recipe(recipe, budget=64)
+    large = space_from_recipe(recipe, budget=96)
+    assert [g.name for g in small.genes] == ["lambda", "density"]
+    assert len(medium) <= 64 // 8
+    assert {"weight[0]", "weight[2]", "lambda", "density[1]"} <= {g.name for g in medium.genes}
+    assert len(medium) < len(large) <= 96 // 8
+    assert {"weight[0]@early", "weight[2]@late"} <= {g.name for g in large.genes}  # layer groups
+    assert len(space_from_recipe(recipe, budget=4)) >= 1  # the smallest space, never empty
+
+
+def test_soup_weights_lie_on_the_simplex():
+    space = space_from_recipe(_recipe("linear", n=3), budget=16)
+    assert [g.name for g in space.genes] == ["simplex[0]", "simplex[1]"]
+    recipe = space.decode([0.5, 0.5])
+    weights = [s.parameters["weight"] for s in recipe.models]
+    assert weights == pytest.approx([0.5, 0.25, 0.25])
+    assert all(g.low == 0 and g.high == 1 for g in space.genes)
+
+
+def test_decode_then_encode_round_trips():
+    recipe = _recipe("ties", n=2, density=0.5)
+    space = SearchSpace(recipe, Layout(weights="free", lambda_=True, density="per_model",
+                                       groups=2))  # fmt: skip
+    genome = [0.2, 1.1, 0.9, 0.4, 1.3, 0.7, 0.35]
+    assert [g.name for g in space.genes][:4] == [
+        "weight[0]@early", "weight[1]@early", "weight[0]@late", "weight[1]@late"]  # fmt: skip
+    decoded = space.decode(genome)
+    assert decoded.models[0].parameters["weight"] == [0.2, 0.9]
+    assert decoded.parameters["lambda"] == 1.3
+    assert space.encode(decoded) == pytest.approx(genome)
+
+
+def test_encode_refuses_what_lies_outside_the_space():
+    recipe = _recipe("task_arithmetic", n=2)
+    space = space_from_recipe(recipe, budget=16)
+    assert [g.name for g in space.genes] == ["weight[0]", "weight[1]"]  # λ is carried by weights
+    assert space.encode(_recipe("ties", n=2)) is None  # another method
+    assert space.encode(_recipe("task_arithmetic", n=2, **{"lambda": 0.5})) == [0.5, 0.5]
+    too_far = parse_recipe({**recipe.model_dump(mode="json", exclude_defaults=True),
+                            "merge_method": "task_arithmetic",
+                            "parameters": {"weights": [3.0, 1.0]}})  # fmt: skip
+    assert space.encode(too_far) is None  # out of bounds: not folded back
+
+
+def test_slerp_searches_t():
+    recipe = parse_recipe({"merge_method": "slerp", "base_model": "org/base",
+                           "models": [{"model": "org/ft"}], "parameters": {"t": 0.3}})  # fmt: skip
+    space = space_from_recipe(recipe, budget=8)
+    assert [g.name for g in space.genes] == ["t"]
+    assert space.encode(recipe) == [0.3]
+    assert space.decode([0.8]).parameters["t"] == 0.8
+
+
+def test_nothing_to_search_is_a_clear_error():
+    with pytest.raises(SearchError, match="two models"):
+        space_from_recipe(_recipe("linear", n=1), budget=16)
+
+
+def test_fixed_recipes_start_with_the_users():
+    recipe = _recipe("ties", n=2, density=0.7)
+    found = fixed_recipes(recipe)
+    labels = [label for label, _ in found]
+    assert labels[0] == "your recipe"
+    assert found[0][1] == recipe
+    assert {"task arithmetic λ=0.5", "TIES density=0.5", "uniform soup"} <= set(labels)
+    soup = dict(found)["uniform soup"]
+    assert soup.merge_method == "linear"
+    assert [s.model for s in soup.models] == ["org/ft-0", "org/ft-1"]
