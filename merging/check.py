@@ -160,7 +160,7 @@ def compare_plan(
     """
     reference = infos[plan.reference]
     others = [infos[k] for k in plan.sources if k != plan.reference]
-    if not plan.layers or plan.layers[0].slice is None:
+    if not plan.sliced:
         report = compare_sources(
             reference, others, out_dtype=out_dtype, prefetch=prefetch,
             vocab_policy="base" if vocab_rows else vocab_policy,

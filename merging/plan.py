@@ -107,6 +107,7 @@ class TensorPlan:
     tensors: list[PlannedTensor] = field(default_factory=list)
     layers: list[PlannedLayer] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    sliced: bool = False
 
     @property
     def num_layers(self) -> int:
@@ -243,7 +244,7 @@ def _plan_slices(
 ) -> TensorPlan:
     slices = recipe.slices or []
     reference = recipe.base_model if recipe.base_model in infos else slices[0].sources[0].key
-    plan = TensorPlan(method, plan_sources(recipe), reference)
+    plan = TensorPlan(method, plan_sources(recipe), reference, sliced=True)
     by_layer = {key: _layers_of(info) for key, info in infos.items()}
     for index, slice_ in enumerate(slices):
         for s in slice_.sources:

@@ -290,10 +290,10 @@ class Recipe(BaseModel):
 
     @model_validator(mode="after")
     def _models_or_slices(self) -> Recipe:
-        if not self.models and not self.slices:
-            raise ValueError("a recipe needs at least one entry under 'models' (or 'slices')")
         if self.slices is not None and not self.slices:
             raise ValueError("slices: empty; give at least one slice, or use 'models'")
+        if not self.models and not self.slices:
+            raise ValueError("a recipe needs at least one entry under 'models' (or 'slices')")
         if self.tokenizer_source is not None and self.tokenizer is not None:
             raise ValueError("give either tokenizer_source or a tokenizer block, not both")
         return self

@@ -10,6 +10,7 @@ from app.commands._common import add_token_options, read_token
 def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = subparsers.add_parser("check", help="check that a recipe's models can be merged")
     p.add_argument("recipe", help="recipe YAML")
+    p.add_argument("--strict", action="store_true", help="keys without effect are errors")
     add_token_options(p)
     p.set_defaults(run=run)
 
@@ -18,6 +19,6 @@ def run(args: argparse.Namespace) -> int:
     from merging import load_recipe
     from merging.check import check_recipe
 
-    report = check_recipe(load_recipe(args.recipe), token=read_token(args))
+    report = check_recipe(load_recipe(args.recipe, strict=args.strict), token=read_token(args))
     print(report.render())
     return 0 if report.ok else 1

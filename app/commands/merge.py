@@ -24,6 +24,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
     p.add_argument("--shard-size", type=_size, default="5GB", help="max shard size (5GB)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.add_argument("--dry-run", action="store_true", help="check only; read no weights")
+    p.add_argument("--strict", action="store_true", help="keys without effect are errors")
     add_token_options(p)
     p.set_defaults(run=run)
 
@@ -32,7 +33,9 @@ def run(args: argparse.Namespace) -> int:
     from merging import MergeOptions, load_recipe, merge
     from merging.check import check_recipe
 
-    recipe = load_recipe(args.recipe)
+    recipe = load_recipe(args.recipe, strict=args.strict)
+    for warning in recipe.warnings:
+        print(f"warning: {warning}")
     token = read_token(args)
     if args.dry_run:
         report = check_recipe(recipe, token=token)
