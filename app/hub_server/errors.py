@@ -26,13 +26,33 @@ class HubHTTPError(Exception):
         self.extra = extra or {}
 
 
+def header_safe(message: str, limit: int = 500) -> str:
+    """`message` as a valid HTTP header value: ASCII, no control characters, bounded."""
+    text = message.encode("ascii", "backslashreplace").decode("ascii")
+    return "".join(c if 32 <= ord(c) < 127 else " " for c in text)[:limit]
+
+
 def render_error(request: Request, exc: Exception) -> JSONResponse:
     """FastAPI exception handler for `HubHTTPError`."""
     assert isinstance(exc, HubHTTPError)
-    headers = {"X-Error-Message": exc.message}
+    headers = {"X-Error-Message": header_safe(exc.message)}
     if exc.code:
         headers["X-Error-Code"] = exc.code
     body = {"error": exc.message, **exc.extra}
     if request.method == "HEAD":
         return JSONResponse(None, status_code=exc.status, headers=headers)
     return JSONResponse(body, status_code=exc.status, headers=headers)
+
+
+def render_http_error(request: Request, exc: Exception) -> JSONResponse:
+    """Starlette's own errors (no such route, wrong method) and FastAPI's parameter
+    validation errors, rendered like the Hub's: ``{"error": message}``."""
+    from fastapi.exceptions import RequestValidationError
+    from starlette.exceptions import HTTPException
+
+    if isinstance(exc, RequestValidationError):
+        problems = "; ".join(f"{'.'.join(map(str, e.get('loc', ())))}: {e.get('msg')}"
+                             for e in exc.errors()[:5])  # fmt: skip
+        return render_error(request, HubHTTPError(422, f"Invalid request: {problems}"))
+    assert isinstance(exc, HTTPException)
+    return render_error(request, HubHTTPError(exc.status_code, str(exc.detail)))

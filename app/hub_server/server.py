@@ -12,12 +12,14 @@ from collections.abc import Iterator, Mapping
 
 import uvicorn
 from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import oauth, routes_api, routes_files
 from ._auth import Authenticator
 from ._control import FaultMiddleware, ServerControl
 from ._state import HubState
-from .errors import HubHTTPError, render_error
+from .errors import HubHTTPError, render_error, render_http_error
 from .storage import RepoStore
 
 logger = logging.getLogger(__name__)
@@ -53,6 +55,8 @@ def create_app(
     app.state.control = control
     app.state.oauth = oauth.OAuthProvider(dict(oauth_clients)) if oauth_clients else None
     app.add_exception_handler(HubHTTPError, render_error)
+    app.add_exception_handler(StarletteHTTPException, render_http_error)
+    app.add_exception_handler(RequestValidationError, render_http_error)
     app.include_router(routes_api.router)
     app.include_router(routes_files.router)
     app.include_router(oauth.router)
