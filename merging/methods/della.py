@@ -201,8 +201,8 @@ class DellaKernel(Kernel):
         end = offset + length
         first = -(-offset // self.cols) * self.cols  # start of the first row inside the chunk
         last = end // self.cols * self.cols  # end of the last complete row
-        if first >= last:
-            first = last = end  # no complete row: the whole chunk is one piece
+        if first >= last:  # no complete row: at most a row's end and the next one's start
+            first = last = min(first, end)
         probability = self.params.rescale == "probability"
         for index, x in enumerate(inputs):
             if not self.sparse[index]:
@@ -224,6 +224,7 @@ class DellaKernel(Kernel):
                 self.l1[(index, offset)] = (float(magnitudes.double().sum()), after)
 
     def end_pass(self, step: int) -> None:
+        cut_rows = [0.0] * len(self.sources)  # L1 kept in the rows cut by chunks, in row order
         for (index, row), parts in sorted(self.pieces.items()):
             starts = sorted(parts)
             magnitudes = torch.cat([parts[s][1] for s in starts])
@@ -235,14 +236,13 @@ class DellaKernel(Kernel):
                 target[start - offset : start - offset + piece.numel()] = mask[
                     within : within + piece.numel()
                 ]
-            kept = float(magnitudes.double().mul_(mask.double()).sum())
-            self.l1[(index, row * self.cols + self.cols - 1)] = (0.0, kept)
+            cut_rows[index] += float(magnitudes.double().mul_(mask.double()).sum())
         self.pieces.clear()
         if self.params.rescale == "l1":
             for index in range(len(self.sources)):
                 parts = [v for (i, _), v in sorted(self.l1.items()) if i == index]
                 before = sum(b for b, _ in parts)
-                after = sum(a for _, a in parts)
+                after = sum(a for _, a in parts) + cut_rows[index]
                 if self.sparse[index] and before >= L1_FLOOR and after >= L1_FLOOR:
                     self.scales[index] = before / after
         self.l1.clear()

@@ -115,6 +115,9 @@ def multislerp(
 # ---------------------------------------------------------------- Karcher mean
 
 
+ANTIPODAL = 1e-7  # sin θ below this at θ ≈ π: the direction towards uᵢ is undefined; skipped
+
+
 class KarcherParams(MethodParams):
     max_iter: int = Field(10, ge=0)
     tol: float = Field(1e-5, ge=0)
@@ -126,7 +129,8 @@ def karcher_coefficients(gram: Tensor, params: KarcherParams) -> Tensor:
     Equal weights aᵢ = 1/k. Unit vectors uᵢ = θᵢ/‖θᵢ‖ of the inputs with ‖θᵢ‖ > tol (none: 0).
     Start: u = normalised Σ âᵢuᵢ (âᵢ the aᵢ renormalised over those inputs; u₁ if that sum is
     shorter than tol). Repeat ``max_iter`` times: T = Σ âᵢ·θᵢ/sin θᵢ·(uᵢ − cos θᵢ·u) over the
-    inputs with θᵢ = arccos(clamp(u·uᵢ)) ≥ tol; stop if ‖T‖ < tol; u ← cos‖T‖·u + sin‖T‖·T/‖T‖,
+    inputs with θᵢ = arccos(clamp(u·uᵢ)) ≥ tol (and sin θᵢ ≥ 1e-7: an antipodal uᵢ, whose
+    term mergekit computes as 0·∞, is skipped); stop if ‖T‖ < tol; u ← cos‖T‖·u + sin‖T‖·T/‖T‖,
     renormalised. Result: (Σᵢ aᵢ‖θᵢ‖)·u.
     """
     k = gram.shape[0]
@@ -151,7 +155,7 @@ def karcher_coefficients(gram: Tensor, params: KarcherParams) -> Tensor:
         for i in valid:
             dot = max(-1.0, min(1.0, float(u @ gram @ units[i])))
             theta = math.acos(dot)
-            if theta < params.tol:
+            if theta < params.tol or math.sin(theta) < ANTIPODAL:
                 continue
             tangent = tangent + weights[i] * (theta / math.sin(theta)) * (units[i] - dot * u)
         tangent_norm = norm(tangent)
@@ -212,7 +216,7 @@ def karcher(
         for i in valid:
             dot = max(-1.0, min(1.0, float(u @ units[i])))
             theta = math.acos(dot)
-            if theta < params.tol:
+            if theta < params.tol or math.sin(theta) < ANTIPODAL:
                 continue
             tangent += weights[i] * (theta / math.sin(theta)) * (units[i] - dot * u)
         tangent_norm = float(tangent.norm())

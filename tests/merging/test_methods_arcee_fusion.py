@@ -1,0 +1,67 @@
+"""Arcee Fusion: KL-weighted importance, median + 1.5·IQR threshold, the chunked kernel."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tests.merging.kernel_helpers import chunked, pure
+from tests.merging.method_helpers import GRID, models
+
+
+def by_hand(base, other):
+    """mergekit's steps with torch's softmax and a sort (tensors below 10⁶ elements)."""
+    p = F.softmax(other, dim=-1) + 1e-8
+    q = F.softmax(base, dim=-1) + 1e-8
+    importance = (other - base).abs() * (p * (p / q).log()).sum(-1, keepdim=True)
+    ordered = importance.reshape(-1).sort().values
+    n = ordered.numel()
+    q1, median, q3 = (ordered[int(q * (n - 1))] for q in (0.25, 0.5, 0.75))
+    return base + (other - base) * (importance >= median + 1.5 * (q3 - q1))
+
+
+def test_matches_the_steps_written_out():
+    torch.manual_seed(0)
+    base = torch.randn(16, 12)
+    other = base + torch.randn(16, 12) * torch.linspace(0.01, 1, 16).unsqueeze(1)
+    out = pure("arcee_fusion", base, [other])
+    torch.testing.assert_close(out, by_hand(base, other))
+    changed = out != base
+    assert 0 < int(changed.sum()) < out.numel()  # some changes taken, not all
+
+
+def test_vectors_are_one_row():
+    base, other = torch.randn(40), torch.randn(40)
+    torch.testing.assert_close(pure("arcee_fusion", base, [other]), by_hand(base, other))
+
+
+def test_a_model_with_itself_is_itself():
+    base = torch.randn(6, 6)
+    assert torch.equal(pure("arcee_fusion", base, [base.clone()]), base)
+
+
+def test_only_changes_are_taken_from_the_other_model():
+    base, other = torch.randn(8, 8), torch.randn(8, 8)
+    out = pure("arcee_fusion", base, [other])
+    assert torch.all((out == base) | torch.isclose(out, other))
+
+
+FEW = settings(max_examples=12, deadline=None)  # 3 radix selects × 2 passes × 2¹⁶ buckets a chunk
+
+
+@FEW
+@given(data=models(count=st.just(1)), chunk=st.integers(2, 17), threads=st.sampled_from([None, 3]))
+def test_kernel_matches_the_function(data, chunk, threads):
+    base, inputs = data
+    assert torch.equal(chunked("arcee_fusion", base, inputs, chunk=chunk, threads=threads),
+                       pure("arcee_fusion", base, inputs))  # fmt: skip
+
+
+@FEW
+@given(data=models(count=st.just(1), elements=GRID), chunk=st.integers(2, 9))
+def test_kernel_matches_the_function_with_tied_importances(data, chunk):
+    base, inputs = data
+    assert torch.equal(chunked("arcee_fusion", base, inputs, chunk=chunk),
+                       pure("arcee_fusion", base, inputs))  # fmt: skip

@@ -1,0 +1,99 @@
+"""SCE: variance top-k selection, squared-delta weights, sign erase; kernel against function."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tests.merging.kernel_helpers import chunked, pure
+from tests.merging.method_helpers import GRID, SETTINGS, models
+
+
+def by_hand(base, inputs, select_topk):
+    """SCE written out with torch's own var / topk (distinct variances: no ties)."""
+    deltas = torch.stack([x - base for x in inputs])
+    if select_topk < 1:
+        var = deltas.var(dim=0, unbiased=False).reshape(-1)
+        k = int(int((var != 0).sum()) * select_topk)
+        mask = torch.zeros_like(var)
+        mask[var.topk(k).indices] = 1
+        deltas = deltas * mask.reshape(base.shape)
+    means = deltas.square().reshape(len(inputs), -1).mean(1)
+    weights = means / means.sum()
+    sign = torch.where(deltas.sum(0) >= 0, 1.0, -1.0)
+    erase = (deltas.sign() == sign).float() * weights.reshape(-1, *[1] * base.dim())
+    return base + (deltas * erase).sum(0) / erase.sum(0).clamp(min=1e-6)
+
+
+@pytest.mark.parametrize("select_topk", [1.0, 0.5, 0.1])
+def test_matches_the_steps_written_out(select_topk):
+    torch.manual_seed(0)
+    base = torch.randn(7, 9)
+    inputs = [base + torch.randn(7, 9) * s for s in (0.5, 1.0, 2.0)]
+    torch.testing.assert_close(
+        pure("sce", base, inputs, select_topk=select_topk), by_hand(base, inputs, select_topk)
+    )
+
+
+def test_a_model_with_itself_is_itself_and_one_model_is_that_model():
+    base = torch.randn(5, 6)
+    model = base + torch.randn(5, 6)
+    assert torch.equal(pure("sce", base, [base.clone(), base.clone()]), base)
+    torch.testing.assert_close(pure("sce", base, [model]), model)
+
+
+def test_select_nothing_returns_the_base():
+    base = torch.randn(4, 4)
+    inputs = [base + 1, base - 2]
+    assert torch.equal(pure("sce", base, inputs, select_topk=0.0), base)
+    assert torch.equal(chunked("sce", base, inputs, select_topk=0.0, chunk=3), base)
+
+
+def test_per_model_weights_are_not_used():
+    base = torch.randn(3, 5)
+    inputs = [base + torch.randn(3, 5), base + torch.randn(3, 5)]
+    assert torch.equal(
+        pure("sce", base, inputs, [1.0, 1.0]), pure("sce", base, inputs, [5.0, -2.0])
+    )
+
+
+@SETTINGS
+@given(
+    data=models(count=st.integers(2, 4), elements=GRID),
+    order=st.permutations(range(4)),
+    select_topk=st.sampled_from([1.0, 0.6, 0.2]),
+)
+def test_permuting_models_changes_nothing(data, order, select_topk):
+    base, inputs = data
+    order = [i for i in order if i < len(inputs)]
+    first = pure("sce", base, inputs, select_topk=select_topk)
+    second = pure("sce", base, [inputs[i] for i in order], select_topk=select_topk)
+    torch.testing.assert_close(first, second, rtol=1e-6, atol=1e-6)
+
+
+@SETTINGS
+@given(
+    data=models(count=st.integers(1, 3)),
+    chunk=st.integers(1, 17),
+    select_topk=st.floats(0.0, 1.0),
+    threads=st.sampled_from([None, 3]),
+)
+def test_kernel_matches_the_function(data, chunk, select_topk, threads):
+    base, inputs = data
+    expected = pure("sce", base, inputs, select_topk=select_topk)
+    got = chunked("sce", base, inputs, chunk=chunk, threads=threads, select_topk=select_topk)
+    torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
+
+
+@settings(max_examples=15, deadline=None)  # each radix pass bincounts 2¹⁶ buckets per chunk
+@given(data=models(count=st.integers(2, 3), elements=GRID), chunk=st.integers(2, 9),
+       select_topk=st.floats(0.05, 0.95))  # fmt: skip
+def test_kernel_selection_is_exact_with_tied_variances(data, chunk, select_topk):
+    """The radix-selected threshold keeps every tie at the k-th variance, as the function."""
+    base, inputs = data
+    expected = pure("sce", base, inputs, select_topk=select_topk)
+    got = chunked("sce", base, inputs, chunk=chunk, select_topk=select_topk)
+    torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
+    assert torch.equal(got == base, expected == base)

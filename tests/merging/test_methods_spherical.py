@@ -1,0 +1,122 @@
+"""Multi-SLERP and the Karcher mean: sphere geometry, degenerate inputs, the Gram kernel."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from merging.errors import IncompatibleModelsError
+from tests.merging.kernel_helpers import chunked, pure
+from tests.merging.method_helpers import SETTINGS, models
+
+
+def rotate(v, other, angle):
+    """v rotated by ``angle`` towards ``other`` in their plane (same norm)."""
+    e1 = v / v.norm()
+    e2 = other - (other @ e1) * e1
+    e2 = e2 / e2.norm()
+    return v.norm() * (torch.cos(torch.tensor(angle)) * e1 + torch.sin(torch.tensor(angle)) * e2)
+
+
+@pytest.mark.parametrize("name", ["multislerp", "karcher"])
+def test_a_model_with_itself_is_itself_and_one_model_is_that_model(name):
+    x = torch.randn(5, 7)
+    torch.testing.assert_close(pure(name, None, [x, x.clone(), x.clone()]), x)
+    assert torch.equal(pure(name, None, [x]), x)
+
+
+@pytest.mark.parametrize("name", ["multislerp", "karcher"])
+def test_two_models_of_equal_norm_meet_at_the_geodesic_midpoint(name):
+    torch.manual_seed(0)
+    a = torch.randn(16)
+    b = rotate(a, torch.randn(16), 1.0)
+    torch.testing.assert_close(pure(name, None, [a, b]), rotate(a, b, 0.5), rtol=1e-5, atol=1e-5)
+
+
+def test_karcher_mean_of_three_points_on_a_great_circle_is_the_middle_one():
+    torch.manual_seed(1)
+    a, other = torch.randn(10), torch.randn(10)
+    points = [rotate(a, other, angle) for angle in (0.2, 0.5, 0.8)]
+    torch.testing.assert_close(pure("karcher", None, points, max_iter=50, tol=1e-9),
+                               points[1], rtol=1e-5, atol=1e-5)  # fmt: skip
+
+
+def test_karcher_scales_by_the_mean_norm_and_ignores_weights():
+    a = torch.tensor([3.0, 0.0])
+    b = torch.tensor([0.0, 1.0])
+    out = pure("karcher", None, [a, b], [5.0, 0.1])
+    torch.testing.assert_close(out, 2.0 * torch.tensor([2**-0.5, 2**-0.5]))
+
+
+def test_karcher_of_zero_tensors_is_zero():
+    zeros = torch.zeros(3, 3)
+    assert torch.equal(pure("karcher", None, [zeros, zeros.clone()]), zeros)
+
+
+def test_multislerp_one_hot_weights_give_that_model():
+    torch.manual_seed(2)
+    base = torch.randn(4, 4)
+    inputs = [torch.randn(4, 4) for _ in range(3)]
+    out = pure("multislerp", base, inputs, [0.0, 1.0, 0.0])
+    torch.testing.assert_close(out, inputs[1], rtol=1e-5, atol=1e-5)
+
+
+def test_multislerp_of_antipodal_inputs():
+    a = torch.randn(6)
+    # two inputs: mergekit falls back to the linear mix
+    assert torch.equal(pure("multislerp", None, [a, -a]), torch.zeros(6))
+    with pytest.raises(IncompatibleModelsError, match="antipodal"):
+        pure("multislerp", None, [a, -a, a.clone(), -a], tensor="x.weight")
+
+
+POSITIVE = st.floats(0.25, 4, width=32)  # inputs within 90° of each other: the means are unique
+
+
+@SETTINGS
+@given(
+    data=models(count=st.integers(2, 4), elements=POSITIVE),
+    order=st.permutations(range(4)),
+    weights=st.lists(st.floats(0.2, 2), min_size=4, max_size=4),
+    name=st.sampled_from(["multislerp", "karcher"]),
+)
+def test_permuting_models_with_their_weights_changes_nothing(data, order, weights, name):
+    _, inputs = data
+    n = len(inputs)
+    order = [i for i in order if i < n]
+    weights = weights[:n]
+    first = pure(name, None, inputs, weights)
+    second = pure(name, None, [inputs[i] for i in order], [weights[i] for i in order])
+    torch.testing.assert_close(first, second, rtol=1e-5, atol=1e-5)
+
+
+@SETTINGS
+@given(
+    data=models(count=st.integers(1, 4)),
+    chunk=st.integers(1, 17),
+    weights=st.lists(st.floats(0.2, 2), min_size=4, max_size=4),
+    with_base=st.booleans(),
+    threads=st.sampled_from([None, 3]),
+)
+def test_multislerp_kernel_matches_the_function(data, chunk, weights, with_base, threads):
+    base, inputs = data
+    base = base if with_base else None
+    weights = weights[: len(inputs)]
+    expected = pure("multislerp", base, inputs, weights)
+    got = chunked("multislerp", base, inputs, weights, chunk=chunk, threads=threads)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+@SETTINGS
+@given(
+    data=models(count=st.integers(1, 4)),
+    chunk=st.integers(1, 17),
+    max_iter=st.integers(0, 20),
+    threads=st.sampled_from([None, 3]),
+)
+def test_karcher_kernel_matches_the_function(data, chunk, max_iter, threads):
+    _, inputs = data
+    expected = pure("karcher", None, inputs, max_iter=max_iter)
+    got = chunked("karcher", None, inputs, chunk=chunk, threads=threads, max_iter=max_iter)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
