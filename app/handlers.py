@@ -111,7 +111,15 @@ class Handlers:
 
     # ------------------------------------------------------------------ models and recipe
     def search_models(self, query: str, token: str | None = None) -> list[dict[str, Any]]:
-        """Hub search; each hit as a dict (id, architecture, parameters, adapter facts)."""
+        """Search the Hub for models to merge (up to 20 hits, most downloaded first).
+
+        Args:
+            query: words of the model ids to find, e.g. `llama 1b instruct` or `tiny`.
+            token: a Hub token, needed only to see private or gated models (blank: anonymous).
+
+        Returns:
+            one dict per model: `id`, `architecture`, `parameters`, `dtype`, `is_adapter`, ….
+        """
         from merging.hub import search_models
 
         with user_facing():
@@ -177,7 +185,18 @@ class Handlers:
     def check(
         self, recipe: str, token: str | None, oauth_token: gr.OAuthToken | None = None
     ) -> str:
-        """API ``check``: the compatibility report; a bad recipe is a `gr.Error`."""
+        """Check that a merge recipe's models can merge, from their safetensors headers only.
+
+        Nothing but the headers is downloaded: architectures, tensor names, shapes and dtypes
+        are compared with the base model's, per model. Run it before `merge`.
+
+        Args:
+            recipe: the merge recipe as YAML (hubmerge's, or a mergekit config).
+            token: a Hub token that can read the recipe's models (blank for public models).
+
+        Returns:
+            the compatibility report as text; an invalid recipe is an error naming the problem.
+        """
         with user_facing():
             return self._check(recipe, _token(token, oauth_token))
 
@@ -205,7 +224,17 @@ class Handlers:
         request: gr.Request | None = None,
         progress: gr.Progress = gr.Progress(),  # noqa: B008 - gradio's injection idiom
     ) -> Iterator[tuple[str, str, dict[str, Any]]]:
-        """API ``merge``: start a merge (or greedy soup) job and stream its state."""
+        """Merge the models of a recipe into a new model (a job; it streams progress).
+
+        Args:
+            recipe: the merge recipe as YAML (method, base model, models and their weights).
+            token: a Hub token that can read the recipe's models (blank for public models).
+            soup_examples: greedy soup only: a jsonl file of held-out examples (blank: default).
+            soup_metric: greedy soup only: what ranks the ingredients on the held-out examples.
+
+        Returns:
+            the merge job's id (for `evaluate`, `push` and `job_status`), its log, its record.
+        """
         with user_facing():
             job_id = workflows.submit_merge(
                 self.runner, self.settings, recipe, token=_token(token, oauth_token),
@@ -247,7 +276,19 @@ class Handlers:
         request: gr.Request | None = None,
         progress: gr.Progress = gr.Progress(),  # noqa: B008
     ) -> Iterator[tuple[str, str, str | None, dict[str, Any]]]:
-        """API ``evaluate``: base / inputs / merge of a merge job on a suite or task list."""
+        """Evaluate a merge against its base and inputs, side by side (a job; it streams).
+
+        Args:
+            merge_job: the id of a finished merge job (what `merge` returned).
+            suite: a named evaluation suite, e.g. `demo` (ignored when `tasks` is given).
+            tasks: comma-separated lm-evaluation-harness task names; overrides the suite.
+            limit: items per task (blank or 0: the suite's own limit).
+            plot: also compute the interpolation curve from the base to the merge.
+            token: a Hub token that can read the base and input models.
+
+        Returns:
+            the evaluation job's id, the results as a markdown table, the plot, the job record.
+        """
         with user_facing():
             job_id = workflows.submit_evaluate(
                 self.runner, self.settings, (merge_job or "").strip(), suite=suite or None,
@@ -314,7 +355,18 @@ class Handlers:
         request: gr.Request | None = None,
         progress: gr.Progress = gr.Progress(),  # noqa: B008
     ) -> Iterator[tuple[str, str, dict[str, Any]]]:
-        """API ``push``: upload a merge job's output (card with results) to ``repo_id``."""
+        """Upload a merge job's model to a Hub repo, with a model card and its results (a job).
+
+        Args:
+            merge_job: the id of a finished merge job (what `merge` returned).
+            repo_id: the repo to push to, `namespace/name`.
+            private: create the repo as private.
+            exist_ok: update the repo when it exists already (else that is an error).
+            token: a Hub token with write access to the namespace.
+
+        Returns:
+            the push job's id, the commit's URL, the job record.
+        """
         user_token = _token(token, oauth_token)
         owner = self.caller(token, oauth_token, request)
         with user_facing():
