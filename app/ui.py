@@ -10,7 +10,7 @@ from typing import Any
 
 import gradio as gr
 
-from app import forms, ui_run
+from app import forms, ui_align, ui_run
 from app.handlers import Handlers
 from app.jobs import JobRunner, JobStore
 from app.settings import Settings
@@ -152,6 +152,7 @@ def build_demo(settings: Settings, runner: JobRunner | None = None) -> gr.Blocks
                 method = _method_tab(h)
             _wire_recipe(h, models, method, token)
             ui_run.render(h, settings, method=method, token=token)
+            ui_align.render(h, settings, token=token)
         gr.api(h.search_models, api_name="search_models", concurrency_limit=None)
         ui_run.soup_api(h)
     demo.runner = runner  # type: ignore[attr-defined]
