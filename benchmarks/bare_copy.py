@@ -1,39 +1,69 @@
-"""Lower bound for a merge: read every input byte once and write one output, no arithmetic.
+"""Lower bound for a merge: read every input file's bytes once and write the output's bytes.
 
-Reads run ahead in two threads (as hubmerge's readers do) while the main thread writes, so the
-bound is as parallel as the engine it bounds.
+No tensors, no parsing, no per-tensor copies: two reader threads read the input
+``*.safetensors`` files (split between them, largest first) into reused buffers, as two ``cat``
+processes would, while a writer thread writes as many bytes as the merged model has (one
+output file per base shard, the same sizes, from a reused buffer). A merge reads and writes at
+least this much, so no merge of the same models can be faster on the same machine.
 
-Usage: python benchmarks/bare_copy.py RECIPE OUT  (uses the recipe only for its model paths)
+Nothing heavy is imported (no torch): the bound is the I/O, not an interpreter's start-up.
+
+Usage: python benchmarks/bare_copy.py RECIPE OUT  (uses the recipe only for its local model
+paths: ``base_model`` and ``models[].model``)
 """
 
 from __future__ import annotations
 
 import sys
-from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+import threading
+from pathlib import Path
 
-from merging import load_recipe
-from merging.io.source import CheckpointSource
-from merging.io.writer import ShardWriter
+import yaml
+
+BUFFER = 16 << 20  # bytes per read / write call
+
+
+def _read(files: list[Path]) -> None:
+    buffer = bytearray(BUFFER)
+    for path in files:
+        with open(path, "rb", buffering=0) as f:
+            while f.readinto(buffer):
+                pass
+
+
+def _write(out: Path, sizes: list[int]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    view = memoryview(bytearray(BUFFER))
+    for index, size in enumerate(sizes, start=1):
+        with open(out / f"model-{index:05d}-of-{len(sizes):05d}.safetensors", "wb") as f:
+            left = size
+            while left:
+                left -= f.write(view[: min(left, BUFFER)])
 
 
 def main() -> None:
-    recipe = load_recipe(sys.argv[1])
-    paths = [recipe.base_model or recipe.models[0].model] + [s.model for s in recipe.inputs()]
-    sources = [CheckpointSource(p) for p in paths]
-    headers = list(sources[0].headers.values())
-
-    def read(name: str):  # a copy reads every page of every input
-        return [s.get(name).clone() for s in sources]
-
-    with ThreadPoolExecutor(2) as pool, ShardWriter(sys.argv[2], headers) as writer:
-        pending = deque(pool.submit(read, h.name) for h in headers[:4])
-        for index, header in enumerate(headers):
-            tensors = pending.popleft().result()
-            if index + 4 < len(headers):
-                pending.append(pool.submit(read, headers[index + 4].name))
-            writer.write(header.name, tensors[0])
-        writer.finish()
+    recipe = yaml.safe_load(Path(sys.argv[1]).read_text())
+    names = [m["model"] for m in recipe["models"]]
+    base = recipe.get("base_model") or names[0]
+    models = [base] + [m for m in names if m != base]
+    files = sorted(
+        (f for m in models for f in Path(m).glob("*.safetensors")),
+        key=lambda f: f.stat().st_size,
+        reverse=True,
+    )
+    halves: list[list[Path]] = [[], []]
+    loads = [0, 0]
+    for f in files:  # largest first onto the less loaded reader
+        lighter = loads.index(min(loads))
+        halves[lighter].append(f)
+        loads[lighter] += f.stat().st_size
+    sizes = [f.stat().st_size for f in sorted(Path(base).glob("*.safetensors"))]
+    threads = [threading.Thread(target=_read, args=(half,)) for half in halves]
+    threads.append(threading.Thread(target=_write, args=(Path(sys.argv[2]), sizes)))
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
 
 
 if __name__ == "__main__":

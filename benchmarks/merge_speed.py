@@ -3,11 +3,14 @@
 Builds Llama-shaped bf16 checkpoints (a base and N perturbed "fine-tunes", random weights
 written directly, no downloads), then runs each method as a separate process, paired and
 repeated, and prints medians of wall time, CPU time, peak RSS (anonymous and file-mapped
-pages sampled separately), input GB/s and hubmerge/mergekit ratios.
+pages sampled separately), input GB/s, each run against the bare read/write bound measured in
+the same repeat (`bare_copy.py`), and ratios to mergekit and to another hubmerge checkout.
+The table ends with the command that produced it.
 
 Usage:
     python benchmarks/merge_speed.py --sizes 0.25B,1B --repeats 3 \
-        [--mergekit /path/to/venv/bin/mergekit-yaml] [--work /tmp/hubmerge-bench]
+        [--mergekit /path/to/venv/bin/mergekit-yaml] [--baseline /path/to/old/checkout] \
+        [--work /tmp/hubmerge-bench] [--out /dev/shm/hm-out]
 
 Not a test: nothing here asserts timings.
 """
@@ -25,6 +28,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -39,6 +43,17 @@ METHODS = {
     "dare_ties": {"density": 0.5},
     "linear": {},
 }
+# The methods added for mergekit parity (issue 11), run with --methods: their per-model
+# parameters, their global ones, and which models each takes.
+MERGEKIT_METHODS: dict[str, dict[str, float]] = {
+    "della": {"density": 0.5}, "della_linear": {"density": 0.5}, "sce": {}, "nuslerp": {},
+    "multislerp": {}, "karcher": {}, "nearswap": {}, "arcee_fusion": {}, "ram": {},
+    "ramplus_tl": {},
+}  # fmt: skip
+GLOBAL_PARAMETERS = {"sce": {"select_topk": 0.5}, "nearswap": {"t": 0.0005}}
+WITHOUT_BASE = {"linear", "multislerp", "karcher", "nuslerp"}  # the base is listed as a model
+TWO_MODELS = {"nuslerp", "nearswap", "arcee_fusion"}  # exactly two, counting the base
+UNWEIGHTED = {"sce", "karcher", "nearswap", "arcee_fusion", "ram", "ramplus_tl"}
 
 
 def llama_tensors(hidden: int, inter: int, layers: int, vocab: int) -> dict[str, tuple[int, ...]]:
@@ -118,15 +133,22 @@ def build_checkpoint(path: Path, size: str, seed: int, base: Path | None) -> Non
 
 
 def recipe_yaml(method: str, base: Path, inputs: list[Path]) -> str:
-    params = METHODS[method]
-    if method == "linear":  # a soup of every model; mergekit wants a weight for each
+    params = {**METHODS, **MERGEKIT_METHODS}[method]
+    inputs = inputs[:1] if method in TWO_MODELS else inputs
+    if method in WITHOUT_BASE:  # e.g. linear: a soup of every model, a weight for each
         lines = [f"merge_method: {method}", "models:"]
         inputs = [base, *inputs]
     else:
         lines = [f"merge_method: {method}", f"base_model: {base}", "models:"]
     for p in inputs:
         extra = "".join(f", {k}: {v}" for k, v in params.items())
+        if method in UNWEIGHTED:
+            lines.append(f"  - model: {p}")
+            continue
         lines.append(f"  - model: {p}\n    parameters: {{weight: {1 / len(inputs):.4f}{extra}}}")
+    if method in GLOBAL_PARAMETERS:
+        values = ", ".join(f"{k}: {v}" for k, v in GLOBAL_PARAMETERS[method].items())
+        lines.append(f"parameters: {{{values}}}")
     lines.append("dtype: bfloat16")
     return "\n".join(lines) + "\n"
 
@@ -179,6 +201,20 @@ def input_bytes(paths: list[Path]) -> int:
     return sum(f.stat().st_size for p in paths for f in p.glob("*.safetensors"))
 
 
+def tools_for(
+    recipe: Path, args: argparse.Namespace
+) -> dict[str, tuple[list[str], dict[str, str]]]:
+    """The commands compared on one recipe (each gets the output folder appended)."""
+    env = dict(os.environ)
+    tools = {"hubmerge": ([sys.executable, "-m", "app.cli", "merge", str(recipe), "-o"], env)}
+    if args.baseline:  # another checkout of hubmerge, e.g. `git archive <rev> | tar -x -C DIR`
+        old = {**env, "PYTHONPATH": str(args.baseline)}
+        tools["baseline"] = ([sys.executable, "-m", "app.cli", "merge", str(recipe), "-o"], old)
+    if args.mergekit:
+        tools["mergekit"] = ([args.mergekit, str(recipe), "--no-copy-tokenizer"], env)
+    return tools
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", default="0.25B,1B")
@@ -186,9 +222,12 @@ def main() -> None:
     parser.add_argument("--inputs", type=int, default=2, help="fine-tunes besides the base")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--mergekit", help="path to mergekit-yaml (e.g. in its own venv)")
+    parser.add_argument("--baseline", type=Path, help="another hubmerge checkout to compare")
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "hm-bench")
+    parser.add_argument("--out", type=Path, help="where outputs are written (default: --work)")
     args = parser.parse_args()
-    rows = []
+    command = " ".join(["python", "benchmarks/merge_speed.py", *sys.argv[1:]])
+    rows: list[dict[str, Any]] = []
     for size in args.sizes.split(","):
         root = args.work / size
         base = root / "base"
@@ -197,53 +236,64 @@ def main() -> None:
         for i, p in enumerate(inputs, start=1):
             build_checkpoint(p, size, i, base)
         total_in = input_bytes([base, *inputs])
+        out_root = args.out or root
+        jobs: list[tuple[str, str, list[str], dict[str, str]]] = []
+        bare = Path(__file__).with_name("bare_copy.py")
         for method in args.methods.split(","):
             recipe = root / f"{method}.yaml"
             recipe.write_text(recipe_yaml(method, base, inputs))
-            tools = {
-                "hubmerge": [sys.executable, "-m", "app.cli", "merge", str(recipe), "-o"],
-                "bare": [
-                    sys.executable,
-                    str(Path(__file__).with_name("bare_copy.py")),
-                    str(recipe),
-                ],
-            }
-            if args.mergekit:
-                tools["mergekit"] = [args.mergekit, str(recipe), "--no-copy-tokenizer"]
-            samples: dict[str, list[dict[str, float]]] = {k: [] for k in tools}
-            for _ in range(args.repeats):
-                for tool, cmd in tools.items():  # paired: each repeat runs every tool once
-                    out = root / f"out-{tool}"
-                    shutil.rmtree(out, ignore_errors=True)
-                    samples[tool].append(run_measured([*cmd, str(out)]))
-                    shutil.rmtree(out, ignore_errors=True)
-            for tool, runs in samples.items():
-                med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
-                med["gbps"] = total_in / 1e9 / med["wall"]
-                rows.append({"size": size, "method": method, "tool": tool, **med})
-                print(json.dumps(rows[-1]), flush=True)
-    print_table(rows)
+            if not jobs:  # the bound is the same for every method: run it once per repeat
+                jobs.append(("(all)", "bare", [sys.executable, str(bare), str(recipe)], {}))
+            for tool, (cmd, env) in tools_for(recipe, args).items():
+                jobs.append((method, tool, cmd, env))
+        samples: dict[tuple[str, str], list[dict[str, float]]] = {}
+        for repeat in range(args.repeats):
+            # paired: each repeat runs every job once, in alternating order
+            for method, tool, cmd, env in jobs if repeat % 2 == 0 else jobs[::-1]:
+                out = out_root / f"out-{method}-{tool}"
+                shutil.rmtree(out, ignore_errors=True)
+                run = run_measured([*cmd, str(out)], env=env or None)
+                shutil.rmtree(out, ignore_errors=True)
+                samples.setdefault((method, tool), []).append(run)
+                print(json.dumps({"size": size, "method": method, "tool": tool, **run}),
+                      file=sys.stderr, flush=True)  # fmt: skip
+        bare_runs = samples[("(all)", "bare")]
+        for (method, tool), runs in samples.items():
+            med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+            med["gbps"] = total_in / 1e9 / med["wall"]
+            # paired ratios: each run against the bound measured in the same repeat
+            med["x_bare"] = statistics.median(
+                r["wall"] / b["wall"] for r, b in zip(runs, bare_runs, strict=True)
+            )
+            rows.append({"size": size, "method": method, "tool": tool, **med})
+    print_table(rows, command, args.repeats)
 
 
-def print_table(rows: list[dict[str, object]]) -> None:
-    print("\n| size | method | tool | wall s | CPU s | peak RSS GB | anon GB | file GB | in GB/s |")
-    print("|---|---|---|---|---|---|---|---|---|")
+def print_table(rows: list[dict[str, Any]], command: str, repeats: int) -> None:
+    print(f"\nCommand: {command}")
+    print(f"Medians of {repeats} paired repeats; x bare = median of per-repeat wall / bare wall.\n")
+    print("| size | method | tool | wall s | CPU s | x bare | peak RSS GB | anon GB | file GB "
+          "| in GB/s |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(
             f"| {r['size']} | {r['method']} | {r['tool']} | {r['wall']:.1f} | {r['cpu']:.1f} | "
-            f"{r['rss_gb']:.2f} | {r['anon_gb']:.2f} | {r['file_gb']:.2f} | {r['gbps']:.2f} |"
+            f"{r['x_bare']:.2f}x | {r['rss_gb']:.2f} | {r['anon_gb']:.2f} | {r['file_gb']:.2f} | "
+            f"{r['gbps']:.2f} |"
         )
     by_key = {(r["size"], r["method"], r["tool"]): r for r in rows}
-    print("\n| size | method | mergekit / hubmerge | hubmerge / bare |")
-    print("|---|---|---|---|")
+    tools = sorted({r["tool"] for r in rows} - {"bare", "hubmerge"})
+    print("\n| size | method | hubmerge / bare | " + " | ".join(
+        f"{t} / hubmerge" for t in tools) + " |")  # fmt: skip
+    print("|---|---|---|" + "---|" * len(tools))
     for (size, method, tool), r in by_key.items():
         if tool != "hubmerge":
             continue
-        mk = by_key.get((size, method, "mergekit"))
-        bare = by_key.get((size, method, "bare"))
-        speedup = f"{mk['wall'] / r['wall']:.2f}x" if mk else "n/a"  # type: ignore[operator]
-        vs_bare = f"{r['wall'] / bare['wall']:.2f}x" if bare else "n/a"  # type: ignore[operator]
-        print(f"| {size} | {method} | {speedup} | {vs_bare} |")
+        cells = []
+        for other in tools:
+            o = by_key.get((size, method, other))
+            cells.append(f"{o['wall'] / r['wall']:.2f}x" if o else "n/a")
+        print(f"| {size} | {method} | {r['x_bare']:.2f}x | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

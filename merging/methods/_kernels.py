@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from merging.methods import _compiled
 from merging.methods._ops import (
     PARALLEL_THRESHOLD,
     RandomStream,
@@ -93,7 +94,10 @@ class FamilyKernel(Kernel):
         self.l1 = [[0.0, 0.0] for _ in sources]
         self._l1_parts: dict[tuple[int, int], tuple[float, float]] = {}
         self._masks: dict[tuple[int, int], Tensor] = {}
+        self._counts: dict[tuple[int, int], Any] = {}  # (pass, thread) → compiled histograms
         self.raw_inputs = True  # inputs only enter as x − base: a mixed-dtype subtraction
+        # TIES / DARE-TIES chunks can run as fused compiled loops (same values; `_compiled`)
+        self.fusable = consensus and sparsify in ("none", "magnitude", "random")
         if sparsify == "magnitude" and not all(dense):
             self.reductions = 2
         elif sparsify == "outliers" and not all(dense):
@@ -110,13 +114,21 @@ class FamilyKernel(Kernel):
             return cached
         return self.rng.mask(index, offset, length, self.sources[index].density).to(device)
 
+    def _compiled(self, base: Tensor, inputs: Sequence[Tensor]) -> bool:
+        return self.fusable and _compiled.wants(base, inputs, self.dtype)
+
     def reduce(self, step: int, base: Tensor | None, inputs: Sequence[Tensor], offset: int) -> None:
         assert base is not None
-        base = base.to(self.dtype)
+        compiled = self._compiled(base, inputs)
+        if compiled and self.sparsify == "magnitude":
+            self._reduce_compiled(step, base, inputs)
+            return
+        stored, base = base, base.to(self.dtype)
         for index, x in enumerate(inputs):
             if self.dense[index]:
                 continue
-            magnitudes = delta_of(x, base).abs_()
+            # |δ| = |x − base| in float32, one fused loop when compiled
+            magnitudes = _compiled.magnitudes(stored, x) if compiled else delta_of(x, base).abs_()
             selector, band = self.selectors[index], self.bands[index]
             if selector is not None:
                 selector.observe(step, magnitudes)
@@ -131,7 +143,30 @@ class FamilyKernel(Kernel):
                 with self.lock:
                     self._l1_parts[(index, offset)] = (before, after)
 
+    def _reduce_compiled(self, step: int, base: Tensor, inputs: Sequence[Tensor]) -> None:
+        """Both radix passes of every trimmed input in one loop per chunk, counted into this
+        thread's histograms (integer counts: summing them per thread is order-free)."""
+        key = (step, threading.get_ident())
+        with self.lock:
+            counts = self._counts.get(key)
+            if counts is None:
+                counts = self._counts[key] = _compiled.histogram_buffer(step, len(inputs))
+        active = [s is not None for s in self.selectors]
+        highs = [0 if s is None else s.high for s in self.selectors]
+        _compiled.magnitude_histograms(step, base, inputs, active, highs, counts)
+
+    def _add_thread_counts(self, step: int) -> None:
+        parts = [c for (s, _), c in self._counts.items() if s == step]
+        if not parts:
+            return
+        total = torch.from_numpy(sum(parts).sum(axis=1))  # threads, then sub-histograms
+        for selector, row in zip(self.selectors, total, strict=True):
+            if selector is not None:
+                selector.add_counts(step, row)
+        self._counts.clear()
+
     def end_pass(self, step: int) -> None:
+        self._add_thread_counts(step)
         for selector in (*self.selectors, *self.bands):
             if selector is not None:
                 selector.end_pass(step)
@@ -166,6 +201,8 @@ class FamilyKernel(Kernel):
         assert base is not None
         if not self.consensus and all(self.dense):
             return self._linear_combination(base, inputs)
+        if self._compiled(base, inputs):
+            return self._apply_compiled(base, inputs, offset)
         base = base.to(self.dtype)
         deltas = [self._sparsified(i, delta_of(x, base), offset) for i, x in enumerate(inputs)]
         mixed = combine_deltas(
@@ -177,6 +214,48 @@ class FamilyKernel(Kernel):
             sign_method=getattr(self.params, "sign_method", "sum"),
         )
         return mixed.mul_(self.params.lambda_).add_(base)  # = base + λ·mixed, in place
+
+    def _apply_compiled(self, base: Tensor, inputs: Sequence[Tensor], offset: int) -> Tensor:
+        """`apply` as one fused loop; each sᵢ is specified as `_sparsified` computes it."""
+        modes, thresholds, keeps, rescales, scales = [], [], [], [], []
+        for index, source in enumerate(self.sources):
+            mode, threshold, keep, rescale, scale = _compiled.DENSE, 0.0, None, 0, 1.0
+            selector = self.selectors[index]
+            if self.dense[index]:
+                pass
+            elif selector is not None:
+                mode, threshold = _compiled.TRIM, float(selector.threshold)
+            else:
+                mode = _compiled.MASK
+                keep = self._mask(index, offset, base.numel(), base.device).numpy()
+                if self.params.rescale == "density":
+                    rescale, scale = _compiled.RESCALE_DIV, source.density
+                elif self.params.rescale == "l1":
+                    before, after = self.l1[index]
+                    if before >= 1e-7 and after >= 1e-7:
+                        rescale, scale = _compiled.RESCALE_MUL, before / after
+            for values, value in zip(
+                (modes, thresholds, keeps, rescales, scales),
+                (mode, threshold, keep, rescale, scale),
+                strict=True,
+            ):
+                values.append(value)
+        weights = [s.weight for s in self.sources]
+        by_weight = self.params.divide_by == "weights"
+        return _compiled.family_apply(
+            base,
+            inputs,
+            modes=modes,
+            thresholds=thresholds,
+            keeps=keeps,
+            rescales=rescales,
+            scales=scales,
+            weights=weights,
+            divisor_weights=weights if by_weight else [1.0] * len(weights),
+            sign_method=getattr(self.params, "sign_method", "sum"),
+            normalize=self.params.normalize,
+            lambda_=self.params.lambda_,
+        )
 
     def _linear_combination(self, base: Tensor, inputs: Sequence[Tensor]) -> Tensor:
         """θ_base + λ·Σ wᵢ(θᵢ − θ_base)/d as (1 − λΣwᵢ/d)·θ_base + Σ (λwᵢ/d)·θᵢ: one pass per input,

@@ -51,6 +51,12 @@ class RadixSelect:
             with self.lock:
                 self.low_hist += counts
 
+    def add_counts(self, step: int, counts: Tensor) -> None:
+        """Add a chunk's histogram for pass ``step``, counted elsewhere (the compiled loops):
+        of the high 16 bits in pass 0, of the low 16 bits within bucket `high` in pass 1."""
+        with self.lock:
+            (self.high_hist if step == 0 else self.low_hist).add_(counts)
+
     @staticmethod
     def _locate(hist: Tensor, k: int) -> tuple[int, int]:
         """Bucket holding the k-th largest, and how many of its elements are needed."""

@@ -1,0 +1,179 @@
+"""The compiled TIES / DARE loops against the torch kernels they replace: bit for bit."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from merging import METHODS
+from merging.methods import _compiled, random_stream
+from merging.streaming import run_kernel
+
+pytestmark = pytest.mark.skipif(not _compiled.available, reason="numba is not installed")
+
+FUSED = ["ties", "dare_ties"]
+POOL = ThreadPoolExecutor(2)
+
+
+def chunked(name, base, inputs, *, compiled, chunk, pool=None, seed=0, weights, **parameters):
+    """One tensor through the engine's kernel driver, compiled loops on or off."""
+    method = METHODS.get(name)
+    per_source = set(method.source_params.model_fields)
+    shared = {k: v for k, v in parameters.items() if k in per_source}
+    params = method.params.model_validate(
+        {k: v for k, v in parameters.items() if k not in per_source}
+    )
+    sources = [method.source_params.model_validate({**shared, "weight": w}) for w in weights]
+    kernel = method.kernel(params, sources, random_stream(seed, "t"), tuple(base.shape))
+    out = torch.empty(base.numel())
+    saved, fused = _compiled.available, _compiled.family_apply
+    calls = []
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return fused(*args, **kwargs)
+
+    _compiled.available, _compiled.family_apply = compiled, counted
+    try:
+        run_kernel(
+            kernel,
+            [base, *inputs],
+            out,
+            has_base=True,
+            device=torch.device("cpu"),
+            dtype=torch.float32,
+            chunk=chunk,
+            pool=pool,
+        )
+    finally:
+        _compiled.available, _compiled.family_apply = saved, fused
+    takes = _compiled.wants(base, inputs, torch.float32) if saved else False
+    assert bool(calls) == (compiled and takes)  # the path under test is the one that ran
+    return out
+
+
+def bf16_models(seed: int, n: int, models: int, *, levels: int | None) -> list[torch.Tensor]:
+    """bf16 base and fine-tunes. With ``levels``, deltas take few distinct values (long runs
+    of ties at the threshold, exact zeros, signed zeros); else Llama-like Gaussian noise."""
+    g = torch.Generator().manual_seed(seed)
+    base = (torch.randn(n, generator=g) * 0.02).bfloat16()
+    tensors = [base]
+    for _ in range(models):
+        if levels is None:
+            noise = torch.randn(n, generator=g) * 0.002
+        else:
+            noise = torch.randint(-levels, levels + 1, (n,), generator=g) / 64
+        tensors.append((base.float() + noise).bfloat16())
+    if levels is not None:
+        base[: n // 8] = -0.0  # x − (−0) and −0 − 0: signed zeros through every step
+        tensors[1][: n // 16] = 0.0
+    return tensors
+
+
+def assert_bitwise(got: torch.Tensor, expected: torch.Tensor) -> None:
+    different = (got.view(torch.int32) != expected.view(torch.int32)).sum()
+    assert int(different) == 0, f"{int(different)} of {got.numel()} elements differ"
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    name=st.sampled_from(FUSED),
+    seed=st.integers(0, 10_000),
+    n=st.integers(1, 5000),
+    models=st.integers(1, 3),
+    levels=st.sampled_from([None, 1, 3]),
+    density=st.floats(0.05, 1.0),
+    weights=st.lists(st.sampled_from([1.0, 0.5, 0.3, -0.7, 2.0]), min_size=3, max_size=3),
+    sign_method=st.sampled_from(["sum", "count", "total"]),
+    normalize=st.booleans(),
+    divide_by=st.sampled_from(["weights", "count"]),
+    rescale=st.sampled_from(["l1", "density", "none"]),
+    lambda_=st.sampled_from([1.0, 0.7, -1.3]),
+    chunk=st.sampled_from([3, 64, 1024, 1 << 18]),
+    threaded=st.booleans(),
+)
+def test_compiled_loops_equal_the_torch_kernels_bit_for_bit(
+    name,
+    seed,
+    n,
+    models,
+    levels,
+    density,
+    weights,
+    sign_method,
+    normalize,
+    divide_by,
+    rescale,
+    lambda_,
+    chunk,
+    threaded,
+):
+    tensors = bf16_models(seed, n, models, levels=levels)
+    parameters = {
+        "density": density,
+        "sign_method": sign_method,
+        "normalize": normalize,
+        "divide_by": divide_by,
+        "lambda": lambda_,
+        "weights": weights[:models],
+    }
+    if name == "dare_ties":
+        parameters["rescale"] = rescale
+    pool = POOL if threaded else None
+    expected = chunked(
+        name, tensors[0], tensors[1:], compiled=False, chunk=chunk, seed=seed, **parameters
+    )
+    got = chunked(
+        name,
+        tensors[0],
+        tensors[1:],
+        compiled=True,
+        chunk=chunk,
+        pool=pool,
+        seed=seed,
+        **parameters,
+    )
+    assert_bitwise(got, expected)
+
+
+@pytest.mark.parametrize("name", FUSED)
+@pytest.mark.parametrize("storage", [torch.bfloat16, torch.float32])
+def test_one_llama_sized_chunk_is_bit_identical(name, storage):
+    """A full 256K-element chunk split across threads, as the engine runs a 1B model."""
+    tensors = [t.to(storage) for t in bf16_models(7, 3 * (1 << 18) + 123, 2, levels=None)]
+    args = {"weights": [0.5, 0.5], "density": 0.5, "chunk": 1 << 18}
+    expected = chunked(name, tensors[0], tensors[1:], compiled=False, **args)
+    got = chunked(name, tensors[0], tensors[1:], compiled=True, pool=POOL, **args)
+    assert_bitwise(got, expected)
+
+
+def test_ties_threshold_runs_of_ties_are_all_kept():
+    """Every element equal to the k-th largest |δ| survives the trim, compiled or not."""
+    base = torch.zeros(1000, dtype=torch.bfloat16)
+    x = torch.full((1000,), 0.25, dtype=torch.bfloat16)
+    x[:300] = 0.5  # k = 500 falls inside the run of 0.25s: all 1000 are kept
+    got = chunked("ties", base, [x], compiled=True, chunk=64, weights=[1.0], density=0.5)
+    assert torch.equal(got, x.float())
+
+
+def test_declines_what_it_cannot_take():
+    """float16 inputs, mixed input dtypes and non-float32 compute go to the torch kernels."""
+    bf16 = torch.zeros(8, dtype=torch.bfloat16)
+    f32 = torch.zeros(8)
+    assert _compiled.wants(bf16, [bf16, bf16], torch.float32)
+    assert _compiled.wants(f32, [bf16], torch.float32)
+    assert not _compiled.wants(bf16, [bf16.half()], torch.float32)
+    assert not _compiled.wants(bf16, [bf16, f32], torch.float32)
+    assert not _compiled.wants(bf16, [bf16], torch.float64)
+
+
+def test_float16_inputs_fall_back_with_the_same_result():
+    tensors = [t.half() for t in bf16_models(3, 999, 2, levels=3)]
+    args = {"weights": [1.0, 0.5], "density": 0.3, "chunk": 100}
+    expected = chunked("ties", tensors[0], tensors[1:], compiled=False, **args)
+    got = chunked("ties", tensors[0], tensors[1:], compiled=True, **args)
+    assert_bitwise(got, expected)
