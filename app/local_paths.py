@@ -34,10 +34,7 @@ def is_loopback(host: str) -> bool:
 
 def recipe_paths(recipe: Recipe) -> list[str]:
     """Every model reference of a recipe that names a local folder."""
-    names = [recipe.base_model, *(s.model for s in recipe.models),
-             *(s.adapter for s in recipe.models)]  # fmt: skip
-    if recipe.tokenizer_source not in (None, "base"):
-        names.append(recipe.tokenizer_source)
+    names = recipe.references()  # slices, adapters and tokenizer sources included
     local = []
     for name in dict.fromkeys(n for n in names if n):
         ref = ModelRef.parse(name)

@@ -17,7 +17,7 @@ from merging.lora.adapter import LoraAdapter, fit_problems
 from merging.plan import TensorPlan, build_plan, plan_sources
 from merging.recipe import Recipe
 from merging.sources import remote_info, resolve_model
-from merging.tokenizer import build_vocab
+from merging.tokenizer import build_vocab, vocab_models
 from merging.validate import recipe_warnings
 
 VOCAB_TENSOR_HINTS = ("embed_tokens", "lm_head", "wte", "embed_in", "embed_out", "word_embeddings")
@@ -281,14 +281,16 @@ def check_recipe(
         infos[key] = info if key == info.label else SourceInfo(key, info.headers, info.config)
     plan = build_plan(recipe, infos)
     reference = infos[plan.reference]
-    out_dtype = recipe.output_dtype(reference.config.get("torch_dtype"))  # type: ignore[arg-type]
+    out_dtype = recipe.output_dtype(reference.config.get("torch_dtype"))
     if out_dtype not in OUT_DTYPE_CODES:
         out_dtype = recipe.output_dtype()
     vocab = None
     refs = {k: ModelRef.parse(s.model) for k, s in specs.items()}
-    local = {k: Path(ref.name) for k, ref in refs.items() if ref.local}
-    if len(local) == len(specs):
-        vocab = build_vocab(recipe, plan, local, infos)
+    named = {n: ModelRef.parse(n) for n in vocab_models(recipe)}
+    if all(ref.local for ref in [*refs.values(), *named.values()]):
+        local = {k: Path(ref.name) for k, ref in refs.items()}
+        folders = {n: Path(ref.name) for n, ref in named.items()}
+        vocab = build_vocab(recipe, plan, local, infos, named=folders)
     report = compare_plan(
         plan, infos, out_dtype=out_dtype, vocab_policy=recipe.vocab_policy,
         vocab_rows=vocab.rows if vocab else None,

@@ -164,8 +164,9 @@ def merge(
     infos = {key: source_info(source) for key, source in sources.items()}
     plan = build_plan(recipe, infos)
     reference = sources[plan.reference]
-    vocab = build_vocab(recipe, plan, {k: resolved[s.model].path for k, s in plan.sources.items()},
-                        infos)  # fmt: skip
+    paths = {k: resolved[s.model].path for k, s in plan.sources.items()}
+    named = {name: resolved[name].path for name in vocab_models(recipe)}
+    vocab = build_vocab(recipe, plan, paths, infos, named=named)
     out_dtype_name = recipe.output_dtype(config_dtype(reference.config))
     report = compare_plan(
         plan, infos, out_dtype=out_dtype_name, vocab_policy=recipe.vocab_policy,

@@ -213,11 +213,9 @@ def _plan_models(
     reference = infos[keys[0]]
     n = num_layers(reference.config, reference.headers)
     weights = recipe.parameters.get("weights")
-    chains = [
-        [s.parameters, {"weight": weights[i]} if isinstance(weights, list) else {},
-         recipe.parameters]
-        for i, s in enumerate(specs)
-    ]  # fmt: skip
+    chains: list[Chain] = [
+        [s.parameters, _nth_weight(weights, i), recipe.parameters] for i, s in enumerate(specs)
+    ]
     for name in reference.headers:
         index = layer_index(name)
         t = _position(index, n)
@@ -231,6 +229,15 @@ def _plan_models(
         PlannedLayer(i, None, tuple((k, i) for k in keys)) for i in range(n) if n > 0
     ]
     return plan
+
+
+def _nth_weight(weights: ParameterValue | None, index: int) -> dict[str, ParameterValue]:
+    """hubmerge's ``parameters: {weights: [...]}``: one weight per model, in order."""
+    if isinstance(weights, list) and index < len(weights):
+        value = weights[index]
+        if isinstance(value, (int, float)):
+            return {"weight": float(value)}
+    return {}
 
 
 def _position(index: int | None, n: int) -> float:

@@ -44,6 +44,7 @@ from merging._recipe_keys import Lenient
 from merging.align.settings import AlignSettings
 from merging.chat_templates import check_chat_template
 from merging.errors import RecipeError
+from merging.tokenizer_spec import TokenizerSpec, tokenizer_choice
 
 DTYPES = ("float32", "float16", "bfloat16")
 _DTYPE_ALIASES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16", "half": "float16"}
@@ -89,7 +90,7 @@ def evaluate_parameter(value: ParameterValue, tensor_name: str, t: float) -> Sca
             if cond.filter in (None, "*") or cond.filter in tensor_name:
                 return evaluate_parameter(cond.value, tensor_name, t)
         return None
-    numbers = [float(v) for v in value]  # type: ignore[arg-type]
+    numbers = [float(v) for v in value if not isinstance(v, Conditional)]
     scaled = t * (len(numbers) - 1)
     low = int(scaled)
     high = min(len(numbers) - 1, low + 1)
@@ -164,62 +165,6 @@ class Slice(BaseModel):
         return end - start
 
 
-class ModelToken(BaseModel):
-    """A token's embedding taken from a token of one model (``kind: model_token``)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-    kind: Literal["model_token"]
-    model: str
-    token_id: int | None = None
-    token: str | None = None
-
-    @model_validator(mode="after")
-    def _one_of(self) -> ModelToken:
-        if (self.token_id is None) == (self.token is None):
-            raise ValueError("give exactly one of token_id or token")
-        return self
-
-
-class ZeroToken(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-    kind: Literal["zero"]
-
-
-class TokenSpec(BaseModel):
-    """Where one token's embedding row comes from; ``force`` overrides rows the models have."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-    source: ModelToken | ZeroToken | str | None = None
-    force: bool = False
-
-
-class TokenizerSpec(BaseModel):
-    """mergekit's ``tokenizer:`` block."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-    source: str = "union"
-    tokens: dict[str, TokenSpec] = Field(default_factory=dict)
-    pad_to_multiple_of: int | None = Field(None, gt=0)
-
-    @field_validator("source")
-    @classmethod
-    def _source(cls, value: str) -> str:
-        return _tokenizer_choice(value)
-
-    @field_validator("tokens", mode="before")
-    @classmethod
-    def _null_tokens(cls, value: Any) -> Any:
-        return {} if value is None else value
-
-
-def _tokenizer_choice(value: str) -> str:
-    if value.startswith("model:"):
-        raise ValueError(
-            f"{value!r} is the legacy spelling; write the model itself: {value[len('model:'):]!r}"
-        )
-    return value
-
-
 class Recipe(BaseModel):
     """A complete, reproducible description of one merge.
 
@@ -281,7 +226,7 @@ class Recipe(BaseModel):
     @field_validator("tokenizer_source")
     @classmethod
     def _tokenizer_source(cls, value: str | None) -> str | None:
-        return None if value is None else _tokenizer_choice(value)
+        return None if value is None else tokenizer_choice(value)
 
     @field_validator("chat_template")
     @classmethod
@@ -317,6 +262,19 @@ class Recipe(BaseModel):
         specs += [SourceSpec(model=s.model, adapter=s.adapter) for s in self.models]
         return list({s.key: s for s in reversed(specs)}.values())[::-1]
 
+    def references(self) -> list[str]:
+        """Every model or adapter reference the recipe reads: sources, adapters, and the models
+        its tokenizer settings name (for access checks)."""
+        names = [s.model for s in self.referenced_models()]
+        names += [s.adapter for s in self.referenced_models() if s.adapter]
+        if self.tokenizer_choice not in ("base", "union"):
+            names.append(self.tokenizer_choice)
+        for spec in (self.tokenizer.tokens if self.tokenizer else {}).values():
+            model = getattr(spec.source, "model", spec.source)
+            if isinstance(model, str):
+                names.append(model)
+        return list(dict.fromkeys(names))
+
     @property
     def tokenizer_choice(self) -> str:
         """``base``, ``union`` or a model reference: where the output's vocabulary comes from."""
@@ -348,6 +306,7 @@ def _format_validation_error(err: ValidationError) -> str:
     lines = []
     for item in err.errors():
         where = ".".join(str(p) for p in item["loc"]) or "(recipe)"
+        where = "merge_method" if where == "method" else where
         message = item["msg"].removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
             message = "unknown key"
@@ -411,10 +370,10 @@ def read_recipe_data(source: str | Path) -> Any:
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(err, "problem", None) or str(err)
-        context = getattr(err, "context_mark", None)
-        if context is not None and getattr(err, "context", None):
-            problem += f" ({err.context} at line {context.line + 1})"  # type: ignore[attr-defined]
+        problem = str(getattr(err, "problem", None) or err)
+        context, mark_of_context = getattr(err, "context", None), getattr(err, "context_mark", None)
+        if context and mark_of_context is not None:
+            problem += f" ({context} at line {mark_of_context.line + 1})"
         raise RecipeError(f"recipe is not valid YAML{where}: {problem}") from None
     if len(documents) > 1:
         lines = [i + 1 for i, line in enumerate(text.splitlines()) if line.startswith("---")]

@@ -7,6 +7,7 @@ pool (torch single-threaded per op on CPU).
 
 from __future__ import annotations
 
+import functools
 import queue
 from collections import deque
 from collections.abc import Callable
@@ -166,6 +167,6 @@ def run_kernel(
                 future.result()
 
     for step in range(kernel.reductions):
-        each(lambda offset, step=step: reduce(step, offset))
+        each(functools.partial(reduce, step))
         kernel.end_pass(step)
     each(apply)

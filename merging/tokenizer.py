@@ -28,7 +28,8 @@ from merging.chat_templates import BUILT_IN
 from merging.errors import RecipeError, VocabMismatchError
 from merging.io.headers import SourceInfo
 from merging.plan import TensorPlan
-from merging.recipe import ModelToken, Recipe, TokenSpec, ZeroToken
+from merging.recipe import Recipe
+from merging.tokenizer_spec import ModelToken, TokenSpec, ZeroToken
 
 logger = logging.getLogger(__name__)
 
@@ -172,10 +173,20 @@ def _key_for(model: str, keys: list[str]) -> str:
 
 
 def build_vocab(
-    recipe: Recipe, plan: TensorPlan, paths: dict[str, Path], infos: dict[str, SourceInfo]
+    recipe: Recipe,
+    plan: TensorPlan,
+    paths: dict[str, Path],
+    infos: dict[str, SourceInfo],
+    *,
+    named: dict[str, Path] | None = None,
 ) -> Vocab | None:
     """The output vocabulary, or `None` when the recipe sets no tokenizer source (then the
-    base's tokenizer is copied and rows merge by index)."""
+    base's tokenizer is copied and rows merge by index).
+
+    Args:
+        paths: each source's folder, by source key.
+        named: folders of the models `vocab_models` lists (a ``tokenizer_source`` model).
+    """
     if recipe.tokenizer is None and recipe.tokenizer_source is None:
         return None
     base_key = recipe.base_model if recipe.base_model in paths else next(iter(paths))
@@ -194,7 +205,7 @@ def build_vocab(
     elif choice == "union":
         tokenizer = _union(loaded[base_key], [(loaded[k], sizes[k]) for k in loaded])
     else:
-        tokenizer = _load(paths.get(choice) or Path(choice))
+        tokenizer = _load(paths.get(choice) or (named or {}).get(choice) or Path(choice))
     tokens = dict(recipe.tokenizer.tokens) if recipe.tokenizer else {}
     if tokens:
         tokenizer.add_tokens([t for t in tokens if t not in tokenizer.get_vocab()])
