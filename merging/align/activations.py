@@ -90,10 +90,12 @@ def _load(path: Path, device: torch.device) -> Any:
     from transformers import AutoModelForCausalLM
 
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(
+            str(path), dtype=torch.float32, device_map={"": str(device)}
+        )
     except (OSError, ValueError, KeyError, RuntimeError) as err:
         raise AlignmentError(f"cannot load {path} to collect activations: {err}") from err
-    return model.to(device).eval()
+    return model.eval()
 
 
 def _activations(model: Any, spec: ModelSpec, ids: torch.Tensor) -> dict[Axis, list[torch.Tensor]]:

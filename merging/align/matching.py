@@ -218,6 +218,7 @@ def _step(pairs: TensorPairs, perms: Permutations, key: str | tuple[str, int]) -
         new = assignment(cost_matrix(pairs, perms, RESIDUAL))
         changed, perms.residual = _changed(perms.residual, new), new
         return changed
+    assert isinstance(key, tuple)
     kind, layer = key
     if kind == "mlp":
         new = assignment(cost_matrix(pairs, perms, ("mlp", layer)))

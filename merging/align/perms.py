@@ -98,6 +98,7 @@ class Permutations:
             return None
         if axis == RESIDUAL:
             return self.residual
+        assert isinstance(axis, tuple)
         kind, layer = axis
         if kind == "mlp":
             return self.mlp[layer]

@@ -45,10 +45,12 @@ def model_logits(path: Path, ids: torch.Tensor, *, device: torch.device) -> torc
     from transformers import AutoModelForCausalLM
 
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(
+            str(path), dtype=torch.float32, device_map={"": str(device)}
+        )
     except (OSError, ValueError, KeyError, RuntimeError) as err:
         raise AlignmentError(f"cannot load {path} for the function check: {err}") from err
-    model.to(device).eval()
+    model.eval()
     with torch.no_grad():
         logits = model(input_ids=ids.to(device)).logits.float().cpu()
     del model
