@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from merging.errors import RecipeError
+from merging.errors import MergeCancelled, RecipeError
 
 if TYPE_CHECKING:
     from merging.engine import MergeOptions, MergeResult
@@ -122,14 +122,25 @@ def merge_aligned(
     work = Path(tempfile.mkdtemp(prefix=f".{output.name}.hubmerge-aligned-", dir=output.parent))
     mapping: dict[str, str] = {}
     records: list[dict[str, Any]] = []
+
+    def cancelled() -> None:
+        if options.cancel is not None and options.cancel.is_set():
+            raise MergeCancelled(f"merge into {output} cancelled while aligning; nothing written")
+
+    def progress(event: Any) -> None:  # cancellation is honoured after every sweep
+        cancelled()
+        if options.progress is not None:
+            options.progress(event)
+
     try:
         for index, name in enumerate(others):
+            cancelled()
             result = align_models(
                 target, name, work / f"source-{index}", method=settings.method,
                 examples=settings.examples, max_iter=settings.max_iter,
                 seed=recipe.seed if settings.seed is None else settings.seed,
                 device=options.device, token=options.token, endpoint=options.endpoint,
-                progress=options.progress,
+                progress=progress,
             )  # fmt: skip
             mapping[name] = str(result.output)
             records.append(

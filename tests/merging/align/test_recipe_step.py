@@ -58,3 +58,19 @@ def test_align_settings_are_validated() -> None:
     with pytest.raises(RecipeError, match="align"):
         parse_recipe({"merge_method": "linear", "models": [{"model": "/x"}],
                       "align": {"to": "base", "method": "telepathy"}})  # fmt: skip
+
+
+def test_cancelled_alignment_leaves_nothing(family_models: dict[str, Path], tmp_path: Path) -> None:
+    import threading
+
+    from merging import MergeOptions
+    from merging.errors import MergeCancelled
+
+    a, b = family_models["llama"], family_models["llama_tied"]
+    models = [{"model": str(a)}, {"model": str(b)}]
+    recipe = parse_recipe({"merge_method": "linear", "models": models, "align": {"to": str(a)}})
+    cancel = threading.Event()
+    cancel.set()
+    with pytest.raises(MergeCancelled, match="cancelled while aligning"):
+        merge(recipe, tmp_path / "out", options=MergeOptions(cancel=cancel))
+    assert list(tmp_path.iterdir()) == []
