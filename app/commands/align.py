@@ -1,8 +1,8 @@
 """``hubmerge align --reference A --model B -o OUT``: permute B into A's basis (Git Re-Basin).
 
     hubmerge align --reference org/a --model org/b -o out/b-aligned
-    hubmerge align --reference a --model b -o out/b-aligned --method activations \
-        --examples calib.jsonl --probe heldout.jsonl
+    hubmerge align --reference a --model b -o out/b2 --method activations --examples c.jsonl
+    hubmerge align --reference a --model b -o out/b3 --probe heldout.jsonl
 
 OUT is B with its hidden units permuted (same tensors, shapes, dtypes), ``alignment.json``
 and a card. Every run checks that OUT computes B's function and fails, writing nothing, if
