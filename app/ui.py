@@ -10,7 +10,7 @@ from typing import Any
 
 import gradio as gr
 
-from app import forms, ui_align, ui_run
+from app import forms, ui_align, ui_run, ui_search
 from app.handlers import Handlers
 from app.jobs import JobRunner, JobStore
 from app.settings import Settings
@@ -151,6 +151,7 @@ def build_demo(settings: Settings, runner: JobRunner | None = None) -> gr.Blocks
             with gr.Tab("2 · Method", id="method"):
                 method = _method_tab(h)
             _wire_recipe(h, models, method, token)
+            ui_search.render(h, settings, method=method, token=token)
             ui_run.render(h, settings, method=method, token=token)
             ui_align.render(h, settings, token=token)
         gr.api(h.search_models, api_name="search_models", concurrency_limit=None)

@@ -108,8 +108,10 @@ def make_sampler(space: SearchSpace, *, seed: int, x0: Sequence[float] | None, s
             warnings.simplefilter("ignore", FutureWarning)
             return optuna.samplers.CmaEsSampler(x0=start, seed=seed,
                                                 warn_independent_sampling=False)  # fmt: skip
-    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup, multivariate=True,
-                                      warn_independent_sampling=False)  # fmt: skip
+    with warnings.catch_warnings():  # multivariate TPE is marked experimental
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup,
+                                          multivariate=True)  # fmt: skip
 
 
 def run_loop(

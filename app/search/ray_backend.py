@@ -26,14 +26,33 @@ logger = logging.getLogger(__name__)
 LOCAL_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 
 
-def _import_ray() -> Any:
+def is_loopback(address: str | None) -> bool:
+    """Whether `address` (``HOST:PORT``; `None` for a new local Ray) is on this machine only."""
+    if address is None:
+        return True
+    host = address.removeprefix("ray://").rsplit(":", 1)[0].strip("[]")
+    return host in ("127.0.0.1", "localhost", "::1")
+
+
+def _import_ray(*, loopback: bool) -> Any:
+    """Import Ray with usage statistics off; for a loopback cluster, with clusters off too.
+
+    Ray (2.60) replaces a loopback node address with the machine's routable one unless
+    ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``; it reads that when it is imported, so a process
+    that imported Ray earlier gets the same setting through the constant it set.
+    """
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+    if loopback:
+        os.environ.update(LOCAL_ENV)
     try:
         import ray
+        from ray._private import ray_constants
     except ImportError as err:
         raise BackendUnavailableError(
             "the Ray backend needs Ray: pip install 'hubmerge[ray]'"
         ) from err
+    if loopback:
+        ray_constants.ENABLE_RAY_CLUSTER = False
     return ray
 
 
@@ -71,7 +90,8 @@ class RayBackend:
         recipe (`Recipe`): the pinned recipe (every worker resolves its sources itself).
         rows: the selection examples (small: sent once to each actor).
         address (`str`, *optional*): an existing cluster's address; `None` starts a local Ray
-            on 127.0.0.1 for this process (stopped again by `close`).
+            on 127.0.0.1 for this process. `close` disconnects (and stops a local Ray) when
+            this backend made the connection.
         workers (`int`): actors (default: the cluster's CPUs, at most 8).
     """
 
@@ -90,18 +110,17 @@ class RayBackend:
         endpoint: str | None = None,
         cpus_per_worker: float = 1.0,
     ) -> None:
-        ray = _import_ray()
+        ray = _import_ray(loopback=is_loopback(address))
         self.ray = ray
         self._owns = False
         if not ray.is_initialized():
+            self._owns = True  # this process connected, so it disconnects in `close`
             if address:
                 ray.init(address=address, log_to_driver=False, configure_logging=False)
             else:
-                os.environ.update(LOCAL_ENV)
                 ray.init(address="local", num_cpus=workers or None, include_dashboard=False,
                          _node_ip_address="127.0.0.1", log_to_driver=False,
                          configure_logging=False)  # fmt: skip
-                self._owns = True
         cpus = int(ray.cluster_resources().get("CPU", 1))
         self.workers = max(1, workers or min(8, int(cpus // cpus_per_worker)))
         data = [r.model_dump(exclude_none=True) if hasattr(r, "model_dump") else dict(r)

@@ -1,0 +1,125 @@
+"""The Search step: find the recipe's weights / densities / λ on examples (layout, wiring and
+its one handler; the search itself is `app.search`).
+
+The search runs as a job like a merge (cancel keeps the best recipe so far); the chart shows
+every candidate's score and the best so far while it runs, and the winning recipe replaces
+the Method tab's YAML when it ends.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import gradio as gr
+
+from app import workflows
+from app.handlers import Handlers, _token, public, user_facing
+from app.jobs import JobRecord
+from app.search.job import BACKENDS, chart_points, submit_search
+from app.settings import Settings
+
+FOLLOW = {"concurrency_limit": 32, "concurrency_id": "follow"}
+LIGHT = {"concurrency_limit": None}
+
+
+class SearchHandler:
+    """The ``search`` endpoint, on top of the app's `Handlers` (settings, runner, identity)."""
+
+    def __init__(self, h: Handlers) -> None:
+        self.h = h
+
+    def search(
+        self,
+        recipe: str,
+        examples: str | None,
+        upload: str | None,
+        budget: float | None,
+        seed: float | None,
+        metric: str | None,
+        backend: str | None,
+        token: str | None,
+        oauth_token: gr.OAuthToken | None = None,
+        request: gr.Request | None = None,
+        progress: gr.Progress = gr.Progress(),  # noqa: B008 - gradio's injection idiom
+    ) -> Iterator[tuple[str, str, Any, Any, dict[str, Any]]]:
+        """Search a recipe's parameters (per-model weights, densities, λ or t) by scoring
+        candidate merges on examples in memory, then merge the best one (a job; it streams).
+
+        Args:
+            recipe: the starting recipe as YAML; its method and models define what is searched.
+            examples: a jsonl file of {"input", "output"} selection examples (blank: default).
+            upload: an uploaded jsonl file of examples (takes precedence over `examples`).
+            budget: how many candidates to score in all, the starting recipes included.
+            seed: the optimiser's seed; the same seed gives the same candidates.
+            metric: "loss" (mean output-token loss), "exact_match" or "multiple_choice".
+            backend: "in process", or "local ray" (Ray actors on this machine).
+            token: a Hub token that can read the recipe's models (blank for public models).
+
+        Returns:
+            the job id, its log, the chart (score per candidate and best so far), the best
+            recipe's YAML once the search ends, and the job record.
+        """
+        from evaluation.scoring import load_examples
+
+        with user_facing():
+            parsed = workflows.parse(recipe, self.h.settings)
+            if upload:
+                rows = load_examples(upload)  # the caller's own upload
+            else:
+                rows = workflows._examples(self.h.settings, (examples or "").strip() or None)
+            job_id = submit_search(
+                self.h.runner, self.h.settings, parsed, rows, budget=int(budget or 24),
+                seed=int(seed or 0), metric=metric or "loss", backend=backend or BACKENDS[0],
+                token=_token(token, oauth_token), owner=self.h.caller(token, oauth_token, request),
+            )  # fmt: skip
+
+        def render(record: JobRecord) -> tuple[str, str, Any, Any, dict[str, Any]]:
+            import pandas as pd
+
+            points = pd.DataFrame(chart_points(record.id, record.result),
+                                  columns=["candidate", "score", "series"])  # fmt: skip
+            best = (record.result or {}).get("recipe")
+            return record.id, record.log, points, best if best else gr.update(), public(record)
+
+        yield from self.h._follow(job_id, progress, render)
+
+
+def render(h: Handlers, settings: Settings, *, method: dict[str, Any], token: Any) -> None:
+    """The Search tab (between Method and Merge)."""
+    handler = SearchHandler(h)
+    recipe = method["recipe"]
+    with gr.Tab("2b · Search", id="search"):
+        gr.Markdown(
+            "Search the recipe's **weights, densities and λ** on examples of what the merge must "
+            "do: each candidate is merged in memory and scored (mean output-token loss); your "
+            "recipe and the usual fixed recipes are scored first. The best recipe replaces the "
+            "YAML in step 2 and is merged (use its job id in Evaluate and Push). Cancel keeps "
+            "the best so far."
+        )
+        with gr.Row():
+            examples = gr.Textbox(label="Examples (jsonl path; blank: the default held-out set)",
+                                  elem_id="search-examples")  # fmt: skip
+            upload = gr.File(label="…or upload a jsonl", file_types=[".jsonl"], type="filepath")
+        with gr.Row():
+            budget = gr.Number(value=24, precision=0, minimum=1, label="Budget (candidates)",
+                               elem_id="search-budget")  # fmt: skip
+            seed = gr.Number(value=0, precision=0, label="Seed")
+            metric = gr.Dropdown(["loss", "exact_match", "multiple_choice"], value="loss",
+                                 label="Metric")  # fmt: skip
+            backend = gr.Dropdown(list(BACKENDS), value=BACKENDS[0], label="Backend")
+        with gr.Row():
+            start = gr.Button("Search", variant="primary", elem_id="search-btn")
+            cancel = gr.Button("Cancel", variant="stop", elem_id="search-cancel")
+        job = gr.Textbox(label="Search job id", elem_id="search-job")
+        chart = gr.LinePlot(x="candidate", y="score", color="series", elem_id="search-chart",
+                            label="Score per candidate and best so far")  # fmt: skip
+        log = gr.Textbox(label="Log", lines=8, max_lines=20, elem_id="search-log")
+        with gr.Accordion("Job record", open=False):
+            record = gr.JSON(label="Job")
+        note = gr.Markdown()
+    inputs = [recipe, examples, upload, budget, seed, metric, backend, token]
+    start.click(h.validate_recipe, recipe, None, api_visibility="private", **LIGHT).success(
+        handler.search, inputs, [job, log, chart, recipe, record], api_name="search", **FOLLOW
+    )
+    cancel.click(h.cancel, [job, token], note, api_visibility="private", **LIGHT)
