@@ -119,3 +119,43 @@ def from_vectors(rows: Tensor, shape: Sequence[int], along: Along) -> Tensor:
     if along == "flat" or len(shape) < 2 or along == "last":
         return rows.reshape(shape)
     return rows.t().reshape(shape)
+
+
+class CutRows:
+    """Rows of ``cols`` consecutive flat elements seen in chunks: each chunk's complete rows
+    are handled at once; the pieces of rows cut by chunk boundaries (at most two per chunk) are
+    kept until the pass ends and then handed out as whole rows, in row order."""
+
+    def __init__(self, cols: int) -> None:
+        self.cols = max(1, cols)
+        self.lock = threading.Lock()
+        self.pieces: dict[int, dict[int, list[Tensor]]] = {}  # row → {start: [piece per input]}
+
+    def complete(self, offset: int, length: int) -> tuple[int, int]:
+        """[first, last): the flat span of the chunk's complete rows (empty if none)."""
+        end = offset + length
+        first = -(-offset // self.cols) * self.cols
+        last = end // self.cols * self.cols
+        if first >= last:  # no complete row: at most a row's end and the next one's start
+            first = last = min(first, end)
+        return first, last
+
+    def keep(self, offset: int, values: Sequence[Tensor]) -> None:
+        """Keep the parts of the chunk at ``offset`` outside its complete rows."""
+        length = values[0].numel()
+        first, last = self.complete(offset, length)
+        with self.lock:
+            for lo, hi in ((offset, first), (last, offset + length)):
+                if lo < hi:
+                    parts = [v[lo - offset : hi - offset].clone() for v in values]
+                    self.pieces.setdefault(lo // self.cols, {})[lo] = parts
+
+    def rows(self) -> list[tuple[int, list[Tensor]]]:
+        """(row, whole row per input) for every cut row, in row order; the pieces are dropped."""
+        out = []
+        for row, parts in sorted(self.pieces.items()):
+            starts = sorted(parts)
+            out.append((row, [torch.cat([parts[s][i] for s in starts])
+                              for i in range(len(parts[starts[0]]))]))  # fmt: skip
+        self.pieces.clear()
+        return out

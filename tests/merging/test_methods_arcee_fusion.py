@@ -27,14 +27,23 @@ def test_matches_the_steps_written_out():
     base = torch.randn(16, 12)
     other = base + torch.randn(16, 12) * torch.linspace(0.01, 1, 16).unsqueeze(1)
     out = pure("arcee_fusion", base, [other])
-    torch.testing.assert_close(out, by_hand(base, other))
+    assert torch.equal(out, by_hand(base, other))  # same float32 operations: same rounding
     changed = out != base
     assert 0 < int(changed.sum()) < out.numel()  # some changes taken, not all
 
 
 def test_vectors_are_one_row():
     base, other = torch.randn(40), torch.randn(40)
-    torch.testing.assert_close(pure("arcee_fusion", base, [other]), by_hand(base, other))
+    assert torch.equal(pure("arcee_fusion", base, [other]), by_hand(base, other))
+
+
+def test_rows_longer_than_a_chunk_are_fused_whole():
+    torch.manual_seed(3)
+    base = torch.randn(5, 40)
+    other = base + torch.randn(5, 40) * torch.linspace(0.01, 1, 5).unsqueeze(1)
+    expected = pure("arcee_fusion", base, [other])
+    for chunk in (7, 40, 63, 200):
+        assert torch.equal(chunked("arcee_fusion", base, [other], chunk=chunk), expected)
 
 
 def test_a_model_with_itself_is_itself():
