@@ -92,6 +92,22 @@ tokenizer:
     "<|new|>": {{source: {{kind: zero}}}}
     plus: {{source: {{kind: model_token, model: {y}, token: "</s>"}}, force: true}}
 """,
+    # keys without effect (hubmerge warns): the same tensors as without them
+    "lenient ties": """merge_method: ties
+base_model: {a}
+models:
+  - model: {a}
+    parameters:
+  - {{model: {b}, parameters: {{density: 0.5, weight: 0.7}}}}
+  - {{model: {c}, parameters: {{density: 0.6, weight: 0.3, lambda: 2.0}}}}
+parameters: {{normalize: true, int8_mask: true, nomalize: false}}
+tokenzer_source: union
+""",
+    "lenient slerp": """merge_method: slerp
+base_model: {a}
+models: [{{model: {a}}}, {{model: {b}}}]
+parameters: {{t: 0.3, embed_slerp: true}}
+""",
 }
 
 
