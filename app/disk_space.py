@@ -7,6 +7,7 @@ output's bytes, plus the bytes of every Hub source, which land in the Hugging Fa
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -15,6 +16,7 @@ from merging import Recipe
 from merging.errors import OutputError
 
 GB = 1e9
+logger = logging.getLogger(__name__)
 
 
 def _existing(path: Path) -> Path:
@@ -33,11 +35,16 @@ def _hub_cache() -> Path:
 def needed_bytes(
     recipe: Recipe, *, token: str | None, endpoint: str | None
 ) -> tuple[int, int] | None:
-    """(output bytes, download bytes) of `recipe`'s merge; None when the check finds the
-    models incompatible (the merge itself then reports that precisely)."""
+    """(output bytes, download bytes) of `recipe`'s merge; None when they cannot be known
+    (models incompatible or unreachable, a recipe the header check does not cover): the merge
+    itself then reports the problem precisely, and its writer still checks each shard."""
     from merging.check import check_recipe
 
-    report = check_recipe(recipe, token=token, endpoint=endpoint)
+    try:
+        report = check_recipe(recipe, token=token, endpoint=endpoint)
+    except Exception as err:
+        logger.info("no disk estimate before the merge (%s)", type(err).__name__)
+        return None
     if not report.ok:
         return None
     return report.output_bytes, report.download_bytes

@@ -136,6 +136,7 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, help="reuse a data dir (demo models cached)")
     parser.add_argument("--port", type=int, default=7871)
     parser.add_argument("--json", type=Path, help="also write the numbers here")
+    parser.add_argument("--no-heavy", action="store_true", help="baseline: light calls only")
     args = parser.parse_args()
     from gradio_client import Client
 
@@ -157,7 +158,7 @@ def main() -> None:
         ready.wait()  # every client is connected: the window starts
         heavies = [threading.Thread(target=heavy, args=(Client(url, verbose=False), kind, first,
                                                         stop, jobs))
-                   for kind in ("merge", "evaluate")]  # fmt: skip
+                   for kind in ("merge", "evaluate") if not args.no_heavy]  # fmt: skip
         for thread in heavies:
             thread.start()
         time.sleep(args.seconds)
