@@ -63,7 +63,7 @@ def submit_align(
 
     def work(ctx: JobContext) -> dict[str, Any]:
         from evaluation.probe import compare_barriers, plot_probes
-        from merging.align import align_models
+        from merging.align.run import align_models
         from merging.sources import resolve_model
 
         def progress(event: Any) -> None:

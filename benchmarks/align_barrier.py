@@ -69,7 +69,7 @@ def barrier_table(work: Path, a: Path, b: Path, examples: list[dict[str, str]], 
     from evaluation.probe import compare_barriers, plot_probes
     from evaluation.scoring import Scorer, as_examples
     from merging import merge, parse_recipe
-    from merging.align import align_models
+    from merging.align.run import align_models
 
     aligned = {}
     rows = []

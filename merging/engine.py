@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from merging.align.recipe_step import merge_aligned
 from merging.check import CompatibilityReport, compare_plan, is_vocab_tensor
 from merging.errors import MergeCancelled, RecipeError
 from merging.io.headers import TensorHeader
@@ -27,6 +28,7 @@ from merging.io.writer import DEFAULT_SHARD_SIZE, ShardWriter
 from merging.methods import get_method, random_stream
 from merging.outputs import TOKENIZER_FILES, TORCH_DTYPES, Extras, config_dtype, write_extras
 from merging.plan import PlannedTensor, build_plan, layer_index, plan_sources
+from merging.progress import Progress, ProgressCallback
 from merging.recipe import Recipe
 from merging.sources import ResolvedModel, open_source, resolve_model, source_info
 from merging.streaming import (
@@ -45,18 +47,6 @@ logger = logging.getLogger(__name__)
 
 
 
-@dataclass(frozen=True)
-class Progress:
-    """One progress report: ``stage`` is "download" or "merge"; bytes are output bytes."""
-
-    stage: str
-    done: int
-    total: int
-    bytes_done: int = 0
-    bytes_total: int = 0
-
-
-ProgressCallback = Callable[[Progress], None]
 
 
 @dataclass
@@ -151,10 +141,8 @@ def merge(
         >>> merge(load_recipe("examples/ties.yaml"), "out/merged")  # doctest: +SKIP
     """
     options = options or MergeOptions()
-    if getattr(recipe, "align", None) is not None:  # align sources into one basis first
-        from merging.align.recipe_step import merge_aligned
-
-        return merge_aligned(recipe, output, options=options)
+    if recipe.align is not None:  # align sources into one basis first, then merge the copies
+        return merge_aligned(recipe, output, options=options, merge=merge)
     started = time.perf_counter()
     recipe.with_warnings(recipe_warnings(recipe))  # binds the method: fails before any read
     method = get_method(recipe.merge_method)

@@ -126,7 +126,8 @@ def test_merging_module_imports_form_no_circle():
     ("module", "names"),
     [
         ("merging", ["load_recipe", "parse_recipe", "merge", "MergeOptions", "MergeResult",
-                     "Recipe", "SourceSpec", "METHODS", "get_method", "MergeError", "RecipeError"]),
+                     "Recipe", "SourceSpec", "METHODS", "get_method", "MergeError", "RecipeError",
+                     "align_models"]),
         ("merging.hub", ["push_folder", "download_model", "resolve_revision", "search_models",
                          "remote_tensor_headers", "remote_config", "write_eval_results_to_card"]),
         ("merging.lora", ["LoraAdapter", "lora_scale", "pattern_value", "fit_problems"]),

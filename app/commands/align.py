@@ -50,7 +50,7 @@ def _print_sweep(event: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from merging.align import align_models
+    from merging.align.run import align_models
 
     result = align_models(
         args.reference, args.model, args.output, method=args.method, examples=args.examples,

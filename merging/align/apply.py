@@ -6,9 +6,9 @@ from pathlib import Path
 
 from merging.align.perms import Permutations
 from merging.align.spec import Axis
-from merging.engine import TOKENIZER_FILES
 from merging.io.source import CheckpointSource
 from merging.io.writer import DEFAULT_SHARD_SIZE, ShardWriter
+from merging.outputs import TOKENIZER_FILES
 
 COPIED_FILES = ("config.json", "generation_config.json", *TOKENIZER_FILES)
 

@@ -29,9 +29,9 @@ import torch
 
 from merging.align.perms import HeadPermutation, Permutations
 from merging.align.spec import RESIDUAL, Axis, ModelSpec, axis_size, permutation_keys
-from merging.engine import Progress
 from merging.errors import AlignmentError
 from merging.io.source import CheckpointSource
+from merging.progress import Progress
 
 logger = logging.getLogger(__name__)
 

@@ -14,14 +14,18 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from merging.align.run import align_models
 from merging.errors import MergeCancelled, RecipeError
 
 if TYPE_CHECKING:
     from merging.engine import MergeOptions, MergeResult
     from merging.recipe import Recipe
+
+    MergeFunction = Callable[..., MergeResult]
 
 logger = logging.getLogger(__name__)
 
@@ -107,13 +111,13 @@ def _record_in_output(
 
 
 def merge_aligned(
-    recipe: Recipe, output: Path | str, *, options: MergeOptions | None = None
+    recipe: Recipe, output: Path | str, *, options: MergeOptions, merge: MergeFunction
 ) -> MergeResult:
-    """Run a recipe with an ``align:`` block (see the module docstring)."""
-    from merging.align.run import align_models
-    from merging.engine import MergeOptions, merge
+    """Run a recipe with an ``align:`` block (see the module docstring).
 
-    options = options or MergeOptions()
+    ``merge`` is the engine's own merge function, handed in by the engine (this module never
+    imports the engine): it is called once, on the recipe rewritten to the aligned copies.
+    """
     settings = recipe.align
     assert settings is not None
     target, others = align_target(recipe)

@@ -17,6 +17,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from merging.align.activations import activation_matching, load_texts
+from merging.align.apply import write_aligned
 from merging.align.lineage import Lineage, lineage
 from merging.align.matching import (
     MatchResult,
@@ -29,10 +31,10 @@ from merging.align.matching import (
 from merging.align.perms import Permutations
 from merging.align.spec import ModelSpec, model_spec, tensor_axes
 from merging.align.verify import FunctionCheck, check_function
-from merging.engine import Progress
 from merging.errors import AlignmentError, OutputError
 from merging.io.source import CheckpointSource
 from merging.io.writer import DEFAULT_SHARD_SIZE
+from merging.progress import Progress
 from merging.sources import ResolvedModel, resolve_model
 
 logger = logging.getLogger(__name__)
@@ -191,8 +193,6 @@ def align_models(
         match = weight_matching(source_a, source_b, spec, axes, max_iter=max_iter, seed=seed,
                                 device=str(compute), progress=progress)  # fmt: skip
     else:
-        from merging.align.activations import activation_matching, load_texts
-
         perms, summary = activation_matching(
             resolved_a.path, resolved_b.path, spec, load_texts(examples), device=compute
         )
@@ -202,8 +202,6 @@ def align_models(
         match.sweeps.append(Sweep(1, objective(pairs, perms), 1, time.perf_counter() - started))
     staged = output.with_name(f".{output.name}.hubmerge-align-{os.getpid()}")
     shutil.rmtree(staged, ignore_errors=True)
-    from merging.align.apply import write_aligned
-
     try:
         write_aligned(source_b, axes, match.permutations, staged, shard_size=shard_size)
         check = check_function(resolved_b.path, staged, vocab=spec.vocab, device=compute)
