@@ -168,19 +168,26 @@ def _continues(prev: PlannedLayer, layer: PlannedLayer) -> bool:
     )
 
 
+def takes_base(method: Method[Any, Any], base_model: str | None) -> bool:
+    """Whether the method merges against a base: always when it needs one, and for methods
+    whose base is optional (NuSLERP, Multi-SLERP) when the recipe names one."""
+    return method.needs_base or (getattr(method, "optional_base", False) and bool(base_model))
+
+
 def plan_sources(recipe: Recipe) -> dict[str, SourceSpec]:
     """Every source a plan reads, by key (``model`` or ``model+adapter``), the reference first:
     the base when the method takes one (or when ``slices:`` name one), else the first model."""
     method = get_method(recipe.merge_method)
     out: dict[str, SourceSpec] = {}
-    if recipe.base_model and (method.needs_base or recipe.slices):
+    with_base = takes_base(method, recipe.base_model)
+    if recipe.base_model and (with_base or recipe.slices):
         out[recipe.base_model] = SourceSpec(model=recipe.base_model)
     if recipe.slices:
         for slice_ in recipe.slices:
             for s in slice_.sources:
                 out.setdefault(s.key, SourceSpec(model=s.model, adapter=s.adapter))
         return out
-    for spec in recipe.inputs() if method.needs_base else recipe.models:
+    for spec in recipe.inputs() if with_base else recipe.models:
         out.setdefault(spec.key, spec)
     return out
 
@@ -205,8 +212,9 @@ def build_plan(recipe: Recipe, infos: dict[str, SourceInfo]) -> TensorPlan:
 def _plan_models(
     recipe: Recipe, method: Method[Any, Any], infos: dict[str, SourceInfo]
 ) -> TensorPlan:
-    specs = recipe.inputs() if method.needs_base else list(recipe.models)
-    keys = ([recipe.base_model] if method.needs_base and recipe.base_model else []) + [
+    with_base = takes_base(method, recipe.base_model)
+    specs = recipe.inputs() if with_base else list(recipe.models)
+    keys = ([recipe.base_model] if with_base and recipe.base_model else []) + [
         s.key for s in specs
     ]
     plan = TensorPlan(method, plan_sources(recipe), keys[0])
@@ -223,7 +231,7 @@ def _plan_models(
         params = _bind(method.params, [recipe.parameters], name, t)
         per_source = tuple(_bind(method.source_params, c, name, t) for c in chains)
         plan.tensors.append(
-            PlannedTensor(name, inputs, method.needs_base, params, per_source, index)
+            PlannedTensor(name, inputs, with_base, params, per_source, index)
         )
     plan.layers = [
         PlannedLayer(i, None, tuple((k, i) for k in keys)) for i in range(n) if n > 0
@@ -316,18 +324,19 @@ def _plan_tensor(
     method = plan.method
     base = slice_.base_model or recipe.base_model
     order = list(range(len(slice_.sources)))
-    if method.needs_base:
+    with_base = takes_base(method, base) and any(_is(s, base) for s in slice_.sources)
+    if with_base:
         order.sort(key=lambda i: not _is(slice_.sources[i], base))  # the base first
     entries = [slice_.sources[i] for i in order]
     inputs = tuple(PlanInput(s.key, names[i]) for s, i in zip(entries, order, strict=True))
     params = _bind(method.params, [slice_.parameters, recipe.parameters], name, t)
-    others = entries[1:] if method.needs_base else entries
+    others = entries[1:] if with_base else entries
     per_source = tuple(
         _bind(method.source_params, _source_chain(recipe, slice_, s), names[i], t)
-        for s, i in zip(others, order[1:] if method.needs_base else order, strict=True)
+        for s, i in zip(others, order[1:] if with_base else order, strict=True)
     )
     plan.tensors.append(
-        PlannedTensor(name, inputs, method.needs_base, params, per_source, layer, index)
+        PlannedTensor(name, inputs, with_base, params, per_source, layer, index)
     )
 
 
@@ -366,5 +375,6 @@ __all__ = [
     "layer_index",
     "num_layers",
     "plan_sources",
+    "takes_base",
     "with_layer",
 ]

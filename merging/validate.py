@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from merging._recipe_keys import did_you_mean
 from merging.errors import RecipeError
 from merging.methods import Method, get_method
+from merging.plan import takes_base
 from merging.recipe import (
     Conditional,
     ParameterValue,
@@ -90,7 +91,7 @@ def recipe_warnings(recipe: Recipe) -> list[str]:
     for index, source in enumerate(recipe.models):
         where = f"models[{index}].parameters"
         is_base = source.model == recipe.base_model and source.adapter is None
-        if is_base and method.needs_base and not recipe.slices:
+        if is_base and takes_base(method, recipe.base_model) and not recipe.slices:
             warnings.append(
                 f"models[{index}]: {source.model} is the base model listed again; it is the base, "
                 "not an input" + (", so its parameters have no effect" if source.parameters else "")
@@ -101,7 +102,7 @@ def recipe_warnings(recipe: Recipe) -> list[str]:
 
 
 def _inputs(method: Method[Any, Any], recipe: Recipe) -> list[Any]:
-    return recipe.inputs() if method.needs_base else list(recipe.models)
+    return recipe.inputs() if takes_base(method, recipe.base_model) else list(recipe.models)
 
 
 def _check_slice(
@@ -123,6 +124,8 @@ def _check_slice(
                 f"{where}: {method.name} needs the base model {base} among the slice's sources "
                 f"(it has {', '.join(s.key for s in slice_.sources)})"
             )
+    elif takes_base(method, base) and any(s.model == base and not s.adapter for s in inputs):
+        inputs = [s for s in slice_.sources if not (s.model == base and s.adapter is None)]
     _check_inputs(method, recipe, where, len(inputs), inputs)
     _check_parameters(method, slice_.parameters, f"{where}.parameters", warnings, per_source=False)
     params = {**recipe.parameters, **slice_.parameters}

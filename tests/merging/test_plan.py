@@ -164,3 +164,17 @@ def test_compare_plan_names_the_sources_whose_shapes_differ_and_estimates_follow
     )
     assert report.output_bytes == sum(h.numel * 4 for h in report.output)
     assert "Plan:" in report.render()
+
+
+@pytest.mark.parametrize("with_base", [True, False])
+def test_an_optional_base_is_the_base_when_the_recipe_names_one(with_base):
+    infos = {k: info(k, 2) for k in ("base", "a", "b")}
+    data = {"merge_method": "nuslerp",
+            "models": [{"model": "a", "parameters": {"weight": 0.3}},
+                       {"model": "b", "parameters": {"weight": 0.7}}]}  # fmt: skip
+    if with_base:
+        data["base_model"] = "base"
+    tensor = by_name(plan_of(data, infos))["model.layers.0.mlp.up_proj.weight"]
+    assert tensor.has_base is with_base
+    assert [i.source for i in tensor.inputs] == (["base"] if with_base else []) + ["a", "b"]
+    assert [s.weight for s in tensor.per_source] == [0.3, 0.7]
