@@ -37,6 +37,8 @@ def chunked(name, base, inputs, *, compiled, chunk, pool=None, seed=0, weights, 
         calls.append(1)
         return fused(*args, **kwargs)
 
+    if compiled and {base.dtype, *(x.dtype for x in inputs)} <= {torch.bfloat16, torch.float32}:
+        _compiled.prepare(base.dtype, inputs[0].dtype, len(inputs), wait=True)
     _compiled.available, _compiled.family_apply = compiled, counted
     try:
         run_kernel(
@@ -164,6 +166,8 @@ def test_declines_what_it_cannot_take():
     """float16 inputs, mixed input dtypes and non-float32 compute go to the torch kernels."""
     bf16 = torch.zeros(8, dtype=torch.bfloat16)
     f32 = torch.zeros(8)
+    _compiled.prepare(torch.bfloat16, torch.bfloat16, 2, wait=True)
+    _compiled.prepare(torch.float32, torch.bfloat16, 1, wait=True)
     assert _compiled.wants(bf16, [bf16, bf16], torch.float32)
     assert _compiled.wants(f32, [bf16], torch.float32)
     assert not _compiled.wants(bf16, [bf16.half()], torch.float32)
@@ -177,3 +181,16 @@ def test_float16_inputs_fall_back_with_the_same_result():
     expected = chunked("ties", tensors[0], tensors[1:], compiled=False, **args)
     got = chunked("ties", tensors[0], tensors[1:], compiled=True, **args)
     assert_bitwise(got, expected)
+
+
+def test_loops_load_in_the_background_and_chunks_wait_for_nothing():
+    """The first ask for a new kind of chunk answers no (torch runs it) and starts loading;
+    once loaded, the same kind is taken."""
+    kind = (torch.float32, torch.bfloat16, 5)
+    base = torch.zeros(3)
+    inputs = [torch.zeros(3, dtype=torch.bfloat16)] * 5
+    _compiled._ready.discard(kind)
+    _compiled._queued.discard(kind)
+    assert not _compiled.wants(base, inputs, torch.float32)
+    _compiled.prepare(*kind, wait=True)
+    assert _compiled.wants(base, inputs, torch.float32)

@@ -1,0 +1,214 @@
+"""The numba loops behind `_compiled` (imported lazily, off the critical path: importing numba
+and loading the cached machine code takes a second or more).
+
+Blocks of `BLOCK` elements are widened into float32 scratch, then every step is a plain loop
+over the block that LLVM vectorises. No fast-math flags: each value is rounded exactly as the
+torch kernels round it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numba
+import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.extending import intrinsic, overload
+
+BLOCK = 1024  # elements per inner block: a few KB of scratch per model, in L1
+# per-model sparsification modes, and the rescale after a DARE mask (as in `_compiled`)
+DENSE, TRIM, MASK = 0, 1, 2
+RESCALE_NONE, RESCALE_MUL, RESCALE_DIV = 0, 1, 2
+
+_jit = numba.njit(nogil=True, cache=True, error_model="numpy", boundscheck=False)
+
+
+@intrinsic
+def _bits_to_float(typingctx: Any, bits: Any) -> Any:
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        return builder.bitcast(args[0], ir.FloatType())
+
+    return types.float32(types.uint32), codegen
+
+
+@intrinsic
+def _float_to_bits(typingctx: Any, value: Any) -> Any:
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        return builder.bitcast(args[0], ir.IntType(32))
+
+    return types.uint32(types.float32), codegen
+
+
+def _value(array, index):  # type: ignore[no-untyped-def]  # (numba matches signatures)
+    """Element ``index`` as float32 (bf16 bit patterns are widened exactly)."""
+
+
+@overload(_value, inline="always")
+def _value_impl(array, index):  # type: ignore[no-untyped-def]
+    if array.dtype == types.uint16:
+        return lambda array, index: _bits_to_float(np.uint32(array[index]) << np.uint32(16))
+    return lambda array, index: np.float32(array[index])
+
+
+# Loops index views from 0 (an index like ``start + j`` costs a wraparound check per
+# element and stops vectorisation).
+@_jit
+def _decode(source: Any, target: Any) -> None:
+    for j in range(source.size):
+        target[j] = _value(source, j)
+
+
+@_jit
+def _delta_block(base_block: Any, x: Any, target: Any) -> None:
+    """target = x − base over one block (delta_of: the input widened, then subtracted)."""
+    for j in range(x.size):
+        target[j] = _value(x, j) - base_block[j]
+
+
+@_jit
+def magnitudes(base: Any, x: Any, out: Any) -> None:
+    for j in range(out.size):
+        out[j] = abs(_value(x, j) - _value(base, j))
+
+
+# Histograms count into two interleaved sub-histograms: consecutive elements in one
+# bucket would otherwise wait on each other's store.
+@_jit
+def high_histograms(base: Any, xs: Any, active: Any, counts: Any) -> None:
+    n = base.size
+    base_block = np.empty(BLOCK, dtype=np.float32)
+    delta = np.empty(BLOCK, dtype=np.float32)
+    mask = np.uint32(0x7FFFFFFF)
+    for start in range(0, n, BLOCK):
+        count = min(BLOCK, n - start)
+        _decode(base[start : start + count], base_block)
+        for m in range(len(xs)):
+            if active[m]:
+                _delta_block(base_block, xs[m][start : start + count], delta)
+                even, odd = counts[m, 0], counts[m, 1]
+                pairs = count // 2 * 2
+                for j in range(0, pairs, 2):
+                    even[np.intp((_float_to_bits(delta[j]) & mask) >> 16)] += 1
+                    odd[np.intp((_float_to_bits(delta[j + 1]) & mask) >> 16)] += 1
+                if pairs < count:
+                    even[np.intp((_float_to_bits(delta[pairs]) & mask) >> 16)] += 1
+
+
+@_jit
+def low_histograms(base: Any, xs: Any, active: Any, highs: Any, counts: Any) -> None:
+    """Low 16 bits of the |δ| bit patterns in bucket ``highs[m]``: a branch-free loop gathers
+    them (a few percent of a block), then a short loop counts them."""
+    n = base.size
+    base_block = np.empty(BLOCK, dtype=np.float32)
+    delta = np.empty(BLOCK, dtype=np.float32)
+    found = np.empty(BLOCK, dtype=np.uint32)
+    mask = np.uint32(0x7FFFFFFF)
+    low = np.uint32(0xFFFF)
+    for start in range(0, n, BLOCK):
+        count = min(BLOCK, n - start)
+        _decode(base[start : start + count], base_block)
+        for m in range(len(xs)):
+            if active[m]:
+                _delta_block(base_block, xs[m][start : start + count], delta)
+                row = counts[m, 0]
+                high = np.uint32(highs[m])
+                k = 0
+                for j in range(count):
+                    bits = _float_to_bits(delta[j]) & mask
+                    found[k] = bits
+                    k += 1 if (bits >> 16) == high else 0
+                for j in range(k):
+                    row[np.intp(found[j] & low)] += 1
+
+
+@_jit
+def _sparsify_block(
+    delta: Any, mode: int, threshold: Any, keep: Any, rescale: int, scale: Any, count: int
+) -> None:
+    """δ → s in place: keep_where(δ, |δ| ≥ t), or δ·mask then ·scale / ÷scale (DARE).
+    A dropped element is δ·0 (a signed zero), as the torch multiply gives."""
+    zero = np.float32(0.0)
+    one = np.float32(1.0)
+    if mode == TRIM:
+        for j in range(count):
+            delta[j] = delta[j] * (one if abs(delta[j]) >= threshold else zero)
+    elif mode == MASK:
+        for j in range(count):
+            delta[j] = delta[j] * (one if keep[j] != 0 else zero)
+        if rescale == RESCALE_MUL:
+            for j in range(count):
+                delta[j] = delta[j] * scale
+        elif rescale == RESCALE_DIV:
+            for j in range(count):
+                delta[j] = delta[j] / scale
+
+
+@_jit
+def family_apply(
+    base: Any,
+    xs: Any,
+    modes: Any,
+    thresholds: Any,
+    keeps: Any,
+    rescales: Any,
+    scales: Any,
+    weights: Any,
+    divisor_weights: Any,
+    sign_method: int,
+    normalize: bool,
+    lambda_: Any,
+    out: Any,
+) -> None:
+    n = base.size
+    models = len(xs)
+    base_block = np.empty(BLOCK, dtype=np.float32)
+    kept = np.empty((models, BLOCK), dtype=np.float32)  # sᵢ
+    terms = np.empty((models, BLOCK), dtype=np.float32)  # wᵢ·sᵢ
+    score = np.empty(BLOCK, dtype=np.float32)
+    mixed = np.empty(BLOCK, dtype=np.float32)
+    divisor = np.empty(BLOCK, dtype=np.float32)
+    zero = np.float32(0.0)
+    one = np.float32(1.0)
+    for start in range(0, n, BLOCK):
+        count = min(BLOCK, n - start)
+        _decode(base[start : start + count], base_block)
+        for m in range(models):
+            s = kept[m]
+            _delta_block(base_block, xs[m][start : start + count], s)
+            keep = keeps[m][start : start + count] if modes[m] == MASK else keeps[m]
+            _sparsify_block(s, modes[m], thresholds[m], keep, rescales[m], scales[m], count)
+            t = terms[m]
+            w = weights[m]
+            for j in range(count):
+                t[j] = s[j] * w
+        # the election: sum of wᵢsᵢ, of sign(wᵢsᵢ) (count), or of sᵢ (total), in order
+        votes = kept if sign_method == 2 else terms
+        for m in range(models):
+            v = votes[m]
+            if sign_method == 1:
+                for j in range(count):
+                    value = one if v[j] > zero else (-one if v[j] < zero else zero)
+                    score[j] = value if m == 0 else score[j] + value
+            else:
+                for j in range(count):
+                    score[j] = v[j] if m == 0 else score[j] + v[j]
+        # an entry takes part when non-zero with the elected sign (+ on a tie); only
+        # non-zero terms are added, so the sums equal the torch kernel's, signed zeros too
+        for j in range(count):
+            mixed[j] = zero
+            divisor[j] = zero
+        for m in range(models):
+            v = votes[m]
+            t = terms[m]
+            dw = divisor_weights[m]
+            for j in range(count):
+                agree = v[j] < zero if score[j] < zero else v[j] > zero
+                mixed[j] = mixed[j] + (t[j] if agree else zero)
+                divisor[j] = divisor[j] + (dw if agree else zero)
+        dest = out[start : start + count]
+        for j in range(count):
+            value = mixed[j]
+            if normalize:
+                value = value / (divisor[j] if divisor[j] != zero else one)
+            dest[j] = value * lambda_ + base_block[j]
