@@ -67,7 +67,6 @@ def _demo(settings: Settings):  # type: ignore[no-untyped-def]
             hub_endpoint=url,
             # on Spaces each user signs in; the demo token is only pre-filled elsewhere
             default_token=None if settings.on_spaces else DEMO_TOKEN,
-            eval_include_paths=(*settings.eval_include_paths, models.task_dir),
             probe_examples=settings.probe_examples or models.examples,
         )
 

@@ -55,6 +55,7 @@ class LiveState:
     done: int = 0
     total: int = 0
     unit: str = ""
+    detail: str = ""
     stage_started: float = field(default_factory=time.monotonic)
     lines: list[str] = field(default_factory=list)
 
@@ -69,6 +70,8 @@ class LiveState:
         text = self.stage
         if self.total:
             text += f": {self.done}/{self.total} {self.unit}".rstrip()
+        if self.detail:
+            text += f", {self.detail}"
         if self.eta is not None:
             text += f", ETA {self.eta:.0f} s"
         return text
@@ -83,10 +86,14 @@ class JobContext:
         self.live = live
         self.cancel = cancel
 
-    def progress(self, stage: str, done: int, total: int, unit: str = "") -> None:
+    def progress(
+        self, stage: str, done: int, total: int, unit: str = "", *, detail: str = ""
+    ) -> None:
+        """Report `done` of `total` `unit` in `stage`; `detail` is shown after the counts."""
         if stage != self.live.stage:
             self.live.stage, self.live.stage_started = stage, time.monotonic()
         self.live.done, self.live.total, self.live.unit = done, total, unit
+        self.live.detail = detail
 
     def log(self, message: str) -> None:
         line = f"{time.strftime('%H:%M:%S')} {message}"

@@ -54,12 +54,13 @@ def _models_tab(h: Handlers, settings: Settings) -> dict[str, Any]:
     )  # fmt: skip
     with gr.Row():
         check_btn = gr.Button("Check compatibility", elem_id="check")
+        demo_btn = gr.Button("Use the demo recipe", elem_id="demo-recipe", visible=settings.demo)
     report = gr.Code(label="Compatibility (from headers only)", language=None,
                      elem_id="compat-report", interactive=False)  # fmt: skip
     for dropdown in (base, search):
         dropdown.key_up(h.on_key_up, None, dropdown, trigger_mode="always_last", **LIGHT)
     return {"base": base, "search": search, "add": add, "rows": rows, "check": check_btn,
-            "report": report}  # fmt: skip
+            "report": report, "demo": demo_btn}  # fmt: skip
 
 
 def _method_tab(h: Handlers) -> dict[str, Any]:
@@ -112,6 +113,16 @@ def _wire_recipe(h: Handlers, m: dict[str, Any], r: dict[str, Any], token: Any) 
                        trigger_mode="always_last", **LIGHT)  # fmt: skip
     m["check"].click(h.check, [r["recipe"], token], m["report"], api_name="check",
                      concurrency_limit=None)  # fmt: skip
+    m["demo"].click(demo_recipe, None, r["recipe"], **LIGHT).then(
+        h.yaml_to_form, r["recipe"], [r["method"], m["base"], m["rows"], *r["inputs"]], **LIGHT
+    ).then(h.method_changed, r["method"], method_outputs, **LIGHT)
+
+
+def demo_recipe() -> str:
+    """The demo's default recipe: its two skill fine-tunes as task vectors on its base."""
+    from app.demo import DEFAULT_RECIPE
+
+    return DEFAULT_RECIPE
 
 
 def build_demo(settings: Settings, runner: JobRunner | None = None) -> gr.Blocks:

@@ -7,6 +7,7 @@ from typing import Any
 
 import gradio as gr
 
+from app import ui_try
 from app.handlers import JOB_COLUMNS, Handlers
 from app.settings import Settings
 
@@ -20,7 +21,7 @@ def _suites(settings: Settings) -> list[str]:
     from evaluation.suites import suite_names
 
     names = suite_names()
-    return sorted(names, key=lambda n: (n != "demo", n))
+    return sorted(names, key=lambda n: (n != ("demo" if settings.demo else "quick"), n))
 
 
 def render(h: Handlers, settings: Settings, *, method: dict[str, Any], token: Any) -> None:
@@ -40,8 +41,9 @@ def render(h: Handlers, settings: Settings, *, method: dict[str, Any], token: An
         h.merge, inputs, [merge_job, merge_log, merge_record], api_name="merge", **FOLLOW
     )
     cancel_btn.click(h.cancel, [merge_job, token], cancel_note, api_name="cancel", **LIGHT)
+    ui_try.render(h, settings, merge_job=merge_job, token=token)
 
-    with gr.Tab("4 · Evaluate", id="evaluate"):
+    with gr.Tab("5 · Evaluate", id="evaluate"):
         suites = _suites(settings)
         with gr.Row():
             eval_job_in = gr.Textbox(label="Merge job id to evaluate", elem_id="eval-merge-job")
@@ -50,12 +52,18 @@ def render(h: Handlers, settings: Settings, *, method: dict[str, Any], token: An
         with gr.Row():
             tasks = gr.Textbox(label="…or harness task names (comma-separated)")
             limit = gr.Number(label="Limit (items per task; blank: the suite's)", precision=0)
-            plot = gr.Checkbox(label="Interpolation plot (base → merge)", value=False,
-                               elem_id="plot")  # fmt: skip
+            plot = gr.Checkbox(label="Interpolation probe (loss along base → merge)",
+                               value=settings.demo, elem_id="plot")  # fmt: skip
         eval_btn = gr.Button("Evaluate", variant="primary", elem_id="eval-btn")
         eval_job = gr.Textbox(label="Evaluation job id", elem_id="eval-job")
-        table = gr.Markdown(label="Results", elem_id="eval-table")
-        image = gr.Image(label="Interpolation", type="filepath", elem_id="eval-plot")
+        with gr.Row():
+            table = gr.Markdown(label="Results", elem_id="eval-table")
+            chart = gr.Image(label="Scores (± stderr)", type="filepath", elem_id="eval-chart",
+                             interactive=False)  # fmt: skip
+        curve = gr.LinePlot(x="alpha", y="value", color="curve", label="Interpolation probe",
+                            elem_id="eval-curve", visible=False)  # fmt: skip
+        image = gr.Image(label="Interpolation", type="filepath", elem_id="eval-plot",
+                         visible=False)  # fmt: skip
         with gr.Accordion("Job record", open=False):
             eval_record = gr.JSON(label="Job")
     merge_job.change(lambda job: job, merge_job, eval_job_in, api_visibility="private", **LIGHT)
@@ -63,8 +71,9 @@ def render(h: Handlers, settings: Settings, *, method: dict[str, Any], token: An
         h.evaluate, [eval_job_in, suite, tasks, limit, plot, token],
         [eval_job, table, image, eval_record], api_name="evaluate", **FOLLOW,
     )  # fmt: skip
+    eval_record.change(pictures, eval_record, [chart, curve], api_visibility="private", **LIGHT)
 
-    with gr.Tab("5 · Push", id="push"):
+    with gr.Tab("6 · Push", id="push"):
         with gr.Row():
             push_job_in = gr.Textbox(label="Merge job id to push", elem_id="push-merge-job")
             repo_id = gr.Textbox(label="Repo id (namespace/name)", elem_id="repo-id",
@@ -87,7 +96,7 @@ def render(h: Handlers, settings: Settings, *, method: dict[str, Any], token: An
         h.push, push_inputs, [push_job, commit_url, push_record], api_name="push", **FOLLOW
     )
 
-    with gr.Tab("6 · Jobs", id="jobs"):
+    with gr.Tab("7 · Jobs", id="jobs"):
         keep = f"{settings.keep_hours:g} h after a job ends" if settings.keep_hours else "for now"
         gr.Markdown("Your jobs only: those of your Hub user (the token above, or your sign-in), "
                     f"else those of this browser tab. Outputs are kept {keep}.")  # fmt: skip
@@ -102,6 +111,16 @@ def render(h: Handlers, settings: Settings, *, method: dict[str, Any], token: An
         status = gr.JSON(label="Job record")
     refresh.click(h.list_jobs, [limit_jobs, token], jobs, api_name="list_jobs", **LIGHT)
     status_btn.click(h.job_status, [status_id, token], status, api_name="job_status", **LIGHT)
+
+
+def pictures(record: dict[str, Any] | None) -> tuple[Any, Any]:
+    """The evaluation's bar chart and the probe's curve, from its job record."""
+    from app.plots import probe_frame
+
+    result = (record or {}).get("result") or {}
+    frame = probe_frame(result.get("probe"))
+    curve = gr.update(value=frame, visible=frame is not None)
+    return result.get("chart"), curve
 
 
 def soup_api(h: Handlers) -> None:

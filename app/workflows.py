@@ -86,7 +86,9 @@ def submit_merge(
 
         def report(event: Progress) -> None:
             unit = "models" if event.stage == "download" else "tensors"
-            ctx.progress(event.stage, event.done, event.total, unit)
+            detail = (f"{event.bytes_done / 1e6:.2f}/{event.bytes_total / 1e6:.2f} MB"
+                      if event.bytes_total else "")  # fmt: skip
+            ctx.progress(event.stage, event.done, event.total, unit, detail=detail)
             if event.stage == "merge" and delay:
                 time.sleep(delay)
 
@@ -230,10 +232,11 @@ def submit_evaluate(
             "table": comparison_table(report),
             "report": report.model_dump(mode="json"),
             "merge_job": merge_job,
+            "chart": _chart(ctx, report),
         }
         if plot:
-            out["plot"] = _probe(ctx, paths[_label_of(paths, probe_from, labelled)], str(merged),
-                                 examples)  # fmt: skip
+            out["plot"], out["probe"] = _probe(ctx, paths[_label_of(paths, probe_from, labelled)],
+                                               str(merged), examples)  # fmt: skip
         return out
 
     params = {"suite": suite, "tasks": list(options.tasks), "limit": options.limit, "plot": plot}
@@ -244,7 +247,18 @@ def _label_of(paths: dict[str, str], name: str, labelled: dict[str, str]) -> str
     return next((label for label, ref in labelled.items() if ref == name), "merge")
 
 
-def _probe(ctx: JobContext, start: str, end: str, examples: Any) -> str:
+def _chart(ctx: JobContext, report: Any) -> str | None:
+    """The results' bar chart, saved beside ``report.json`` (none when nothing was scored)."""
+    from evaluation.errors import EvaluationError
+    from evaluation.plots import plot_report
+
+    try:
+        return str(plot_report(report, ctx.output_dir / "scores.png"))
+    except EvaluationError:
+        return None
+
+
+def _probe(ctx: JobContext, start: str, end: str, examples: Any) -> tuple[str, list[Any]]:
     from evaluation.probe import interpolation_probe, plot_probe
 
     ctx.log("interpolation probe: loss along base → merge")
@@ -252,7 +266,7 @@ def _probe(ctx: JobContext, start: str, end: str, examples: Any) -> str:
         start, end, examples, alphas=[i / 6 for i in range(7)], device="cpu",
         progress=lambda done, total: ctx.progress("probe", done, total, "points"),
     )  # fmt: skip
-    return str(plot_probe(result, ctx.output_dir / "interpolation.png"))
+    return str(plot_probe(result, ctx.output_dir / "interpolation.png")), result.rows()
 
 
 def latest_evaluation(store: JobStore, merge_job: str) -> Any:
@@ -347,6 +361,7 @@ def submit_push(
         staging = ctx.output_dir / "upload"
         ctx.progress("prepare", 0, 1)
         _link_tree(folder, staging)
+        _name_in_card(staging / "README.md", repo_id)
         if rows:
             write_eval_results_to_card(staging, rows, model_name=repo_id.split("/")[-1])
             ctx.log(f"added {len(rows)} evaluation result(s) to the card")
@@ -361,6 +376,15 @@ def submit_push(
 
     params = {"repo_id": repo_id, "private": private, "exist_ok": exist_ok}
     return runner.submit("push", work, owner=owner, params=params, parent=merge_job)
+
+
+def _name_in_card(card: Path, repo_id: str) -> None:
+    """Put the repo id into the card's usage snippet (written before the repo existed)."""
+    from merging.card import MODEL_ID_PLACEHOLDER
+
+    if card.is_file():
+        text = card.read_text(encoding="utf-8")
+        card.write_text(text.replace(MODEL_ID_PLACEHOLDER, repo_id), encoding="utf-8")
 
 
 def _link_tree(source: Path, target: Path) -> None:

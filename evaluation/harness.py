@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from evaluation.data import MMLU_TASK_PREFIX, ensure_mmlu
+from evaluation.demo_tasks import DEMO_TASK_PREFIX, ensure_demo_tasks
 from evaluation.errors import HarnessError, UnknownTaskError
 from evaluation.loading import input_device, load_model, load_tokenizer
 from evaluation.report import ModelResult, Report, TaskResult
@@ -95,9 +96,9 @@ def harness_version() -> str:
 def build_task_manager(options: EvalOptions) -> TaskManager:
     """A task manager that knows `options.tasks`, indexing the harness's tasks only if needed.
 
-    The project's folders (`include_paths`, and the local MMLU tasks when a `hubmerge_mmlu*`
-    task is named) are indexed first; the harness's ~10k built-in tasks only when a task is
-    not found there.
+    The project's folders (`include_paths`, the local MMLU tasks when a `hubmerge_mmlu*`
+    task is named, the demo skills when a `hubmerge_demo*` one is) are indexed first; the
+    harness's ~10k built-in tasks only when a task is not found there.
 
     Raises:
         [`UnknownTaskError`]: a task is in neither (with close matches).
@@ -107,6 +108,8 @@ def build_task_manager(options: EvalOptions) -> TaskManager:
     paths = [Path(p) for p in options.include_paths]
     if any(task.startswith(MMLU_TASK_PREFIX) for task in options.tasks):
         paths.append(ensure_mmlu(options.cache_dir))
+    if any(task.startswith(DEMO_TASK_PREFIX) for task in options.tasks):
+        paths.append(ensure_demo_tasks(options.cache_dir))
     manager = TaskManager(
         include_path=[str(p) for p in paths], include_defaults=bool(options.include_defaults)
     )

@@ -109,6 +109,13 @@ SUITES.register(
         num_fewshot=5,
     )
 )
+SUITES.register(
+    Suite(
+        name="demo",
+        description="the demo's two toy skills (doubling, animal sounds), exact match (local)",
+        tasks=("hubmerge_demo_math", "hubmerge_demo_animals"),
+    )
+)
 
 
 def get_suite(name: str) -> Suite:

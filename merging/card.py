@@ -96,4 +96,30 @@ def render_card(
         lines += ["", "## Warnings", "", "Accepted, but without effect on the merge:", ""]
         lines += [f"- {w}" for w in warnings]
     lines += ["", "## Recipe", "", "```yaml", recipe.to_yaml().rstrip(), "```", ""]
+    lines += ["## Usage", "", "```python", usage_snippet(MODEL_ID_PLACEHOLDER), "```", ""]
     return "\n".join(lines)
+
+
+# the card is written before the merge has a repo; `push` puts the repo id in its place
+MODEL_ID_PLACEHOLDER = "<namespace>/<this-merge>"
+
+
+def usage_snippet(model_id: str) -> str:
+    """Python that loads the model with transformers, applies the tokenizer's chat template
+    (when it has one) and generates, as model cards on the Hub usually show."""
+    return f"""\
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+model_id = "{model_id}"
+tokenizer = AutoTokenizer.from_pretrained(model_id)
+model = AutoModelForCausalLM.from_pretrained(model_id, torch_dtype="auto")
+
+messages = [{{"role": "user", "content": "What is a large language model?"}}]
+if tokenizer.chat_template:
+    inputs = tokenizer.apply_chat_template(
+        messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )
+else:  # a base model without a chat template: plain text
+    inputs = tokenizer(messages[0]["content"], return_tensors="pt")
+outputs = model.generate(**inputs, max_new_tokens=128, do_sample=True, temperature=0.7, top_p=0.95)
+print(tokenizer.decode(outputs[0][inputs["input_ids"].shape[-1]:], skip_special_tokens=True))"""

@@ -4,8 +4,8 @@
     hubmerge evaluate out/merge --suite quick --compare base=models/base,models/in1 \
         --output report.json
 
-Prints a markdown table (with deltas against the first `--compare` model) and writes the
-report as JSON when `--output` is given.
+Prints a markdown table (with deltas against the first `--compare` model), writes the
+report as JSON when `--output` is given and its bar chart (± stderr) with `--plot FILE`.
 """
 
 from __future__ import annotations
@@ -41,6 +41,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--include-path", action="append", default=[], help="folder of extra task YAMLs"
     )
     parser.add_argument("--output", type=Path, help="write the report as JSON here")
+    parser.add_argument(
+        "--plot", type=Path, metavar="FILE", help="draw the scores as a bar chart (PNG) here"
+    )
     parser.add_argument(
         "--write-card",
         action="store_true",
@@ -131,6 +134,11 @@ def run(args: argparse.Namespace) -> int:
     if args.output:
         save_report(report, args.output)
         logger.info("report written to %s", args.output)
+    if args.plot:
+        from evaluation.plots import plot_report
+
+        plot_report(report, args.plot)
+        logger.info("bar chart written to %s", args.plot)
     if args.write_card:
         from merging.hub import write_eval_results_to_card
 

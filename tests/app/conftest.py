@@ -95,11 +95,11 @@ def stop_app(app: RunningApp) -> None:
 
 @pytest.fixture(scope="session")
 def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A data dir whose demo models are built (the app reuses the cache)."""
+    """A data dir whose demo zoo is built, once per session (the apps reuse the cache)."""
     from app.demo import build_demo_models
 
     root = tmp_path_factory.mktemp("hubmerge-data")
-    build_demo_models(root / "demo" / "models", steps=40)
+    build_demo_models(root / "demo" / "models")
     return root
 
 

@@ -60,12 +60,14 @@ def test_merge_evaluate_push_and_download(client, running_app, tmp_path):
         job_id, "demo", "", 5, True, TOKEN, api_name="/evaluate"
     )
     assert eval_record["state"] == "succeeded", eval_record
-    assert "| hubmerge_demo | acc |" in table
+    assert "| hubmerge_demo_math | exact_match |" in table
     assert "merge" in table.splitlines()[0]
     assert "base" in table.splitlines()[0]
     assert "tiny-math" in table.splitlines()[0]
     assert plot
     assert Path(plot).suffix == ".png"
+    assert Path(eval_record["result"]["chart"]).name == "scores.png"  # saved with the results
+    assert [p["alpha"] for p in eval_record["result"]["probe"]][::6] == [0.0, 1.0]
 
     card = client.predict(job_id, TOKEN, api_name="/card_preview")
     assert "model-index" in card
@@ -88,6 +90,7 @@ def test_merge_evaluate_push_and_download(client, running_app, tmp_path):
         "path = snapshot_download('demo/api-merge', endpoint=sys.argv[1], token=sys.argv[2])\n"
         "model = AutoModelForCausalLM.from_pretrained(path)\n"
         "print(open(path + '/README.md').read().count('hubmerge_demo'))\n"
+        "assert 'model_id = \"demo/api-merge\"' in open(path + '/README.md').read()\n"
         "ours = AutoModelForCausalLM.from_pretrained(sys.argv[3])\n"
         "assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(),"
         " ours.state_dict().values()))\n"

@@ -102,3 +102,30 @@ def test_deterministic_method_card_does_not_claim_the_seed_is_used(tmp_path):
     _, body = _split(render_card(recipe, method, params, _resolved(tmp_path)))
     assert "Seed: `1234`\n" in body
     assert "**ties**" in body
+
+
+def test_usage_snippet_loads_applies_the_chat_template_and_generates(tmp_path):
+    """The card's usage snippet runs as written against a real (tiny) model folder, with and
+    without a chat template."""
+    import contextlib
+    import io
+
+    from merging.card import MODEL_ID_PLACEHOLDER, usage_snippet
+    from tests.helpers.tiny import build_llama
+
+    recipe = load_recipe(RECIPE)
+    card = render_card(recipe, get_method("dare_ties"), None, _resolved(tmp_path))
+    assert usage_snippet(MODEL_ID_PLACEHOLDER) in card.split("## Usage", 1)[1]
+    folder = build_llama(tmp_path / "model", seed=0)
+    from transformers import AutoTokenizer
+
+    for template in (None, "{% for m in messages %}<s>{{ m['content'] }}{% endfor %}"):
+        if template:
+            tokenizer = AutoTokenizer.from_pretrained(folder)
+            tokenizer.chat_template = template
+            tokenizer.save_pretrained(folder)
+        printed = io.StringIO()
+        code = usage_snippet(str(folder)).replace("max_new_tokens=128", "max_new_tokens=4")
+        with contextlib.redirect_stdout(printed):
+            exec(compile(code, "usage_snippet", "exec"), {})  # the snippet as users run it
+        assert printed.getvalue().endswith("\n")  # it printed the reply
