@@ -179,6 +179,8 @@ def search(
     rows = as_examples(examples)
     if not rows:
         raise SearchError("the search needs at least one example")
+    import optuna  # noqa: F401  (imported here, so its import counts as start-up, not per candidate)
+
     recipe = pin_recipe(recipe, token=token, endpoint=endpoint)
     space = space_from_recipe(recipe, budget=budget, max_genes=max_genes)
     initial = fixed_recipes(recipe)

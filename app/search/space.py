@@ -345,15 +345,33 @@ def fixed_recipes(recipe: Recipe) -> list[tuple[str, Recipe]]:
         ]  # fmt: skip
     found.append(("uniform soup", {"merge_method": "linear"}))
     out: list[tuple[str, Recipe]] = []
-    seen: set[str] = set()
+    seen: set[Any] = set()
     for label, item in found:
         candidate = item if isinstance(item, Recipe) else parse_recipe(
             {**common, **item, "models": inputs})  # fmt: skip
-        text = candidate.to_yaml()
-        if text not in seen:
-            seen.add(text)
+        key = _effective(candidate)
+        if key not in seen:
+            seen.add(key)
             out.append((label, candidate))
     return out
+
+
+_PROBES = [("model.layers.0.self_attn.q_proj.weight", 0.0),
+           ("model.layers.9.mlp.down_proj.weight", 1.0)]  # fmt: skip
+
+
+def _effective(recipe: Recipe) -> Any:
+    """What a recipe does, defaults filled in (so ``lambda: 1`` equals no ``lambda``)."""
+    from merging.methods import resolve_params
+
+    method = get_method(recipe.merge_method)
+    specs = recipe.inputs() if method.needs_base else list(recipe.models)
+    resolved = []
+    for name, t in _PROBES:
+        params, per_source = resolve_params(method, recipe, specs, name, t)
+        resolved.append((params.model_dump_json(), tuple(p.model_dump_json() for p in per_source)))
+    rest = recipe.model_dump_json(exclude={"parameters", "models"})
+    return (rest, tuple((s.model, s.adapter) for s in specs), tuple(resolved))
 
 
 def genome_distance(a: Sequence[float], b: Sequence[float], space: SearchSpace) -> float:
