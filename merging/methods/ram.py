@@ -48,19 +48,21 @@ def contributions(deltas: Sequence[Tensor], epsilon: float) -> tuple[list[Tensor
 
 
 def ram_mix(deltas: Sequence[Tensor], epsilon: float, lambdas: Sequence[float] | None) -> Tensor:
-    """Σᵢ (zᵢ·[c = 1]·λᵢ + zᵢ·[c > 1] / max(c, 1)), zᵢ = [|δᵢ| > ε]·δᵢ, in mergekit's order of
-    operations (so the same float32 rounding); ``ram`` passes no λ."""
+    """Σᵢ (zᵢ·[c = 1]·λᵢ + zᵢ·[c > 1] / max(c, 1)), zᵢ = [|δᵢ| > ε]·δᵢ (``ram``: no λ).
+
+    Computed as Σᵢ zᵢ/max(c, 1) (``ram``) or Σᵢ where(c = 1, zᵢ·λᵢ, zᵢ/max(c, 1)): one of the
+    two terms of mergekit's sum is always an exact zero, so these round the same (bit-equal).
+    """
     masks, counts = contributions(deltas, epsilon)
-    unique = as_float(counts == 1)
-    overlap = as_float(counts > 1)
-    divisor = counts.clamp(min=1).float()
+    divisor = counts.clamp_(min=1).float()
+    unique = None if lambdas is None else counts == 1
     out = torch.zeros_like(deltas[0])
     for index, (delta, mask) in enumerate(zip(deltas, masks, strict=True)):
         kept = delta * as_float(mask)
-        term = kept * unique
-        if lambdas is not None:
-            term.mul_(lambdas[index])
-        out.add_(term.add_(kept.mul_(overlap).div_(divisor)))
+        term = kept / divisor
+        if unique is not None and lambdas is not None:
+            term = torch.where(unique, kept.mul_(lambdas[index]), term)
+        out.add_(term)
     return out
 
 
