@@ -106,6 +106,12 @@ def light(url: str, merge_id: str, stop: threading.Event, ready: threading.Barri
                 errors.append((name, repr(err)[:200]))
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process (Linux ``/proc``), threads included."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def percentile(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 \
         else (values[0] if values else float("nan"))  # fmt: skip
@@ -156,6 +162,7 @@ def main() -> None:
         for worker in workers:
             worker.start()
         ready.wait()  # every client is connected: the window starts
+        window = (time.monotonic(), cpu_seconds(process.pid), time.process_time())
         heavies = [threading.Thread(target=heavy, args=(Client(url, verbose=False), kind, first,
                                                         stop, jobs))
                    for kind in ("merge", "evaluate") if not args.no_heavy]  # fmt: skip
@@ -163,6 +170,9 @@ def main() -> None:
             thread.start()
         time.sleep(args.seconds)
         stop.set()
+        elapsed = time.monotonic() - window[0]
+        app_cpu = cpu_seconds(process.pid) - window[1]
+        client_cpu = time.process_time() - window[2]
         for thread in workers + heavies:
             thread.join(timeout=600)
         problems = check_records(control, jobs)
@@ -184,12 +194,17 @@ def main() -> None:
         rows.append(row)
         print(f"| `{name}` | {row['calls']} | {row['p50']:.3f} | {row['p95']:.3f} | "
               f"{row['max']:.3f} | {count} |")  # fmt: skip
+    calls = sum(len(times[name]) for name in LIGHT)
+    print(f"\napp process: {app_cpu:.1f} CPU s in {elapsed:.0f} s ({app_cpu / elapsed:.0%} of one "
+          f"core), {1000 * app_cpu / max(calls, 1):.0f} ms per light call (heavy jobs included); "
+          f"clients' process: {client_cpu:.1f} CPU s; load average {os.getloadavg()[0]:.1f}")
     for name, error in errors[:5]:
         print(f"error in {name}: {error}")
     print("\nheavy jobs:", problems or "all finished with the right records")
     if args.json:
-        args.json.write_text(json.dumps({"rows": rows, "jobs": jobs, "problems": problems},
-                                        indent=2, default=str))  # fmt: skip
+        cpu = {"app_cpu_s": app_cpu, "client_cpu_s": client_cpu, "seconds": elapsed}
+        args.json.write_text(json.dumps({"rows": rows, "jobs": jobs, "problems": problems,
+                                         "cpu": cpu}, indent=2, default=str))  # fmt: skip
 
 
 if __name__ == "__main__":
