@@ -122,6 +122,12 @@ def _load() -> None:
             _ready.add(kind)
 
 
+class _WarmUpStream:
+    @staticmethod
+    def block_seed(source: int, block: int) -> int:
+        return 0
+
+
 def _warm_up(base_dtype: torch.dtype, input_dtype: torch.dtype, models: int) -> None:
     base = torch.zeros(4, dtype=base_dtype)
     inputs = [torch.zeros(4, dtype=input_dtype) for _ in range(models)]
@@ -129,12 +135,59 @@ def _warm_up(base_dtype: torch.dtype, input_dtype: torch.dtype, models: int) -> 
         magnitude_histograms(step, base, inputs, [True] * models, [0] * models,
                              histogram_buffer(step, models))  # fmt: skip
     magnitudes(base, inputs[0])
+    keep_mask(_WarmUpStream(), 0, 0, 4, 0.5)
     keep = np.ones(4, dtype=np.bool_)
     family_apply(base, inputs, modes=[MASK] * models, thresholds=[0.0] * models,
                  keeps=[keep] * models, rescales=[RESCALE_NONE] * models,
                  scales=[1.0] * models, weights=[1.0] * models,
                  divisor_weights=[1.0] * models, sign_method="sum", normalize=True,
                  lambda_=1.0)  # fmt: skip
+
+
+_MASK128 = (1 << 128) - 1
+_MASK64 = (1 << 64) - 1
+
+
+def _jump(steps: int) -> tuple[int, int]:
+    """(a, g) with `steps` PCG steps s → s·m + inc equal to s → a·s + g·inc (mod 2¹²⁸)."""
+    a, g = 1, 0
+    a_power, g_power = 0xDA942042E4DD58B5, 1  # one step: s·m + 1·inc
+    while steps:  # binary powering of the affine map
+        if steps & 1:
+            a, g = (a * a_power) & _MASK128, (g * a_power + g_power) & _MASK128
+        a_power, g_power = (a_power * a_power) & _MASK128, (g_power * (a_power + 1)) & _MASK128
+        steps >>= 1
+    return a, g
+
+
+_RAWS_PER_RUN = (1 << 14) // 4  # each block's 16,384 raw draws run as 4 interleaved runs
+_JUMPS = [_jump(_RAWS_PER_RUN * q) for q in range(4)]
+
+
+def keep_mask(rng: Any, source: int, offset: int, length: int, density: float) -> Tensor:
+    """`RandomStream.mask` (the same draws, bit for bit) with the generator in compiled code:
+    each block's stream starts where NumPy's seeding puts it, split into four runs."""
+    from merging.methods._ops import BLOCK, keep_threshold
+
+    first, last = offset // BLOCK, (offset + length - 1) // BLOCK
+    states = np.empty((last - first + 1, 4, 2), dtype=np.uint64)
+    incs = np.empty((last - first + 1, 2), dtype=np.uint64)
+    for row, block in enumerate(range(first, last + 1)):
+        state = np.random.PCG64DXSM(rng.block_seed(source, block)).state["state"]
+        start, inc = state["state"], state["inc"]
+        incs[row] = (inc >> 64, inc & _MASK64)
+        for run, (a, g) in enumerate(_JUMPS):
+            s = (a * start + g * inc) & _MASK128
+            states[row, run] = (s >> 64, s & _MASK64)
+    out = np.empty(length, dtype=np.bool_)
+    _loops.keep_mask(states, incs, offset - first * BLOCK, keep_threshold(density),
+                     out.view(np.uint8))  # fmt: skip
+    return torch.from_numpy(out)
+
+
+def masks_ready() -> bool:
+    """Whether `keep_mask` runs compiled now (the loops loaded for any kind of chunk)."""
+    return available and bool(_ready)
 
 
 def histogram_buffer(step: int, models: int) -> np.ndarray:

@@ -22,6 +22,8 @@ DENSE, TRIM, MASK = 0, 1, 2
 RESCALE_NONE, RESCALE_MUL, RESCALE_DIV = 0, 1, 2
 
 _jit = numba.njit(nogil=True, cache=True, error_model="numpy", boundscheck=False)
+PCG_MULTIPLIER = 0xDA942042E4DD58B5  # PCG64DXSM's 64-bit ("cheap") multiplier
+RAWS_PER_BLOCK = 1 << 14  # 64-bit draws per 65,536-element mask block (`_ops.BLOCK`)
 
 
 @intrinsic
@@ -212,3 +214,81 @@ def family_apply(
             if normalize:
                 value = value / (divisor[j] if divisor[j] != zero else one)
             dest[j] = value * lambda_ + base_block[j]
+
+
+@intrinsic
+def _mul_high(typingctx: Any, a: Any, b: Any) -> Any:
+    """The high 64 bits of the 128-bit product a·b."""
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        wide = ir.IntType(128)
+        product = builder.mul(builder.zext(args[0], wide), builder.zext(args[1], wide))
+        return builder.trunc(builder.lshr(product, ir.Constant(wide, 64)), ir.IntType(64))
+
+    return types.uint64(types.uint64, types.uint64), codegen
+
+
+@_jit
+def _pcg_raws(states: Any, inc: Any, out: Any) -> None:
+    """NumPy's PCG64DXSM ``random_raw``, as four interleaved runs of ``out.size // 4`` draws
+    (independent multiply chains keep the multipliers busy). ``states[q]`` is the (high,
+    low) state at draw q·size/4 of the stream, ``inc`` its (high, low) increment."""
+    m = np.uint64(PCG_MULTIPLIER)
+    one, zero = np.uint64(1), np.uint64(0)
+    s32, s48 = np.uint64(32), np.uint64(48)
+    inc_high, inc_low = inc[0], inc[1]
+    h0, l0, h1, l1 = states[0, 0], states[0, 1], states[1, 0], states[1, 1]
+    h2, l2, h3, l3 = states[2, 0], states[2, 1], states[3, 0], states[3, 1]
+    per = out.size // 4
+    o0, o1, o2, o3 = out[:per], out[per : 2 * per], out[2 * per : 3 * per], out[3 * per :]
+    for i in range(per):
+        # output: DXSM of the state before the step
+        x = h0 ^ (h0 >> s32)
+        x *= m
+        o0[i] = (x ^ (x >> s48)) * (l0 | one)
+        x = h1 ^ (h1 >> s32)
+        x *= m
+        o1[i] = (x ^ (x >> s48)) * (l1 | one)
+        x = h2 ^ (h2 >> s32)
+        x *= m
+        o2[i] = (x ^ (x >> s48)) * (l2 | one)
+        x = h3 ^ (h3 >> s32)
+        x *= m
+        o3[i] = (x ^ (x >> s48)) * (l3 | one)
+        # step: state = state·m + inc (mod 2¹²⁸)
+        low = l0 * m
+        high = h0 * m + _mul_high(l0, m)
+        l0 = low + inc_low
+        h0 = high + inc_high + (one if l0 < low else zero)
+        low = l1 * m
+        high = h1 * m + _mul_high(l1, m)
+        l1 = low + inc_low
+        h1 = high + inc_high + (one if l1 < low else zero)
+        low = l2 * m
+        high = h2 * m + _mul_high(l2, m)
+        l2 = low + inc_low
+        h2 = high + inc_high + (one if l2 < low else zero)
+        low = l3 * m
+        high = h3 * m + _mul_high(l3, m)
+        l3 = low + inc_low
+        h3 = high + inc_high + (one if l3 < low else zero)
+
+
+@_jit
+def keep_mask(states: Any, incs: Any, start: int, threshold: int, out: Any) -> None:
+    """DARE's keep-mask over consecutive 65,536-element blocks (``states[b]``, ``incs[b]``:
+    block b's stream): element k of ``out`` is 1 when draw ``start + k`` is below
+    ``threshold`` (16-bit draws, four per raw draw, in little-endian order)."""
+    raws = np.empty(RAWS_PER_BLOCK, dtype=np.uint64)
+    draws = raws.view(np.uint16)
+    done = 0
+    position = start
+    for b in range(states.shape[0]):
+        _pcg_raws(states[b], incs[b], raws)
+        stop = min(draws.size, position + out.size - done)
+        target = out[done : done + stop - position]
+        source = draws[position:stop]
+        for k in range(source.size):
+            target[k] = 1 if np.int64(source[k]) < threshold else 0
+        done += stop - position
+        position = 0

@@ -112,7 +112,10 @@ class FamilyKernel(Kernel):
             cached = self._masks.pop((index, offset), None)
         if cached is not None:
             return cached
-        return self.rng.mask(index, offset, length, self.sources[index].density).to(device)
+        density = self.sources[index].density
+        if device.type == "cpu" and _compiled.masks_ready():  # the same draws, compiled
+            return _compiled.keep_mask(self.rng, index, offset, length, density)
+        return self.rng.mask(index, offset, length, density).to(device)
 
     def _compiled(self, base: Tensor, inputs: Sequence[Tensor]) -> bool:
         return self.fusable and _compiled.wants(base, inputs, self.dtype)

@@ -116,10 +116,13 @@ class RandomStream:
         self.seed = seed
         self.tensor_name = tensor_name
 
-    def _draws(self, source: int, block: int) -> np.ndarray:
+    def block_seed(self, source: int, block: int) -> int:
+        """The 128-bit seed of one block's PCG64DXSM stream."""
         key = f"{self.seed}\x00{self.tensor_name}\x00{source}\x00{block}".encode()
-        seed = int.from_bytes(hashlib.sha256(key).digest()[:16], "little")
-        raw = np.random.PCG64DXSM(seed).random_raw(BLOCK // 4)
+        return int.from_bytes(hashlib.sha256(key).digest()[:16], "little")
+
+    def _draws(self, source: int, block: int) -> np.ndarray:
+        raw = np.random.PCG64DXSM(self.block_seed(source, block)).random_raw(BLOCK // 4)
         return raw.astype("<u8", copy=False).view("<u2")
 
     def mask(self, source: int, offset: int, length: int, density: float) -> Tensor:
