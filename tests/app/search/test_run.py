@@ -135,3 +135,17 @@ def test_cli_search(zoo, tmp_path, capsys):
     assert len(record["candidates"]) == 6
     written = load_recipe(tmp_path / "out" / "hubmerge_recipe.yaml")
     assert written.to_yaml() == record["best"]["recipe"]
+
+
+def test_lora_adapters_are_searched_in_the_same_evaluator(zoo, demo_models):
+    """LoraHub-style: per-adapter weights searched with the adapters' ΔW applied in memory."""
+    models, rows = zoo
+    base, adapter = models["tiny-base"], str(demo_models.models["tiny-lora-math"])
+    recipe = parse_recipe({"merge_method": "task_arithmetic", "base_model": base,
+                           "models": [{"model": base, "adapter": adapter},
+                                      {"model": models["tiny-animals"]}]})  # fmt: skip
+    result = search(recipe, rows, budget=8, seed=0, max_genes=2)
+    assert [g.name for g in result.space.genes] == ["weight[0]", "weight[1]"]
+    scores = {c.origin: c.score for c in result.candidates}
+    assert len(set(scores.values())) > 1  # the adapter's weight changes the model
+    assert result.best.score <= scores["your recipe"]
