@@ -33,6 +33,8 @@ def test_cli_writes_the_same_numbers_as_simple_evaluate(
             str(tiny_task_dir),
             "--output",
             str(output),
+            "--plot",
+            str(tmp_path / "scores.png"),
             "--compare",
             f"base={tiny_models['random']}",
             "--batch-size",
@@ -42,6 +44,9 @@ def test_cli_writes_the_same_numbers_as_simple_evaluate(
     assert command.run(args) == 0
     table = capsys.readouterr().out
     assert table.splitlines()[0] == "| task | metric | base | a |"
+    import matplotlib.image
+
+    assert matplotlib.image.imread(tmp_path / "scores.png").shape[1] >= 500  # the bar chart
 
     data = json.loads(output.read_text())
     assert data["harness_version"] == lm_eval.__version__
