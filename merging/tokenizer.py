@@ -98,7 +98,10 @@ class Vocab:
         for token_id, spec in configured.items():
             forced[token_id] = spec.force
         needed = (present.sum(0) < len(keys)) | forced
-        defaults = self._defaults(keys, tensors, present, needed, configured)
+        ids = needed.nonzero().squeeze(1)  # only these rows need a default: few, usually
+        position = torch.full((count,), -1, dtype=torch.long)
+        position[ids] = torch.arange(len(ids))
+        defaults = self._defaults(keys, tensors, present[:, ids], ids, configured)
         out = []
         for k, (key, tensor) in enumerate(zip(keys, tensors, strict=True)):
             index = self.index[key]
@@ -106,9 +109,9 @@ class Vocab:
             own = present[k] & ~forced
             new[:count][own] = tensor[index[own]]
             fill = needed & ~own
-            new[:count][fill] = defaults[fill].to(tensor.dtype)
-            if self.rows > count:
-                new[count:] = new[:count].float().mean(0).to(tensor.dtype)
+            new[:count][fill] = defaults[position[fill]].to(tensor.dtype)
+            if self.rows > count:  # padding rows: the mean of the real ones (mergekit)
+                new[count:] = (new[:count].sum(0, dtype=torch.float32) / count).to(tensor.dtype)
             out.append(new)
         return out
 
@@ -117,30 +120,32 @@ class Vocab:
         keys: list[str],
         tensors: list[torch.Tensor],
         present: torch.Tensor,
-        needed: torch.Tensor,
+        ids: torch.Tensor,
         configured: dict[int, TokenSpec],
     ) -> torch.Tensor:
-        count = present.shape[1]
+        """Default rows of the tokens ``ids`` (``present``: which model has each of them)."""
         width = tensors[0].shape[1:]
-        defaults = torch.zeros((count, *width), dtype=torch.float32)
+        defaults = torch.zeros((len(ids), *width), dtype=torch.float32)
         number = present.sum(0)
         base = keys.index(self.base) if self.base in keys else None
-        automatic = needed.clone()
+        at = {int(token_id): j for j, token_id in enumerate(ids)}
+        automatic = torch.ones(len(ids), dtype=torch.bool)
         for token_id, spec in configured.items():
-            automatic[token_id] = spec.source is None and bool(needed[token_id])
+            if token_id in at:
+                automatic[at[token_id]] = spec.source is None
         base_has = present[base] if base is not None else torch.zeros_like(automatic)
         by_base = automatic & (number > 1) & base_has
         averaged = automatic & (number > 1) & ~by_base
         for k, tensor in enumerate(tensors):
-            index = self.index[keys[k]]
+            index = self.index[keys[k]][ids]
             single = automatic & (number == 1) & present[k]
             rows = single | (by_base if k == base else torch.zeros_like(single))
             defaults[rows] = tensor[index[rows]].float()
             share = averaged & present[k]
             defaults[share] += tensor[index[share]].float() / number[share].unsqueeze(1)
         for token_id, spec in configured.items():
-            if spec.source is not None and bool(needed[token_id]):
-                defaults[token_id] = self._configured(keys, tensors, token_id, spec)
+            if spec.source is not None and token_id in at:
+                defaults[at[token_id]] = self._configured(keys, tensors, token_id, spec)
         return defaults
 
     def _configured(
