@@ -243,3 +243,20 @@ def test_check_shows_the_plan_and_estimates_follow_it(deep):
     layer_bytes = sum(h.nbytes for h in plain.output if ".layers.0." in h.name)
     assert per_layer == layer_bytes
     assert len(report.output) == len(plain.output) + 2 * 9
+
+
+def test_slices_and_tokenizer_block_round_trip_through_yaml():
+    text = _recipe(
+        "ties",
+        [{"sources": [source(Path("org/base"), 0, 2), source(Path("org/a"), 0, 2, density=0.5)],
+          "parameters": {"weight": [0.2, 0.8]}, "base_model": "org/base"}],
+        base_model="org/base",
+        tokenizer={"source": "union", "pad_to_multiple_of": 8,
+                   "tokens": {"<x>": {"source": {"kind": "zero"}, "force": True}}},
+        chat_template="chatml",
+    )  # fmt: skip
+    recipe = load_recipe(text)
+    assert recipe.slices[0].sources[1].layer_range == (0, 2)
+    again = load_recipe(recipe.to_yaml())
+    assert again == recipe
+    assert again.to_yaml() == recipe.to_yaml()
