@@ -108,3 +108,12 @@ def test_queue_limit_is_a_plain_error(handlers, local_hub):
         h.store.create("merge", owner="user:alice")  # queued, never run
     with pytest.raises(gr.Error, match="HUBMERGE_MAX_QUEUED"):
         next(h.merge(RECIPE, local_hub.alice, "", "loss", None, request("tab")))
+
+
+def test_an_oauth_sign_in_is_the_same_user_as_their_token(handlers, local_hub):
+    """On Spaces the signed-in user's OAuth token stands in for the token field."""
+    h = handlers
+    job_id = finished_merge(h, h.caller(local_hub.alice, None, request("script")))
+    signed_in = gr.OAuthToken(token=local_hub.alice, scope="openid", expires_at=0)
+    assert h.caller("", signed_in, request("browser")) == "user:alice"
+    assert h.job_status(job_id, "", signed_in, request("browser"))["id"] == job_id
