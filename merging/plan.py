@@ -233,9 +233,9 @@ def _plan_models(
         plan.tensors.append(
             PlannedTensor(name, inputs, with_base, params, per_source, index)
         )
-    plan.layers = [
-        PlannedLayer(i, None, tuple((k, i) for k in keys)) for i in range(n) if n > 0
-    ]
+    found = [i for i in map(layer_index, reference.headers) if i is not None]
+    depth = max(found, default=-1) + 1
+    plan.layers = [PlannedLayer(i, None, tuple((k, i) for k in keys)) for i in range(depth)]
     return plan
 
 
