@@ -11,9 +11,9 @@ Where numba is missing (or ``HUBMERGE_NO_JIT=1``), or inputs are neither bf16 no
 the chunk is on an accelerator, `available` is false or `wants` declines, and the torch kernels
 run instead. The loops (`_jit_loops`) load in a background thread the first time a kernel asks
 for a kind of chunk (storage dtypes and number of inputs): importing numba and loading the
-cached machine code (or compiling it, the first time on a machine) takes a second or more, and
-meanwhile chunks go through the torch kernels, with the same results. Methods that never ask
-never import numba.
+cached machine code (or compiling it, the first time on a machine) takes a second or more.
+Kernels over large tensors wait for it; small ones go through the torch kernels meanwhile,
+with the same results. Methods that never ask never import numba.
 """
 
 from __future__ import annotations
@@ -57,10 +57,14 @@ _loops: Any = None  # the `_jit_loops` module, once imported
 _worker: threading.Thread | None = None
 
 
-def wants(base: Tensor, inputs: Sequence[Tensor], dtype: torch.dtype) -> bool:
+def wants(
+    base: Tensor, inputs: Sequence[Tensor], dtype: torch.dtype, *, wait: bool = False
+) -> bool:
     """Whether the compiled loops take these chunks now: CPU, float32 compute, every input in
     one storage dtype (bf16 or float32; the base may differ), and the loops for this kind of
-    chunk loaded (the first ask starts loading them in the background and answers no)."""
+    chunk loaded. The first ask starts loading them in the background; with ``wait`` (large
+    tensors) it waits for them, else it answers no until they are loaded. (Running torch
+    kernels beside the loading thread would slow both: it holds the GIL most of the time.)"""
     if not available or dtype != torch.float32 or base.device.type != "cpu":
         return False
     kinds = {x.dtype for x in inputs}
@@ -75,15 +79,15 @@ def wants(base: Tensor, inputs: Sequence[Tensor], dtype: torch.dtype) -> bool:
     kind = (base.dtype, inputs[0].dtype, len(inputs))
     if kind in _ready:
         return True
-    prepare(*kind)
-    return False
+    prepare(*kind, wait=wait)
+    return kind in _ready
 
 
 def prepare(
     base_dtype: torch.dtype, input_dtype: torch.dtype, models: int, *, wait: bool = False
 ) -> None:
     """Load (or compile) the loops for one kind of chunk in the background thread; with
-    ``wait``, block until they are ready (tests)."""
+    ``wait``, block until they are ready."""
     global _worker
     kind = (base_dtype, input_dtype, models)
     with _lock:

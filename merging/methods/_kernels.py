@@ -35,6 +35,8 @@ from merging.methods._ops import (
 )
 from merging.methods._select import BandSelect, RadixSelect
 
+WAIT_FOR_LOOPS = 1 << 20  # elements: from this tensor size on, wait for the compiled loops
+
 
 class Kernel:
     """Base kernel: no reductions; subclasses implement `apply`.
@@ -98,6 +100,7 @@ class FamilyKernel(Kernel):
         self.raw_inputs = True  # inputs only enter as x − base: a mixed-dtype subtraction
         # TIES / DARE-TIES chunks can run as fused compiled loops (same values; `_compiled`)
         self.fusable = consensus and sparsify in ("none", "magnitude", "random")
+        self.numel = numel
         if sparsify == "magnitude" and not all(dense):
             self.reductions = 2
         elif sparsify == "outliers" and not all(dense):
@@ -118,7 +121,8 @@ class FamilyKernel(Kernel):
         return self.rng.mask(index, offset, length, density).to(device)
 
     def _compiled(self, base: Tensor, inputs: Sequence[Tensor]) -> bool:
-        return self.fusable and _compiled.wants(base, inputs, self.dtype)
+        large = self.numel >= WAIT_FOR_LOOPS  # worth waiting for the compiled loops to load
+        return self.fusable and _compiled.wants(base, inputs, self.dtype, wait=large)
 
     def reduce(self, step: int, base: Tensor | None, inputs: Sequence[Tensor], offset: int) -> None:
         assert base is not None
