@@ -26,6 +26,7 @@ Usage (from the repository root; the zoo is cached under ``--zoo-dir``)::
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import random
 import time
@@ -130,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ft-steps", type=int, default=150, help="fine-tuning steps per skill")
     parser.add_argument("--ft-lr", type=float, default=1e-3)
     parser.add_argument("--budgets", type=int, nargs="+", default=[16, 48, 96])
+    parser.add_argument("--metrics", nargs="+", default=["loss", "example_loss"],
+                        help="search fitnesses to compare (each with every budget)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--ray", action="store_true", help="also time the local Ray backend")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/merge_search.json"))
@@ -169,11 +172,11 @@ def main(argv: list[str] | None = None) -> int:
     for label, recipe in fixed_recipes(start):
         label = "TIES density=0.5 (the starting recipe)" if label == "your recipe" else label
         rows[label] = {"test": per_skill(recipe), "selection": evaluator.score(recipe)}
-    for budget in args.budgets:
-        result = search(start, selection, budget=budget, seed=args.seed)
+    for metric, budget in itertools.product(args.metrics, args.budgets):
+        result = search(start, selection, budget=budget, seed=args.seed, metric=metric)
         evaluated = [c for c in result.candidates if not c.cached]
-        rows[f"searched (budget {budget})"] = {
-            "test": per_skill(result.recipe), "selection": result.best.score,
+        rows[f"searched by {metric} (budget {budget})"] = {
+            "test": per_skill(result.recipe), "selection": evaluator.score(result.recipe),
             "genes": len(result.space), "sampler": result.sampler,
             "candidates": len(result.candidates),
             "candidates_per_minute": 60 * len(result.candidates)
@@ -185,8 +188,8 @@ def main(argv: list[str] | None = None) -> int:
         budget = args.budgets[0]
         result = search(start, selection, budget=budget, seed=args.seed, ray=True, workers=2)
         evaluated = [c for c in result.candidates if not c.cached]
-        rows[f"searched on local Ray (budget {budget})"] = {
-            "test": per_skill(result.recipe), "selection": result.best.score,
+        rows[f"searched by loss on local Ray (budget {budget})"] = {
+            "test": per_skill(result.recipe), "selection": evaluator.score(result.recipe),
             "genes": len(result.space), "sampler": result.sampler, "workers": result.workers,
             "candidates": len(result.candidates), "ray_start_seconds": result.load_seconds,
             "candidates_per_minute": 60 * len(result.candidates)

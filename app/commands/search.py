@@ -24,7 +24,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
                    help="candidates in all, the starting recipes included (32); exact")  # fmt: skip
     p.add_argument("--timeout", type=float, help="seconds after which no candidate is started")
     p.add_argument("--seed", type=int, default=0, help="optimiser seed (0)")
-    p.add_argument("--metric", default="loss", choices=["loss", "exact_match", "multiple_choice"])
+    p.add_argument("--metric", default="loss",
+                   choices=["loss", "example_loss", "exact_match", "multiple_choice"],
+                   help="loss: per output token; example_loss: every example weighs the same")
     p.add_argument("--genes", type=int, help="genes to search (default: about budget / 8)")
     p.add_argument("--device", default="cpu", help="where candidates are merged and scored")
     backend = p.add_mutually_exclusive_group()

@@ -156,7 +156,7 @@ class InMemoryEvaluator:
 
     def score_current(self) -> float:
         """The metric of the model as it is now."""
-        return float(self.scorer.score(self.rows, metric=self.metric))  # type: ignore[arg-type]
+        return score_with(self.scorer, self.rows, self.metric)
 
     def score(self, recipe: Recipe) -> float:
         """Merge `recipe` in place and score it."""
@@ -168,7 +168,7 @@ class InMemoryEvaluator:
         from evaluation.scoring import as_examples
 
         self.apply(recipe)
-        return float(self.scorer.score(as_examples(rows), metric=self.metric))  # type: ignore[arg-type]
+        return score_with(self.scorer, as_examples(rows), self.metric)
 
 
 def score_folder(path: str | Path, examples: Sequence[Any], *, metric: str = "loss",
@@ -177,7 +177,27 @@ def score_folder(path: str | Path, examples: Sequence[Any], *, metric: str = "lo
     from evaluation.scoring import Scorer, as_examples
 
     scorer = Scorer.from_pretrained(path, device=device, dtype="float32")
-    return float(scorer.score(as_examples(examples), metric=metric))  # type: ignore[arg-type]
+    return score_with(scorer, as_examples(examples), metric)
+
+
+METRICS = ("loss", "example_loss", "exact_match", "multiple_choice")
+
+
+def higher_is_better(metric: str) -> bool:
+    """Accuracies are better higher, losses lower."""
+    return metric in ("exact_match", "multiple_choice")
+
+
+def score_with(scorer: Any, rows: Sequence[Any], metric: str) -> float:
+    """One number for `rows`: the scorer's metrics, and ``example_loss``, the mean over examples
+    of each one's mean output-token loss (every example weighs the same, whatever its length;
+    ``loss`` weighs every output token the same)."""
+    if metric not in METRICS:
+        raise SearchError(f"unknown metric {metric!r}; use one of {', '.join(METRICS)}")
+    if metric != "example_loss":
+        return float(scorer.score(rows, metric=metric))
+    scored = scorer.continuations([(row.input, row.output) for row in rows])
+    return -sum(s.logprob / s.num_tokens for s in scored) / len(scored)
 
 
 def _resolve(

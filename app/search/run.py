@@ -162,7 +162,8 @@ def search(
         budget (`int`): candidates in all, the initial ones included; exact.
         seed (`int`): seeds the optimiser (same seed, same candidates, in process).
         timeout (`float`, *optional*): seconds after which no new candidate is asked.
-        metric (`str`): ``"loss"`` (lower is better), ``"exact_match"``, ``"multiple_choice"``.
+        metric (`str`): ``"loss"`` (per output token, lower is better), ``"example_loss"``
+            (per example), ``"exact_match"``, ``"multiple_choice"``.
         ray, ray_address: score on a local Ray (127.0.0.1) or an existing cluster.
         cancel (`threading.Event`, *optional*): stop; the best so far is kept.
         on_candidate (`Callable`, *optional*): called with each scored candidate and the state.
@@ -173,7 +174,8 @@ def search(
     Raises:
         `SearchError`: nothing to search, no examples, a backend failure.
     """
-    from evaluation.scoring import as_examples, higher_is_better
+    from app.search.evaluator import higher_is_better
+    from evaluation.scoring import as_examples
 
     started = time.perf_counter()
     rows = as_examples(examples)
@@ -201,7 +203,7 @@ def search(
     try:
         state, sampler, stopped = run_loop(
             space, initial, backend, budget=budget, seed=seed,
-            higher_is_better=higher_is_better(metric),  # type: ignore[arg-type]
+            higher_is_better=higher_is_better(metric),
             timeout=timeout, cancel=cancel, on_candidate=on_candidate,
         )  # fmt: skip
     finally:

@@ -149,3 +149,15 @@ def test_lora_adapters_are_searched_in_the_same_evaluator(zoo, demo_models):
     scores = {c.origin: c.score for c in result.candidates}
     assert len(set(scores.values())) > 1  # the adapter's weight changes the model
     assert result.best.score <= scores["your recipe"]
+
+
+def test_example_loss_weighs_every_example_the_same(zoo):
+    models, rows = zoo
+    recipe = _task_arithmetic(models)
+    evaluator = InMemoryEvaluator(recipe, rows, metric="example_loss")
+    value = evaluator.score(recipe)
+    singles = [evaluator.scorer.loss([row]) for row in rows]  # the model as merged just now
+    assert value == pytest.approx(sum(singles) / len(singles))
+    result = search(recipe, rows, budget=4, seed=0, metric="example_loss")
+    assert not result.state.higher_is_better
+    assert result.best.score == min(c.score for c in result.candidates)
