@@ -52,7 +52,8 @@ class SearchHandler:
             upload: an uploaded jsonl file of examples (takes precedence over `examples`).
             budget: how many candidates to score in all, the starting recipes included.
             seed: the optimiser's seed; the same seed gives the same candidates.
-            metric: "loss" (mean output-token loss), "exact_match" or "multiple_choice".
+            metric: "loss" (mean output-token loss), "example_loss" (every example weighs the
+                same), "exact_match" or "multiple_choice".
             backend: "in process", or "local ray" (Ray actors on this machine).
             token: a Hub token that can read the recipe's models (blank for public models).
 
@@ -105,8 +106,8 @@ def render(h: Handlers, settings: Settings, *, method: dict[str, Any], token: An
             budget = gr.Number(value=24, precision=0, minimum=1, label="Budget (candidates)",
                                elem_id="search-budget")  # fmt: skip
             seed = gr.Number(value=0, precision=0, label="Seed")
-            metric = gr.Dropdown(["loss", "exact_match", "multiple_choice"], value="loss",
-                                 label="Metric")  # fmt: skip
+            metric = gr.Dropdown(["loss", "example_loss", "exact_match", "multiple_choice"],
+                                 value="loss", label="Metric")  # fmt: skip
             backend = gr.Dropdown(list(BACKENDS), value=BACKENDS[0], label="Backend")
         with gr.Row():
             start = gr.Button("Search", variant="primary", elem_id="search-btn")
