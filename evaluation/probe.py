@@ -233,7 +233,7 @@ def plot_probe(result: ProbeResult, path: str | Path) -> Path:
     axes.set_title(f"loss barrier {result.barrier:.4f} at α={result.barrier_alpha:.2f}")
     if result.accuracy_metric:
         twin = axes.twinx()
-        accuracy = [p.accuracy for p in result.points]
+        accuracy = [float("nan") if p.accuracy is None else p.accuracy for p in result.points]
         twin.plot(alphas, accuracy, "s:", color="tab:green", label=result.accuracy_metric)
         twin.set_ylabel(result.accuracy_metric)
         twin.set_ylim(-0.05, 1.05)
