@@ -194,12 +194,29 @@ def masks_ready() -> bool:
     return available and bool(_ready)
 
 
+_free_buffers: dict[tuple[int, ...], list[np.ndarray]] = {}
+
+
 def histogram_buffer(step: int, models: int) -> np.ndarray:
     """Zeroed counts for `magnitude_histograms` in pass ``step``, per input: two interleaved
-    sub-histograms of the high bits, one of the low bits (summed over axis 1 at the end)."""
-    if step == 0:
-        return np.zeros((models, 2, HIGH_BUCKETS), dtype=np.int64)
-    return np.zeros((models, 1, LOW_BUCKETS), dtype=np.int64)
+    sub-histograms of the high bits, one of the low bits (summed over axis 1 at the end).
+    Buffers are recycled (`release_buffer`): zeroing one is cheaper than faulting in a fresh
+    megabyte for every tensor."""
+    shape = (models, 2, HIGH_BUCKETS) if step == 0 else (models, 1, LOW_BUCKETS)
+    with _lock:
+        free = _free_buffers.get(shape)
+        buffer = free.pop() if free else None
+    if buffer is None:
+        return np.zeros(shape, dtype=np.int64)
+    buffer.fill(0)
+    return buffer
+
+
+def release_buffer(buffer: np.ndarray) -> None:
+    with _lock:
+        free = _free_buffers.setdefault(buffer.shape, [])
+        if len(free) < 8:
+            free.append(buffer)
 
 
 def magnitude_histograms(

@@ -166,10 +166,16 @@ class FamilyKernel(Kernel):
         parts = [c for (s, _), c in self._counts.items() if s == step]
         if not parts:
             return
-        total = torch.from_numpy(sum(parts).sum(axis=1))  # threads, then sub-histograms
-        for selector, row in zip(self.selectors, total, strict=True):
+        total = parts[0]
+        for part in parts[1:]:  # threads, then sub-histograms, in place
+            total += part
+        for sub in range(1, total.shape[1]):
+            total[:, 0] += total[:, sub]
+        for selector, row in zip(self.selectors, total[:, 0], strict=True):
             if selector is not None:
-                selector.add_counts(step, row)
+                selector.add_counts(step, torch.from_numpy(row))
+        for part in parts:
+            _compiled.release_buffer(part)
         self._counts.clear()
 
     def end_pass(self, step: int) -> None:
