@@ -8,8 +8,8 @@ An identity is resolved per request, in this order:
    same person is the same identity whether they sign in or paste a token. Answers are
    cached under a SHA-256 of the token, never the token itself.
 2. ``session:<digest>``: with no token (or one the Hub refuses), the caller's Gradio session
-   (a browser tab, or one `gradio_client.Client` instance); only a digest of the session
-   hash is kept, so the database cannot be used to act as a session.
+   (a browser tab, one `gradio_client.Client` instance, one MCP session); only a digest of
+   the session hash is kept, so the database cannot be used to act as a session.
 3. ``local``: an in-process call without any request (tests, scripts calling `Handlers`).
 
 >>> identities = Identities(endpoint="http://127.0.0.1:8765")  # doctest: +SKIP
@@ -108,6 +108,17 @@ class Identities:
         return LOCAL
 
     def of_request(self, token: str | None, request: Any) -> str:
-        """`resolve` for a handler's ``gr.Request`` (None outside a web request)."""
+        """`resolve` for a handler's ``gr.Request`` (None outside a web request).
+
+        Gradio's MCP server relays every tool call through one shared client (one session
+        hash for all MCP callers) but forwards each caller's headers; a Streamable-HTTP MCP
+        session's ``Mcp-Session-Id`` therefore stands in for the session there.
+        """
         session = getattr(request, "session_hash", None) if request is not None else None
+        try:
+            mcp_session = request.headers.get("mcp-session-id") if request is not None else None
+        except Exception:  # a request without headers (built in-process)
+            mcp_session = None
+        if mcp_session:
+            session = f"mcp:{mcp_session}"
         return self.resolve(token, session=session)

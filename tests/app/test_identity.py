@@ -54,3 +54,21 @@ def test_an_unreachable_hub_falls_back_to_the_session_and_is_not_cached():
 @pytest.mark.parametrize("request_obj", [None, object()])
 def test_of_request_without_a_session_is_local(request_obj):
     assert Identities(whoami=lambda t: None).of_request(None, request_obj) == LOCAL
+
+
+class Relayed:
+    """A request as gradio's MCP server relays it: one shared session, the caller's headers."""
+
+    session_hash = "the-mcp-servers-own-client"
+
+    def __init__(self, headers: dict[str, str]) -> None:
+        self.headers = headers
+
+
+def test_mcp_sessions_are_separate_although_gradio_relays_them_through_one_client():
+    identities = Identities(whoami=lambda token: None)
+    first = identities.of_request(None, Relayed({"mcp-session-id": "a1"}))
+    second = identities.of_request(None, Relayed({"mcp-session-id": "b2"}))
+    assert first != second
+    assert first == identities.of_request(None, Relayed({"mcp-session-id": "a1"}))
+    assert identities.of_request(None, Relayed({})) == session_identity(Relayed.session_hash)
