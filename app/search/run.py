@@ -181,7 +181,10 @@ def search(
     rows = as_examples(examples)
     if not rows:
         raise SearchError("the search needs at least one example")
-    import optuna  # noqa: F401  (imported here, so its import counts as start-up, not per candidate)
+    # imported here, so that their import (cmaes pulls in scipy.stats: seconds) counts as
+    # start-up, not as the overhead of the first CMA-ES candidate
+    import cmaes  # noqa: F401
+    import optuna  # noqa: F401
 
     recipe = pin_recipe(recipe, token=token, endpoint=endpoint)
     space = space_from_recipe(recipe, budget=budget, max_genes=max_genes)
