@@ -93,23 +93,25 @@ def prepare(
     with _lock:
         if kind not in _ready and kind not in _queued:
             _queued.add(kind)
-            if _worker is None or not _worker.is_alive():
+            if _worker is None:  # the worker clears it, under the lock, when nothing is left
                 _worker = threading.Thread(target=_load, name="jit-load", daemon=True)
                 _worker.start()
+    while wait and kind not in _ready and kind in _queued:
         worker = _worker
-    if wait and worker is not None:
-        while kind not in _ready and kind in _queued and worker.is_alive():
-            worker.join(0.05)
+        if worker is None:
+            break
+        worker.join(0.05)
 
 
 def _load() -> None:
     """Import the loops and run each once on a tiny chunk of every queued kind (which loads
     its machine code from numba's cache, or compiles it)."""
-    global _loops, available
+    global _loops, available, _worker
     while True:
         with _lock:
             pending = sorted(_queued - _ready, key=str)
             if not pending:
+                _worker = None
                 return
         kind = pending[0]
         try:
@@ -121,6 +123,7 @@ def _load() -> None:
             with _lock:
                 available = False
                 _queued.clear()
+                _worker = None
             return
         with _lock:
             _ready.add(kind)
