@@ -29,8 +29,7 @@ from torch import Tensor
 from merging.methods._base import MethodParams, SourceParams, register
 from merging.methods._kernels import Kernel
 from merging.methods._ops import RandomStream
-from merging.methods._select import RadixSelect
-from merging.methods._vectors import CutRows, Layout, vectors_of
+from merging.methods._vectors import CutRows, Layout, OrderStatistics, vectors_of
 
 PROBABILITY_FLOOR = 1e-8
 QUANTILES = (0.25, 0.5, 0.75)
@@ -102,7 +101,7 @@ class ArceeFusionKernel(Kernel):
         self.layout = Layout(shape, "last")
         self.cut = CutRows(self.layout.size)
         numel = max(1, math.prod(shape))
-        self.selectors = [RadixSelect(numel - r) for r in quantile_ranks(numel)]
+        self.quantiles = OrderStatistics([numel - r for r in quantile_ranks(numel)])
         self.kl = torch.zeros(self.layout.count)
         self.threshold = torch.tensor(0.0)
 
@@ -122,20 +121,16 @@ class ArceeFusionKernel(Kernel):
                 self.kl[first // cols : last // cols] = kl.cpu()  # disjoint rows: no lock
             self.cut.keep(offset, [base, other])
         else:
-            importance = self._importance(base, other, offset)
-            for selector in self.selectors:
-                selector.observe(step - 1, importance)
+            self.quantiles.observe(step - 1, self._importance(base, other, offset))
 
     def end_pass(self, step: int) -> None:
         if step == 0:
             for row, (base_row, other_row) in self.cut.rows():
                 self.kl[row] = row_kl(other_row.unsqueeze(0), base_row.unsqueeze(0))[0].cpu()
             return
-        for selector in self.selectors:
-            selector.end_pass(step - 1)
+        self.quantiles.end_pass(step - 1)
         if step == 2:
-            q1, median, q3 = (s.threshold for s in self.selectors)
-            self.threshold = fusion_threshold(q1, median, q3)
+            self.threshold = fusion_threshold(*self.quantiles.values)
 
     def apply(self, base: Tensor | None, inputs: Sequence[Tensor], offset: int) -> Tensor:
         assert base is not None
