@@ -30,8 +30,9 @@ class ScaleKernel(Kernel):
         self.scale = 1.0 if scale is None else float(scale)
 
     def apply(self, base: Tensor | None, inputs: Sequence[Tensor], offset: int) -> Tensor:
-        out = inputs[0].to(self.dtype)
-        return out if self.scale == 1.0 else out.mul_(self.scale)
+        if self.scale == 1.0:  # a copy in the stored dtype: the driver casts it once
+            return inputs[0]
+        return inputs[0].to(self.dtype).mul_(self.scale)
 
 
 @register(
