@@ -9,7 +9,7 @@ least this much, so no merge of the same models can be faster on the same machin
 Nothing heavy is imported (no torch): the bound is the I/O, not an interpreter's start-up.
 
 Usage: python benchmarks/bare_copy.py RECIPE OUT  (uses the recipe only for its local model
-paths: ``base_model`` and ``models[].model``)
+paths: ``base_model``, ``models[].model`` and the slices' sources)
 """
 
 from __future__ import annotations
@@ -43,7 +43,8 @@ def _write(out: Path, sizes: list[int]) -> None:
 
 def main() -> None:
     recipe = yaml.safe_load(Path(sys.argv[1]).read_text())
-    names = [m["model"] for m in recipe["models"]]
+    names = [m["model"] for m in recipe.get("models") or []]
+    names += [s["model"] for part in recipe.get("slices") or [] for s in part["sources"]]
     base = recipe.get("base_model") or names[0]
     models = [base] + [m for m in names if m != base]
     files = sorted(

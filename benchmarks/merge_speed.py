@@ -37,6 +37,7 @@ SHAPES = {
     "0.25B": (1024, 2816, 16, 32000),
     "1B": (2048, 5632, 22, 32000),
 }
+CHECKOUT = Path(__file__).resolve().parents[1]  # the hubmerge this script belongs to
 METHODS = {
     "task_arithmetic": {},
     "ties": {"density": 0.5},
@@ -54,6 +55,10 @@ GLOBAL_PARAMETERS = {"sce": {"select_topk": 0.5}, "nearswap": {"t": 0.0005}}
 WITHOUT_BASE = {"linear", "multislerp", "karcher", "nuslerp"}  # the base is listed as a model
 TWO_MODELS = {"nuslerp", "nearswap", "arcee_fusion"}  # exactly two, counting the base
 UNWEIGHTED = {"sce", "karcher", "nearswap", "arcee_fusion", "ram", "ramplus_tl"}
+# The slice plan (issue 11), run with --methods: a depth up-scaling frankenmerge (the base's
+# first 3/4 of the layers, then the first fine-tune's last 3/4: 1.5x the layers) and the
+# LazyMergekit SLERP template, which is written with slices.
+SLICE_PLANS = ("passthrough_slices", "slerp_slices")
 
 
 def llama_tensors(hidden: int, inter: int, layers: int, vocab: int) -> dict[str, tuple[int, ...]]:
@@ -132,7 +137,29 @@ def build_checkpoint(path: Path, size: str, seed: int, base: Path | None) -> Non
     tmp.rename(path)
 
 
+def slice_recipe_yaml(method: str, base: Path, inputs: list[Path]) -> str:
+    layers = json.loads((base / "config.json").read_text())["num_hidden_layers"]
+    cut = layers - layers // 4
+    if method == "passthrough_slices":
+        return (
+            "merge_method: passthrough\nslices:\n"
+            f"  - sources: [{{model: {base}, layer_range: [0, {cut}]}}]\n"
+            f"  - sources: [{{model: {inputs[0]}, layer_range: [{layers - cut}, {layers}]}}]\n"
+            "dtype: bfloat16\n"
+        )
+    return (
+        f"merge_method: slerp\nbase_model: {base}\nslices:\n  - sources:\n"
+        f"      - {{model: {base}, layer_range: [0, {layers}]}}\n"
+        f"      - {{model: {inputs[0]}, layer_range: [0, {layers}]}}\n"
+        "parameters:\n  t:\n    - {filter: self_attn, value: [0, 0.5, 0.3, 0.7, 1]}\n"
+        "    - {filter: mlp, value: [1, 0.5, 0.7, 0.3, 0]}\n    - {value: 0.5}\n"
+        "dtype: bfloat16\n"
+    )
+
+
 def recipe_yaml(method: str, base: Path, inputs: list[Path]) -> str:
+    if method in SLICE_PLANS:
+        return slice_recipe_yaml(method, base, inputs)
     params = {**METHODS, **MERGEKIT_METHODS}[method]
     inputs = inputs[:1] if method in TWO_MODELS else inputs
     if method in WITHOUT_BASE:  # e.g. linear: a soup of every model, a weight for each
@@ -169,11 +196,15 @@ def _sample_memory(pid: int, peak: dict[str, int], stop: threading.Event) -> Non
         stop.wait(0.05)
 
 
-def run_measured(cmd: list[str], env: dict[str, str] | None = None) -> dict[str, float]:
-    """Run a command; wall and CPU seconds, peak anonymous / file-mapped / total RSS."""
+def run_measured(cmd: list[str], checkout: Path | None = None) -> dict[str, float]:
+    """Run a command (from ``checkout``: its working directory and PYTHONPATH); wall and CPU
+    seconds, peak anonymous / file-mapped / total RSS."""
+    env = None if checkout is None else {**os.environ, "PYTHONPATH": str(checkout)}
     before = os.times()
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        cmd, env=env, cwd=checkout, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     peak: dict[str, int] = {}
     stop = threading.Event()
     sampler = threading.Thread(target=_sample_memory, args=(proc.pid, peak, stop))
@@ -201,17 +232,15 @@ def input_bytes(paths: list[Path]) -> int:
     return sum(f.stat().st_size for p in paths for f in p.glob("*.safetensors"))
 
 
-def tools_for(
-    recipe: Path, args: argparse.Namespace
-) -> dict[str, tuple[list[str], dict[str, str]]]:
-    """The commands compared on one recipe (each gets the output folder appended)."""
-    env = dict(os.environ)
-    tools = {"hubmerge": ([sys.executable, "-m", "app.cli", "merge", str(recipe), "-o"], env)}
+def tools_for(recipe: Path, args: argparse.Namespace) -> dict[str, tuple[list[str], Path | None]]:
+    """The commands compared on one recipe (each gets the output folder appended), with the
+    checkout each hubmerge runs from (its working directory and PYTHONPATH)."""
+    merge = [sys.executable, "-m", "app.cli", "merge", str(recipe), "-o"]
+    tools: dict[str, tuple[list[str], Path | None]] = {"hubmerge": (merge, CHECKOUT)}
     if args.baseline:  # another checkout of hubmerge, e.g. `git archive <rev> | tar -x -C DIR`
-        old = {**env, "PYTHONPATH": str(args.baseline)}
-        tools["baseline"] = ([sys.executable, "-m", "app.cli", "merge", str(recipe), "-o"], old)
+        tools["baseline"] = (merge, args.baseline.resolve())
     if args.mergekit:
-        tools["mergekit"] = ([args.mergekit, str(recipe), "--no-copy-tokenizer"], env)
+        tools["mergekit"] = ([args.mergekit, str(recipe), "--no-copy-tokenizer"], None)
     return tools
 
 
@@ -226,6 +255,8 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "hm-bench")
     parser.add_argument("--out", type=Path, help="where outputs are written (default: --work)")
     args = parser.parse_args()
+    args.work = args.work.resolve()  # the tools run from their own checkouts
+    args.out = args.out.resolve() if args.out else None
     command = " ".join(["python", "benchmarks/merge_speed.py", *sys.argv[1:]])
     rows: list[dict[str, Any]] = []
     for size in args.sizes.split(","):
@@ -237,22 +268,22 @@ def main() -> None:
             build_checkpoint(p, size, i, base)
         total_in = input_bytes([base, *inputs])
         out_root = args.out or root
-        jobs: list[tuple[str, str, list[str], dict[str, str]]] = []
+        jobs: list[tuple[str, str, list[str], Path | None]] = []
         bare = Path(__file__).with_name("bare_copy.py")
         for method in args.methods.split(","):
             recipe = root / f"{method}.yaml"
             recipe.write_text(recipe_yaml(method, base, inputs))
             if not jobs:  # the bound is the same for every method: run it once per repeat
-                jobs.append(("(all)", "bare", [sys.executable, str(bare), str(recipe)], {}))
-            for tool, (cmd, env) in tools_for(recipe, args).items():
-                jobs.append((method, tool, cmd, env))
+                jobs.append(("(all)", "bare", [sys.executable, str(bare), str(recipe)], None))
+            for tool, (cmd, checkout) in tools_for(recipe, args).items():
+                jobs.append((method, tool, cmd, checkout))
         samples: dict[tuple[str, str], list[dict[str, float]]] = {}
         for repeat in range(args.repeats):
             # paired: each repeat runs every job once, in alternating order
-            for method, tool, cmd, env in jobs if repeat % 2 == 0 else jobs[::-1]:
+            for method, tool, cmd, checkout in jobs if repeat % 2 == 0 else jobs[::-1]:
                 out = out_root / f"out-{method}-{tool}"
                 shutil.rmtree(out, ignore_errors=True)
-                run = run_measured([*cmd, str(out)], env=env or None)
+                run = run_measured([*cmd, str(out)], checkout)
                 shutil.rmtree(out, ignore_errors=True)
                 samples.setdefault((method, tool), []).append(run)
                 print(json.dumps({"size": size, "method": method, "tool": tool, **run}),
