@@ -37,6 +37,7 @@ SHAPES = {
     "0.25B": (1024, 2816, 16, 32000),
     "1B": (2048, 5632, 22, 32000),
 }
+CHECKOUT = Path(__file__).resolve().parents[1]  # the hubmerge this script belongs to
 METHODS = {
     "task_arithmetic": {},
     "ties": {"density": 0.5},
@@ -195,11 +196,15 @@ def _sample_memory(pid: int, peak: dict[str, int], stop: threading.Event) -> Non
         stop.wait(0.05)
 
 
-def run_measured(cmd: list[str], env: dict[str, str] | None = None) -> dict[str, float]:
-    """Run a command; wall and CPU seconds, peak anonymous / file-mapped / total RSS."""
+def run_measured(cmd: list[str], checkout: Path | None = None) -> dict[str, float]:
+    """Run a command (from ``checkout``: its working directory and PYTHONPATH); wall and CPU
+    seconds, peak anonymous / file-mapped / total RSS."""
+    env = None if checkout is None else {**os.environ, "PYTHONPATH": str(checkout)}
     before = os.times()
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        cmd, env=env, cwd=checkout, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     peak: dict[str, int] = {}
     stop = threading.Event()
     sampler = threading.Thread(target=_sample_memory, args=(proc.pid, peak, stop))
@@ -227,17 +232,15 @@ def input_bytes(paths: list[Path]) -> int:
     return sum(f.stat().st_size for p in paths for f in p.glob("*.safetensors"))
 
 
-def tools_for(
-    recipe: Path, args: argparse.Namespace
-) -> dict[str, tuple[list[str], dict[str, str]]]:
-    """The commands compared on one recipe (each gets the output folder appended)."""
-    env = dict(os.environ)
-    tools = {"hubmerge": ([sys.executable, "-m", "app.cli", "merge", str(recipe), "-o"], env)}
+def tools_for(recipe: Path, args: argparse.Namespace) -> dict[str, tuple[list[str], Path | None]]:
+    """The commands compared on one recipe (each gets the output folder appended), with the
+    checkout each hubmerge runs from (its working directory and PYTHONPATH)."""
+    merge = [sys.executable, "-m", "app.cli", "merge", str(recipe), "-o"]
+    tools: dict[str, tuple[list[str], Path | None]] = {"hubmerge": (merge, CHECKOUT)}
     if args.baseline:  # another checkout of hubmerge, e.g. `git archive <rev> | tar -x -C DIR`
-        old = {**env, "PYTHONPATH": str(args.baseline)}
-        tools["baseline"] = ([sys.executable, "-m", "app.cli", "merge", str(recipe), "-o"], old)
+        tools["baseline"] = (merge, args.baseline.resolve())
     if args.mergekit:
-        tools["mergekit"] = ([args.mergekit, str(recipe), "--no-copy-tokenizer"], env)
+        tools["mergekit"] = ([args.mergekit, str(recipe), "--no-copy-tokenizer"], None)
     return tools
 
 
@@ -252,6 +255,8 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "hm-bench")
     parser.add_argument("--out", type=Path, help="where outputs are written (default: --work)")
     args = parser.parse_args()
+    args.work = args.work.resolve()  # the tools run from their own checkouts
+    args.out = args.out.resolve() if args.out else None
     command = " ".join(["python", "benchmarks/merge_speed.py", *sys.argv[1:]])
     rows: list[dict[str, Any]] = []
     for size in args.sizes.split(","):
@@ -263,22 +268,22 @@ def main() -> None:
             build_checkpoint(p, size, i, base)
         total_in = input_bytes([base, *inputs])
         out_root = args.out or root
-        jobs: list[tuple[str, str, list[str], dict[str, str]]] = []
+        jobs: list[tuple[str, str, list[str], Path | None]] = []
         bare = Path(__file__).with_name("bare_copy.py")
         for method in args.methods.split(","):
             recipe = root / f"{method}.yaml"
             recipe.write_text(recipe_yaml(method, base, inputs))
             if not jobs:  # the bound is the same for every method: run it once per repeat
-                jobs.append(("(all)", "bare", [sys.executable, str(bare), str(recipe)], {}))
-            for tool, (cmd, env) in tools_for(recipe, args).items():
-                jobs.append((method, tool, cmd, env))
+                jobs.append(("(all)", "bare", [sys.executable, str(bare), str(recipe)], None))
+            for tool, (cmd, checkout) in tools_for(recipe, args).items():
+                jobs.append((method, tool, cmd, checkout))
         samples: dict[tuple[str, str], list[dict[str, float]]] = {}
         for repeat in range(args.repeats):
             # paired: each repeat runs every job once, in alternating order
-            for method, tool, cmd, env in jobs if repeat % 2 == 0 else jobs[::-1]:
+            for method, tool, cmd, checkout in jobs if repeat % 2 == 0 else jobs[::-1]:
                 out = out_root / f"out-{method}-{tool}"
                 shutil.rmtree(out, ignore_errors=True)
-                run = run_measured([*cmd, str(out)], env=env or None)
+                run = run_measured([*cmd, str(out)], checkout)
                 shutil.rmtree(out, ignore_errors=True)
                 samples.setdefault((method, tool), []).append(run)
                 print(json.dumps({"size": size, "method": method, "tool": tool, **run}),
