@@ -8,8 +8,9 @@ An identity is resolved per request, in this order:
    same person is the same identity whether they sign in or paste a token. Answers are
    cached under a SHA-256 of the token, never the token itself.
 2. ``session:<digest>``: with no token (or one the Hub refuses), the caller's Gradio session
-   (a browser tab, one `gradio_client.Client` instance, one MCP session); only a digest of
-   the session hash is kept, so the database cannot be used to act as a session.
+   (a browser tab, one `gradio_client.Client` instance, one MCP session; a stateless MCP
+   call is its own); only a digest of the session hash is kept, so the database cannot be
+   used to act as a session.
 3. ``local``: an in-process call without any request (tests, scripts calling `Handlers`).
 
 >>> identities = Identities(endpoint="http://127.0.0.1:8765")  # doctest: +SKIP
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import secrets
 import threading
 import time
 from collections.abc import Callable
@@ -111,14 +113,19 @@ class Identities:
         """`resolve` for a handler's ``gr.Request`` (None outside a web request).
 
         Gradio's MCP server relays every tool call through one shared client (one session
-        hash for all MCP callers) but forwards each caller's headers; a Streamable-HTTP MCP
-        session's ``Mcp-Session-Id`` therefore stands in for the session there.
+        hash for all MCP callers) and forwards each caller's headers. A caller's MCP session
+        id (``Mcp-Session-Id``) stands in for the session; a call from a stateless MCP
+        server (gradio's is: no session id, only ``MCP-Protocol-Version``) has no session to
+        share, so without a token it is an identity of its own that no later call matches.
         """
         session = getattr(request, "session_hash", None) if request is not None else None
         try:
-            mcp_session = request.headers.get("mcp-session-id") if request is not None else None
+            headers = request.headers if request is not None else {}
+            mcp_session, mcp = headers.get("mcp-session-id"), headers.get("mcp-protocol-version")
         except Exception:  # a request without headers (built in-process)
-            mcp_session = None
+            mcp_session = mcp = None
         if mcp_session:
             session = f"mcp:{mcp_session}"
+        elif mcp:
+            session = f"mcp-call:{secrets.token_hex(16)}"
         return self.resolve(token, session=session)

@@ -72,3 +72,6 @@ def test_mcp_sessions_are_separate_although_gradio_relays_them_through_one_clien
     assert first != second
     assert first == identities.of_request(None, Relayed({"mcp-session-id": "a1"}))
     assert identities.of_request(None, Relayed({})) == session_identity(Relayed.session_hash)
+    stateless = Relayed({"mcp-protocol-version": "2025-06-18"})  # gradio's MCP: no session id
+    assert identities.of_request(None, stateless) != identities.of_request(None, stateless)
+    assert session_identity(Relayed.session_hash) != identities.of_request(None, stateless)

@@ -7,6 +7,8 @@ other's jobs; local folders are refused by an app on 0.0.0.0."""
 
 from __future__ import annotations
 
+import asyncio
+import re
 import subprocess
 import sys
 import time
@@ -186,3 +188,49 @@ def test_local_folders_are_refused_on_0_0_0_0(shared_app, alices_merge):
     inside = recipe(str(folders / "base"), merged)
     with pytest.raises(AppError, match="not accepted"):
         merge(c, inside, ALICE)
+
+
+def test_mcp_callers_do_not_share_jobs(shared_app):
+    """Gradio's MCP server relays every tool call through one client of its own (one Gradio
+    session) and keeps no MCP sessions: a tokenless call owns its job alone, and a caller
+    with a token finds their jobs again from any MCP session."""
+    pytest.importorskip("mcp")
+    from mcp import ClientSession
+    from mcp.client.streamable_http import streamable_http_client
+
+    public = recipe("alice/public-base", "alice/public-ft-a")
+
+    async def status(session: ClientSession, job_id: str, token: str) -> bool:
+        answer = await session.call_tool("job_status", {"job_id": job_id, "token": token})
+        return not answer.isError
+
+    async def main() -> dict[str, bool]:
+        url = f"{shared_app['url']}/gradio_api/mcp/"
+        async with (
+            streamable_http_client(url) as (read_a, write_a, _),
+            ClientSession(read_a, write_a) as first,
+            streamable_http_client(url) as (read_b, write_b, _),
+            ClientSession(read_b, write_b) as second,
+        ):
+            await first.initialize()
+            await second.initialize()
+            ids = {}
+            for who, token in (("anonymous", ""), ("alice", ALICE)):
+                merged = await first.call_tool("merge", {"recipe": public, "token": token})
+                assert not merged.isError, merged.content
+                text = " ".join(getattr(c, "text", "") for c in merged.content)
+                ids[who] = re.search(r"merge-[0-9a-f]{32}", text).group(0)
+            return {
+                "anonymous, same MCP client": await status(first, ids["anonymous"], ""),
+                "anonymous, other MCP client": await status(second, ids["anonymous"], ""),
+                "alice's, other MCP client, no token": await status(second, ids["alice"], ""),
+                "alice's, other MCP client, her token": await status(second, ids["alice"], ALICE),
+            }
+
+    seen = asyncio.run(main())
+    assert seen == {
+        "anonymous, same MCP client": False,
+        "anonymous, other MCP client": False,
+        "alice's, other MCP client, no token": False,
+        "alice's, other MCP client, her token": True,
+    }
