@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 import yaml
 
 
+@pytest.mark.slow  # imports gradio and builds the tiny models
 def test_app_compatibility_report_shows_the_warnings(tiny_models, tmp_path):
     from app.handlers import Handlers, user_errors
     from app.jobs import JobRunner, JobStore
