@@ -29,7 +29,7 @@ from evaluation.demo_tasks import SOUNDS, skill_items, skill_lines
 
 logger = logging.getLogger(__name__)
 
-ZOO_VERSION = "2"
+ZOO_VERSION = "4"
 # the tokenizer's vocabulary and the test fixtures' small corpus (tests/helpers/tiny.py)
 CORPUS = [
     f"{a} plus {b} is {a + b}. the {w} jumps over the {v}."

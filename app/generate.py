@@ -38,6 +38,8 @@ class GenerationSettings(BaseModel):
         top_p (`float`): nucleus sampling mass (sampling only).
         top_k (`int`): keep the k most likely tokens (0: all; sampling only).
         seed (`int`): seeds the sampling, so a prompt gives the same text again.
+        stop (`str`): stop once the new text contains this string ("" : run to
+            `max_new_tokens` or the end-of-text token).
     """
 
     model_config = ConfigDict(frozen=True)
@@ -47,6 +49,7 @@ class GenerationSettings(BaseModel):
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     top_k: int = Field(default=0, ge=0)
     seed: int = 0
+    stop: str = ""
 
     @property
     def do_sample(self) -> bool:
@@ -195,8 +198,11 @@ def stream_text(entry: LoadedModel, prompt: str, settings: GenerationSettings) -
             with entry.lock, torch.inference_mode():
                 if settings.do_sample:
                     torch.manual_seed(settings.seed)
+                stop = {"stop_strings": [settings.stop], "tokenizer": tokenizer}
+                if not settings.stop:
+                    stop = {}
                 entry.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
-                                     streamer=streamer, pad_token_id=pad,
+                                     streamer=streamer, pad_token_id=pad, **stop,
                                      **settings.generate_kwargs())  # fmt: skip
         except BaseException as err:  # re-raised in the caller's thread
             failure.append(err)

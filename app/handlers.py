@@ -476,7 +476,8 @@ class Handlers:
                     progress((live.done, live.total), desc=live.describe(), unit=live.unit)
                 else:
                     progress(None, desc=live.describe())
-                record.log = "\n".join(live.lines)
+                now = [f"▶ {live.describe()}"] if live.total else []  # progress, while it runs
+                record.log = "\n".join([*live.lines, *now])
             key = (record.state, live.stage if live else None, live.done if live else 0,
                    len(live.lines) if live else 0)  # fmt: skip
             if key != last:

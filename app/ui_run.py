@@ -61,7 +61,8 @@ def render(h: Handlers, settings: Settings, *, method: dict[str, Any], token: An
             chart = gr.Image(label="Scores (± stderr)", type="filepath", elem_id="eval-chart",
                              interactive=False)  # fmt: skip
         curve = gr.LinePlot(x="alpha", y="value", color="curve", label="Interpolation probe",
-                            elem_id="eval-curve", visible=False)  # fmt: skip
+                            x_title="α (θ = (1−α)·base + α·merge)", y_title="loss per token",
+                            color_title="", elem_id="eval-curve", visible=False)  # fmt: skip
         image = gr.Image(label="Interpolation", type="filepath", elem_id="eval-plot",
                          visible=False)  # fmt: skip
         with gr.Accordion("Job record", open=False):

@@ -37,6 +37,7 @@ class TryStep:
         max_new_tokens: float,
         temperature: float,
         top_p: float,
+        stop: str,
         token: str | None,
         owner: str,
     ) -> Iterator[dict[str, str]]:
@@ -48,7 +49,7 @@ class TryStep:
                 raise InputError("Type a prompt first.")
             settings = GenerationSettings(
                 max_new_tokens=int(max_new_tokens or 64), temperature=float(temperature or 0),
-                top_p=float(top_p or 1.0),
+                top_p=float(top_p or 1.0), stop=stop or "",
             )  # fmt: skip
             models = job_models(self.h.store, (merge_job or "").strip(), owner=owner,
                                 token=token, endpoint=self.settings.hub_endpoint)  # fmt: skip
@@ -61,6 +62,7 @@ class TryStep:
         max_new_tokens: float,
         temperature: float,
         top_p: float,
+        stop: str,
         token: str | None,
         oauth_token: gr.OAuthToken | None = None,
         request: gr.Request | None = None,
@@ -68,7 +70,7 @@ class TryStep:
         """The stream as updates of the output boxes (labelled, unused ones hidden)."""
         owner = self.h.caller(token, oauth_token, request)
         user_token = _token(token, oauth_token)
-        for texts in self.stream(merge_job, prompt, max_new_tokens, temperature, top_p,
+        for texts in self.stream(merge_job, prompt, max_new_tokens, temperature, top_p, stop,
                                  user_token, owner):  # fmt: skip
             labels = list(texts)[:SLOTS]
             yield [
@@ -99,6 +101,7 @@ def render(h: Handlers, settings: Settings, *, merge_job: Any, token: Any) -> Tr
                                 label="Max new tokens")  # fmt: skip
             temperature = gr.Slider(0, 2, value=0, step=0.05, label="Temperature (0: greedy)")
             top_p = gr.Slider(0.05, 1, value=1, step=0.05, label="Top-p (sampling)")
+            stop = gr.Textbox(value="." if settings.demo else "", label="Stop at (blank: none)")
         button = gr.Button("Generate", variant="primary", elem_id="try-btn")
         boxes = []
         for row in range(SLOTS // 3):
@@ -110,7 +113,7 @@ def render(h: Handlers, settings: Settings, *, merge_job: Any, token: Any) -> Tr
                                             elem_id=f"try-out-{index}"))  # fmt: skip
     merge_job.change(lambda value: value, merge_job, job, api_visibility="private",
                      concurrency_limit=None)  # fmt: skip
-    inputs = [job, prompt, max_new, temperature, top_p, token]
+    inputs = [job, prompt, max_new, temperature, top_p, stop, token]
     for event in (button.click, prompt.submit):
         event(step.ui, inputs, boxes, api_visibility="private", **GENERATE)
 
@@ -120,6 +123,7 @@ def render(h: Handlers, settings: Settings, *, merge_job: Any, token: Any) -> Tr
         max_new_tokens: int = 64,
         temperature: float = 0.0,
         top_p: float = 1.0,
+        stop: str = "",
         token: str = "",
         request: gr.Request = None,  # type: ignore[assignment]  # injected by gradio
     ) -> Iterator[dict[str, str]]:
@@ -131,6 +135,7 @@ def render(h: Handlers, settings: Settings, *, merge_job: Any, token: Any) -> Tr
             max_new_tokens: tokens to generate per model.
             temperature: 0 for greedy decoding, > 0 to sample.
             top_p: nucleus sampling mass (sampling only).
+            stop: stop a model's text once it contains this string (blank: no stop string).
             token: a Hub token that can read the base and input models (and owns the job).
 
         Returns:
@@ -138,7 +143,7 @@ def render(h: Handlers, settings: Settings, *, merge_job: Any, token: Any) -> Tr
         """
         user_token = (token or "").strip() or None
         owner = step.h.caller(user_token, None, request)
-        yield from step.stream(merge_job, prompt, max_new_tokens, temperature, top_p,
+        yield from step.stream(merge_job, prompt, max_new_tokens, temperature, top_p, stop,
                                user_token, owner)  # fmt: skip
 
     gr.api(generate, api_name="generate", **GENERATE)

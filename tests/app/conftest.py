@@ -112,7 +112,7 @@ def demo_models(demo_root: Path):
 
 @pytest.fixture(scope="session")
 def running_app(demo_root: Path) -> Iterator[RunningApp]:
-    app = start_app(demo_root, HUBMERGE_TENSOR_DELAY="0.1")
+    app = start_app(demo_root, HUBMERGE_TENSOR_DELAY="0.2")  # progress visible in the browser
     try:
         yield app
     finally:

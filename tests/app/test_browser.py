@@ -60,29 +60,49 @@ def test_click_through_the_demo(page, artifacts):
     expect(page.locator("#method-info a").first).to_have_attribute("href", re.compile("arxiv"))
     page.screenshot(path=str(artifacts / "2-method.png"), full_page=True)
 
-    # 3. merge
+    # 3. merge: tensors done / total, bytes and ETA while it runs
     tab(page, "Merge")
     page.locator("#merge-btn").click()
+    running = re.compile(r"▶ merge: \d+/21 tensors, [\d.]+/[\d.]+ MB(, ETA \d+ s)?$")
+    expect(page.locator("#merge-log textarea")).to_have_value(running, timeout=120_000)
+    page.screenshot(path=str(artifacts / "3-merge-progress.png"), full_page=True)
     expect(page.locator("#merge-log textarea")).to_have_value(re.compile("wrote 21 tensors"),
                                                               timeout=120_000)  # fmt: skip
     job_id = page.locator("#merge-job textarea, #merge-job input").first.input_value()
     assert job_id.startswith("merge-")
     page.screenshot(path=str(artifacts / "3-merge.png"), full_page=True)
 
-    # 4. evaluate (the merge job id is carried over)
+    # 4. try: the merge, the base and each input answer the same prompt, side by side
+    tab(page, "Try")
+    page.locator("#try-prompt textarea").fill("double 7 is")
+    page.locator("#try-btn").click()
+    expect(page.locator("#try-out-3 textarea")).to_have_value(re.compile(r"\S"), timeout=120_000)
+    expect(page.locator("#try-out-2 textarea")).to_have_value(" 14.")  # tiny-math, stop at "."
+    for index, label in enumerate(["merge", "base", "tiny-math", "tiny-animals"]):
+        expect(page.locator(f"#try-out-{index}")).to_contain_text(label)
+    expect(page.locator("#try-out-4")).to_be_hidden()
+    page.screenshot(path=str(artifacts / "4-try.png"), full_page=True)
+
+    # 5. evaluate (the merge job id is carried over): table, bar chart, probe curve
     tab(page, "Evaluate")
     page.locator("#eval-btn").click()
-    expect(page.locator("#eval-table")).to_contain_text("hubmerge_demo", timeout=180_000)
-    page.screenshot(path=str(artifacts / "4-evaluate.png"), full_page=True)
+    expect(page.locator("#eval-table")).to_contain_text("hubmerge_demo_math", timeout=180_000)
+    expect(page.locator("#eval-chart img")).to_be_visible(timeout=30_000)
+    expect(page.locator("#eval-curve canvas, #eval-curve svg").first).to_be_visible(
+        timeout=30_000
+    )
+    page.wait_for_timeout(1000)  # let the plots finish drawing
+    page.screenshot(path=str(artifacts / "5-evaluate.png"), full_page=True)
 
-    # 5. push, with a card preview that carries the results
+    # 6. push, with a card preview that carries the results
     tab(page, "Push")
     page.locator("#repo-id textarea, #repo-id input").first.fill("demo/browser-merge")
     page.locator("#preview-btn").click()
     expect(page.locator("#card")).to_contain_text("model-index", timeout=30_000)
+    expect(page.locator("#card")).to_contain_text("AutoModelForCausalLM")  # the usage snippet
     page.locator("#push-btn").click()
     expect(page.locator("#commit-url textarea, #commit-url input").first).to_have_value(
         re.compile("/demo/browser-merge/commit/"), timeout=120_000
     )
-    page.screenshot(path=str(artifacts / "5-push.png"), full_page=True)
-    assert len(list(artifacts.glob("*.png"))) == 5
+    page.screenshot(path=str(artifacts / "6-push.png"), full_page=True)
+    assert len(list(artifacts.glob("*.png"))) == 7

@@ -90,3 +90,21 @@ def test_a_build_is_cached_and_an_interrupted_one_is_redone(tmp_path, monkeypatc
     assert calls == [True, True]  # rebuilt once, then reused
     assert first == again
     assert json.loads((first.root / "complete.json").read_text())["version"] == DEMO_VERSION
+
+
+def test_the_demo_recipe_fills_the_form_with_the_zoo_merge():
+    """The Models tab's "Use the demo recipe": task arithmetic of both skill fine-tunes."""
+    from app import forms
+    from app.ui import demo_recipe
+    from merging import load_recipe
+
+    recipe = load_recipe(demo_recipe())
+    assert recipe.merge_method == "task_arithmetic"
+    assert recipe.base_model == "demo/tiny-base"
+    assert [(s.model, s.parameters["weight"]) for s in recipe.models] == [
+        ("demo/tiny-math", 1.0),
+        ("demo/tiny-animals", 1.0),
+    ]
+    form = forms.yaml_to_form(demo_recipe())
+    assert (form.method, form.base) == ("task_arithmetic", "demo/tiny-base")
+    assert [row[0] for row in form.rows] == ["demo/tiny-math", "demo/tiny-animals"]

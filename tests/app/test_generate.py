@@ -46,6 +46,12 @@ def test_streamed_greedy_text_grows_and_equals_plain_generate(folders):
     assert texts[-1].startswith(" 14.")  # the math fine-tune knows its skill
 
 
+def test_a_stop_string_ends_the_text(folders):
+    entry = ModelCache(reaper=False).get(folders["a"])
+    texts = list(stream_text(entry, "double 7 is", GenerationSettings(stop=".")))
+    assert texts[-1] == " 14."  # not the 64 tokens it would ramble on for
+
+
 def test_sampling_is_seeded(folders):
     cache = ModelCache(reaper=False)
     entry = cache.get(folders["a"])

@@ -31,7 +31,7 @@ def merge_job(client) -> str:
 
 
 def test_generate_answers_side_by_side_and_streams(client, merge_job):
-    job = client.submit(merge_job, "double 7 is", 6, 0.0, 1.0, TOKEN, api_name="/generate")
+    job = client.submit(merge_job, "double 7 is", 6, 0.0, 1.0, "", TOKEN, api_name="/generate")
     while not job.done():
         threading.Event().wait(0.05)
     updates = job.outputs()
@@ -41,14 +41,17 @@ def test_generate_answers_side_by_side_and_streams(client, merge_job):
     assert final["tiny-math"].startswith(" 14.")  # the math fine-tune knows its skill
     assert not final["base"].startswith(" 14.")  # the base answers a neighbour's
     # greedy by default: the same prompt gives the same texts (the models stay loaded)
-    again = client.predict(merge_job, "double 7 is", 6, 0.0, 1.0, TOKEN, api_name="/generate")
+    again = client.predict(merge_job, "double 7 is", 6, 0.0, 1.0, "", TOKEN, api_name="/generate")
     assert again == final
+    stopped = client.predict(merge_job, "double 7 is", 6, 0.0, 1.0, ".", TOKEN,
+                             api_name="/generate")  # fmt: skip
+    assert stopped["tiny-math"] == " 14."  # up to the stop string only
 
 
 def test_generate_explains_a_missing_job_or_prompt(client, merge_job):
     from gradio_client.exceptions import AppError
 
     with pytest.raises(AppError, match="No merge job"):
-        client.predict("merge-nope", "hi", 4, 0.0, 1.0, TOKEN, api_name="/generate")
+        client.predict("merge-nope", "hi", 4, 0.0, 1.0, "", TOKEN, api_name="/generate")
     with pytest.raises(AppError, match="prompt"):
-        client.predict(merge_job, "  ", 4, 0.0, 1.0, TOKEN, api_name="/generate")
+        client.predict(merge_job, "  ", 4, 0.0, 1.0, "", TOKEN, api_name="/generate")
