@@ -7,6 +7,9 @@ TIES trim threshold and the Breadcrumbs band (exact radix selects on the float b
 sort; `_select`), DARE's L1 norms, SLERP's norms and angle — and then computes each output
 chunk elementwise. Tests check every kernel against its pure function.
 
+On CPU, `FamilyKernel` hands TIES and DARE-TIES chunks to fused compiled loops
+(`_compiled`) when numba is there; they compute the same values bit for bit.
+
 Kernels are called from several threads at once (one chunk each). Integer histograms are
 added under a lock; floating-point partial sums are kept per chunk offset and added in offset
 order at the end of the pass, so results never depend on thread timing.
