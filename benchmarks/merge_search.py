@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from app.search import InMemoryEvaluator, search
-    from app.search.space import fixed_recipes
+    from app.search.fixed import fixed_recipes
 
     torch.set_num_threads(1)
     started = time.perf_counter()

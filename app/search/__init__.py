@@ -8,9 +8,10 @@ streamed merge (`run`). The greedy soup (`soup`) uses the same evaluator. No gra
 
 from app.search.errors import BackendUnavailableError, SearchError
 from app.search.evaluator import InMemoryEvaluator, examples_hash, score_folder
+from app.search.fixed import fixed_recipes
 from app.search.optimizer import Candidate, SearchState
 from app.search.run import SearchResult, search, search_and_merge
-from app.search.space import Gene, SearchSpace, fixed_recipes, space_from_recipe
+from app.search.space import Gene, SearchSpace, space_from_recipe
 
 __all__ = [
     "BackendUnavailableError",

@@ -22,8 +22,9 @@ from typing import Any
 
 from app.search.errors import SearchError
 from app.search.evaluator import InMemoryEvaluator, examples_hash, score_folder
+from app.search.fixed import fixed_recipes
 from app.search.optimizer import Candidate, LocalBackend, OnCandidate, SearchState, run_loop
-from app.search.space import SearchSpace, fixed_recipes, space_from_recipe
+from app.search.space import SearchSpace, space_from_recipe
 from merging import MergeOptions, Recipe, merge, parse_recipe
 from merging.engine import ProgressCallback
 

@@ -14,8 +14,10 @@ genome into a copy of the user's recipe, so every candidate is an ordinary recip
 
 The number of genes follows the budget (about one gene per 8 candidates): a small budget
 searches ``lambda`` (and a global density) only, a larger one per-model weights and
-densities, and the largest per-model weights for two layer groups (a two-point gradient,
-early → late layers, interpolated across the layer stack as recipes do).
+densities, the next per-model weights for two layer groups (a two-point gradient,
+early → late layers, interpolated across the layer stack as recipes do), and the largest
+those weights for attention and MLP tensors apart (``{filter, value}`` entries; the other
+tensors take their mean).
 
 >>> from merging import load_recipe
 >>> space = space_from_recipe(load_recipe("examples/ties.yaml"), budget=32)  # doctest: +SKIP
@@ -39,6 +41,7 @@ DENSITY_BOUNDS = (0.1, 1.0)
 UNIT = (0.0, 1.0)
 DECIMALS = 4  # genomes are rounded to this many decimals (the memo key; what is decoded)
 GENES_PER_BUDGET = 8
+PARTS = ("attn", "mlp")  # tensor-name filters of the attention / MLP parts (Llama, GPT-2, …)
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,7 @@ class Layout:
     density: Literal["none", "global", "per_model"] = "none"
     t: bool = False
     groups: int = 1  # 1: one value per parameter; 2: early / late layer groups
+    parts: int = 1  # 1: one weight per model; 2: attention / MLP tensors apart (filters)
 
 
 def stick_breaking(genes: Sequence[float]) -> list[float]:
@@ -113,13 +117,17 @@ class SearchSpace:
     def _suffixes(self) -> list[str]:
         return [""] if self.layout.groups == 1 else ["@early", "@late"]
 
+    def _parts(self) -> list[str]:
+        return [""] if self.layout.parts == 1 else [f"@{p}" for p in PARTS]
+
     def _genes(self) -> list[Gene]:
         n, layout, genes = len(self.positions), self.layout, []
         for suffix in self._suffixes():
             if layout.weights == "simplex":
                 genes += [Gene(f"simplex{suffix}[{k}]", *UNIT) for k in range(n - 1)]
             elif layout.weights == "free":
-                genes += [Gene(f"weight[{i}]{suffix}", *WEIGHT_BOUNDS) for i in range(n)]
+                genes += [Gene(f"weight[{i}]{suffix}{part}", *WEIGHT_BOUNDS)
+                          for part in self._parts() for i in range(n)]  # fmt: skip
             if layout.t:
                 genes.append(Gene(f"t{suffix}", *UNIT))
         if layout.lambda_:
@@ -160,16 +168,26 @@ class SearchSpace:
 
         if layout.weights != "none":
             parameters.pop("weights", None)
-            per_group = []
-            for suffix in self._suffixes():
-                if layout.weights == "simplex":
-                    per_group.append(stick_breaking(
-                        [values[f"simplex{suffix}[{k}]"] for k in range(n - 1)]))  # fmt: skip
-                else:
-                    per_group.append([values[f"weight[{i}]{suffix}"] for i in range(n)])
+            simplex = {suffix: stick_breaking([values[f"simplex{suffix}[{k}]"]
+                                               for k in range(n - 1)])
+                       for suffix in self._suffixes()} if layout.weights == "simplex" else {}
+
+            def weight(i: int, part: str) -> Any:
+                picked = [round(simplex[suffix][i] if simplex
+                                else values[f"weight[{i}]{suffix}{part}"], 6)
+                          for suffix in self._suffixes()]  # fmt: skip
+                return picked[0] if len(picked) == 1 else picked
+
             for i, j in enumerate(self.positions):
-                weight = [round(group[i], 6) for group in per_group]
-                models[j]["parameters"]["weight"] = weight[0] if len(weight) == 1 else weight
+                parts = [weight(i, part) for part in self._parts()]
+                if len(parts) == 1:
+                    models[j]["parameters"]["weight"] = parts[0]
+                    continue
+                rest = ([(x + y) / 2 for x, y in zip(*parts, strict=True)]
+                        if isinstance(parts[0], list) else (parts[0] + parts[1]) / 2)  # fmt: skip
+                models[j]["parameters"]["weight"] = [
+                    *({"filter": f, "value": v} for f, v in zip(PARTS, parts, strict=True)),
+                    {"value": rest}]  # fmt: skip
         if layout.t:
             parameters["t"] = grouped("t")
         if layout.lambda_:
@@ -221,7 +239,8 @@ class SearchSpace:
                 else:
                     template_lam = _number(self.template.parameters.get("lambda", 1.0))
                     scale = 1.0 if layout.lambda_ else lam / template_lam
-                    values.update({f"weight[{i}]{suffix}": w * scale
+                    values.update({f"weight[{i}]{suffix}{part}": w * scale
+                                   for part in self._parts()
                                    for i, w in enumerate(column)})  # fmt: skip
         if layout.t:
             t = _gradient(recipe.parameters.get("t", 0.5))
@@ -302,9 +321,12 @@ def layouts(recipe: Recipe) -> list[Layout]:
         if density:
             out += [Layout(weights="free", lambda_=normalized, density="global"),
                     Layout(weights="free", lambda_=normalized, density="per_model"),
-                    Layout(weights="free", lambda_=normalized, density="per_model", groups=2)]
+                    Layout(weights="free", lambda_=normalized, density="per_model", groups=2),
+                    Layout(weights="free", lambda_=normalized, density="per_model", groups=2,
+                           parts=2)]  # fmt: skip
         else:
-            out.append(Layout(weights="free", lambda_=normalized, groups=2))
+            out += [Layout(weights="free", lambda_=normalized, groups=2),
+                    Layout(weights="free", lambda_=normalized, groups=2, parts=2)]
         return out
     if "weight" in source_fields and len(recipe.models) > 1 and method.max_inputs != 0:
         return [Layout(weights="free")]
@@ -324,54 +346,6 @@ def space_from_recipe(recipe: Recipe, *, budget: int, max_genes: int | None = No
     if not fitting:
         return min(spaces, key=len)
     return max(fitting, key=len)  # the first of the largest (richer layouts come later)
-
-
-def fixed_recipes(recipe: Recipe) -> list[tuple[str, Recipe]]:
-    """The user's recipe and the usual fixed recipes over the same models: task arithmetic
-    (λ = 0.5 and 1) and TIES (density 0.5) when there is a base, and the uniform soup."""
-    space = SearchSpace(recipe, Layout())
-    common = recipe.model_dump(mode="json", exclude_defaults=True,
-                               exclude={"merge_method", "models", "parameters"})  # fmt: skip
-    inputs = [{"model": recipe.models[j].model, **({"adapter": recipe.models[j].adapter}
-               if recipe.models[j].adapter else {})} for j in space.positions]  # fmt: skip
-    found = [("your recipe", recipe)]
-    if recipe.base_model:
-        found += [
-            ("task arithmetic λ=0.5", {"merge_method": "task_arithmetic",
-                                       "parameters": {"lambda": 0.5}}),
-            ("task arithmetic λ=1", {"merge_method": "task_arithmetic",
-                                     "parameters": {"lambda": 1.0}}),
-            ("TIES density=0.5", {"merge_method": "ties", "parameters": {"density": 0.5}}),
-        ]  # fmt: skip
-    found.append(("uniform soup", {"merge_method": "linear"}))
-    out: list[tuple[str, Recipe]] = []
-    seen: set[Any] = set()
-    for label, item in found:
-        candidate = item if isinstance(item, Recipe) else parse_recipe(
-            {**common, **item, "models": inputs})  # fmt: skip
-        key = _effective(candidate)
-        if key not in seen:
-            seen.add(key)
-            out.append((label, candidate))
-    return out
-
-
-_PROBES = [("model.layers.0.self_attn.q_proj.weight", 0.0),
-           ("model.layers.9.mlp.down_proj.weight", 1.0)]  # fmt: skip
-
-
-def _effective(recipe: Recipe) -> Any:
-    """What a recipe does, defaults filled in (so ``lambda: 1`` equals no ``lambda``)."""
-    from merging.methods import resolve_params
-
-    method = get_method(recipe.merge_method)
-    specs = recipe.inputs() if method.needs_base else list(recipe.models)
-    resolved = []
-    for name, t in _PROBES:
-        params, per_source = resolve_params(method, recipe, specs, name, t)
-        resolved.append((params.model_dump_json(), tuple(p.model_dump_json() for p in per_source)))
-    rest = recipe.model_dump_json(exclude={"parameters", "models"})
-    return (rest, tuple((s.model, s.adapter) for s in specs), tuple(resolved))
 
 
 def genome_distance(a: Sequence[float], b: Sequence[float], space: SearchSpace) -> float:

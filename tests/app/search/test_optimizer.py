@@ -7,8 +7,9 @@ import threading
 import pytest
 import yaml
 
+from app.search.fixed import fixed_recipes
 from app.search.optimizer import SearchState, run_loop
-from app.search.space import fixed_recipes, space_from_recipe
+from app.search.space import space_from_recipe
 from merging import parse_recipe
 
 TARGET = [1.2, 0.1, 0.8, 0.3, 1.4]  # weight[0..3], λ of a TIES recipe of four models

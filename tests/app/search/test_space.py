@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 from app.search.errors import SearchError
+from app.search.fixed import fixed_recipes
 from app.search.space import (
     Layout,
     SearchSpace,
-    fixed_recipes,
     inverse_stick_breaking,
     space_from_recipe,
     stick_breaking,
@@ -106,3 +106,29 @@ def test_fixed_recipes_start_with_the_users():
     soup = dict(found)["uniform soup"]
     assert soup.merge_method == "linear"
     assert [s.model for s in soup.models] == ["org/ft-0", "org/ft-1"]
+
+
+def test_the_largest_space_weighs_attention_and_mlp_apart():
+    from merging import get_method
+    from merging.methods import resolve_params
+
+    recipe = _recipe("ties", n=2, density=0.5)
+    space = space_from_recipe(recipe, budget=200)
+    names = [g.name for g in space.genes]
+    assert space.layout.parts == 2
+    assert names[:4] == ["weight[0]@early@attn", "weight[1]@early@attn",
+                         "weight[0]@early@mlp", "weight[1]@early@mlp"]  # fmt: skip
+    genome = [0.1 * (k + 1) for k in range(len(names) - 3)] + [1.2, 0.5, 0.6]  # λ, densities
+    decoded = space.decode(genome)
+    method = get_method("ties")
+
+    def weight_of(tensor: str, t: float) -> float:
+        _, per_source = resolve_params(method, decoded, decoded.inputs(), tensor, t)
+        return per_source[0].weight
+
+    assert weight_of("model.layers.0.self_attn.q_proj.weight", 0.0) == pytest.approx(0.1)
+    assert weight_of("model.layers.0.mlp.up_proj.weight", 0.0) == pytest.approx(0.3)
+    assert weight_of("model.layers.3.mlp.up_proj.weight", 1.0) == pytest.approx(0.7)  # late
+    assert weight_of("model.norm.weight", 0.0) == pytest.approx(0.2)  # the parts' mean
+    assert space.encode(decoded) is None  # filtered weights are not read back
+    assert space.encode(recipe) is not None  # the scalar start recipe is
