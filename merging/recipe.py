@@ -260,7 +260,10 @@ class Recipe(BaseModel):
         for slice_ in self.slices or []:
             specs += [SourceSpec(model=s.model, adapter=s.adapter) for s in slice_.sources]
         specs += [SourceSpec(model=s.model, adapter=s.adapter) for s in self.models]
-        return list({s.key: s for s in reversed(specs)}.values())[::-1]
+        unique: dict[str, SourceSpec] = {}
+        for spec in specs:
+            unique.setdefault(spec.key, spec)
+        return list(unique.values())
 
     def references(self) -> list[str]:
         """Every model or adapter reference the recipe reads: sources, adapters, and the models
