@@ -41,7 +41,9 @@ def multislerp_coefficients(
     With nᵢ = ‖vᵢ‖ and uᵢ = vᵢ/(nᵢ + ε) (w normalised to sum 1 with ``normalize_weights``):
     m = Σ wᵢuᵢ / ‖Σ wᵢuᵢ‖; τ = Σ wᵢ(uᵢ − (uᵢ·m)·m); r = m·cos‖τ‖ + τ·sin‖τ‖/‖τ‖ (‖τ‖ + ε in
     both); result (Σ wᵢnᵢ)·r. If ‖Σ wᵢuᵢ‖ < ε: two inputs are mixed linearly, w₁v₁ + w₂v₂; more
-    raise `IncompatibleModelsError` (antipodal inputs whose weights cancel), as mergekit does.
+    raise `IncompatibleModelsError` (antipodal inputs whose weights cancel), as mergekit does —
+    except when every vᵢ is zero (a tensor no fine-tune changed): then the result is 0 (the
+    base), where mergekit raises.
     """
     w = torch.tensor(list(weights), dtype=torch.float64)
     if params.normalize_weights:
@@ -51,6 +53,8 @@ def multislerp_coefficients(
     unit = torch.diag(1 / (norms + eps))  # column i: uᵢ in the v basis
     mean = unit @ w
     mean_norm = float(mean @ gram @ mean) ** 0.5
+    if float(norms.max()) == 0:  # every input is zero (e.g. a tensor no fine-tune changed)
+        return torch.zeros(len(weights), dtype=torch.float64)
     if mean_norm < eps:
         if len(weights) == 2:
             return w

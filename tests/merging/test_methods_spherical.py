@@ -120,3 +120,11 @@ def test_karcher_kernel_matches_the_function(data, chunk, max_iter, threads):
     expected = pure("karcher", None, inputs, max_iter=max_iter)
     got = chunked("karcher", None, inputs, chunk=chunk, threads=threads, max_iter=max_iter)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_multislerp_of_unchanged_tensors_is_the_base():
+    """mergekit raises here (zero task vectors look antipodal); the result is unambiguous."""
+    base = torch.randn(3, 4)
+    same = [base.clone() for _ in range(3)]
+    assert torch.equal(pure("multislerp", base, same), base)
+    assert torch.equal(chunked("multislerp", base, same, chunk=5), base)
