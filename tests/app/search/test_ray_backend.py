@@ -29,7 +29,9 @@ def ray_cluster():
     port = free_port()
     temp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # socket paths must stay short
     log = Path(temp) / "head.log"
-    env = {**os.environ, **LOCAL_ENV, "OMP_NUM_THREADS": "1"}
+    # Token auth off explicitly: `ray start` turns it on whenever ~/.ray/auth_token exists
+    # (a local `ray.init()` writes one), while a driver given an address never does.
+    env = {**os.environ, **LOCAL_ENV, "OMP_NUM_THREADS": "1", "RAY_AUTH_MODE": "disabled"}
     ray_cli = Path(sys.executable).with_name("ray")
     process = subprocess.Popen(
         [str(ray_cli), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
