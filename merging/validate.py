@@ -74,6 +74,14 @@ def recipe_warnings(recipe: Recipe) -> list[str]:
     """
     method = get_method(recipe.merge_method)
     warnings: list[str] = []
+    models = {s.model for s in recipe.referenced_models()}
+    for token, spec in (recipe.tokenizer.tokens if recipe.tokenizer else {}).items():
+        model = getattr(spec.source, "model", spec.source)
+        if isinstance(model, str) and model not in models:
+            raise RecipeError(
+                f"tokenizer.tokens.{token}.source: {model} is not one of the recipe's models "
+                f"({', '.join(sorted(models))})"
+            )
     if recipe.slices:
         for index, slice_ in enumerate(recipe.slices):
             _check_slice(recipe, method, slice_, index, warnings)

@@ -162,3 +162,11 @@ def test_load_recipe_from_a_file_warns_too(tmp_path):
     path = tmp_path / "r.yaml"
     path.write_text(yaml.safe_dump(changed(parameters={"int8_mask": True})))
     assert any("int8_mask" in w for w in load_recipe(path).warnings)
+
+
+def test_a_token_source_must_be_one_of_the_recipe_models():
+    data = changed(tokenizer={"source": "union", "tokens": {"<x>": {"source": "org/other"}}})
+    with pytest.raises(RecipeError, match=r"tokenizer\.tokens\.<x>\.source: org/other is not one"):
+        parse_recipe(data)
+    data = changed(tokenizer={"source": "union", "tokens": {"<x>": {"source": "org/a"}}})
+    assert parse_recipe(data).tokenizer.tokens["<x>"].source == "org/a"
