@@ -84,7 +84,7 @@ class ModelCache:
     Args:
         idle_seconds (`float`): release a model not used for this long.
         max_models (`int`): keep at most this many (the least recently used goes first).
-        device (`str`): where models are loaded (one device).
+        device (`str`): where models are loaded (`"auto"`: accelerate's placement, or one device).
         clock (`Callable[[], float]`): time source (tests pass a fake one).
         reaper (`bool`): run a daemon thread that releases idle models.
     """

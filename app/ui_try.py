@@ -28,7 +28,7 @@ class TryStep:
     def __init__(self, h: Handlers, cache: ModelCache | None = None) -> None:
         self.h = h
         self.settings = h.settings
-        self.cache = cache or ModelCache(device=h.settings.device or "cpu")
+        self.cache = cache or ModelCache(device=h.settings.device or "auto")
 
     def stream(
         self,
