@@ -26,12 +26,22 @@ pytestmark = [
         ("breadcrumbs_ties", {"density": 0.5, "gamma": 0.05}),
         ("model_stock", {}),
         ("model_stock", {"filter_wise": True}),
+        ("della", {"density": 0.5, "epsilon": 0.1}),
+        ("della_linear", {"density": 0.5, "rescale": "probability"}),
+        ("sce", {"select_topk": 0.5}),
+        ("nuslerp", {"nuslerp_flatten": False}),
+        ("multislerp", {}),
+        ("karcher", {}),
+        ("nearswap", {"t": 0.001}),
+        ("arcee_fusion", {}),
+        ("ram", {}),
+        ("ramplus_tl", {}),
     ],
 )
 def test_cuda_merge_equals_cpu_merge(
     tiny_models: dict[str, Path], tmp_path: Path, method: str, params: dict[str, float]
 ) -> None:
-    inputs = ["ft1"] if method == "slerp" else ["ft1", "ft2"]
+    inputs = ["ft1"] if method in ("slerp", "nearswap", "arcee_fusion") else ["ft1", "ft2"]
     recipe = parse_recipe(
         {
             "merge_method": method,
