@@ -147,7 +147,7 @@ class InMemoryEvaluator:
                 t = layer_position(name, self.num_layers)
                 params, per_source = resolve_params(method, recipe, specs, name, t)
                 inputs = [self.tensors[k][name].to(compute) for k in keys]
-                base = self.tensors[recipe.base_model][name].to(compute) \
+                base = self.tensors[str(recipe.base_model)][name].to(compute) \
                     if method.needs_base else None  # fmt: skip
                 merged = method.fn(base, inputs, per_source, params,
                                    random_stream(recipe.seed, name))  # fmt: skip

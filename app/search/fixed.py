@@ -17,7 +17,7 @@ def fixed_recipes(recipe: Recipe) -> list[tuple[str, Recipe]]:
                                exclude={"merge_method", "models", "parameters"})  # fmt: skip
     inputs = [{"model": recipe.models[j].model, **({"adapter": recipe.models[j].adapter}
                if recipe.models[j].adapter else {})} for j in space.positions]  # fmt: skip
-    found = [("your recipe", recipe)]
+    found: list[tuple[str, Any]] = [("your recipe", recipe)]
     if recipe.base_model:
         found += [
             ("task arithmetic λ=0.5", {"merge_method": "task_arithmetic",

@@ -31,8 +31,8 @@ def chart_points(job_id: str, result: dict[str, Any] | None = None) -> list[dict
     if result and result.get("search"):
         search = result["search"]
         scores = [c["score"] for c in search["candidates"]]
-        best = _best_so_far(scores, bool(search["higher_is_better"]))
-        points = list(zip(range(len(scores)), scores, best, strict=True))
+        bests = _best_so_far(scores, bool(search["higher_is_better"]))
+        points = list(zip(range(len(scores)), scores, bests, strict=True))
     else:
         with _LIVE_LOCK:
             points = list(LIVE.get(job_id, []))

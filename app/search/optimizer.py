@@ -20,7 +20,7 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from app.search.errors import SearchError
 from app.search.space import SearchSpace
@@ -133,7 +133,7 @@ def run_loop(
         ``cancelled``).
     """
     import optuna
-    from optuna.distributions import FloatDistribution
+    from optuna.distributions import BaseDistribution, FloatDistribution
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if budget < 1:
@@ -180,13 +180,14 @@ def run_loop(
             memo.setdefault(tuple(genome), score)
         record(Candidate(len(state.candidates), origin, recipe.to_yaml(), score, genome,
                          seconds, worker=worker))  # fmt: skip
-    distributions = {g.name: FloatDistribution(g.low, g.high) for g in space.genes}
+    distributions: dict[str, BaseDistribution] = {
+        g.name: FloatDistribution(g.low, g.high) for g in space.genes}  # fmt: skip
     best_start = None
     for candidate in state.candidates:
         if candidate.genome is not None and (best_start is None or state.better(
                 candidate.score, best_start.score)):  # fmt: skip
             best_start = candidate
-    direction = "maximize" if higher_is_better else "minimize"
+    direction: Literal["minimize", "maximize"] = "maximize" if higher_is_better else "minimize"
     sampler = make_sampler(space, seed=seed, x0=best_start.genome if best_start else None,
                            startup=max(2, min(10, budget // 5)))  # fmt: skip
     study = optuna.create_study(direction=direction, sampler=sampler)
@@ -218,19 +219,19 @@ def run_loop(
                                      space.decode(genome).to_yaml(), memo[key], genome,
                                      cached=True))  # fmt: skip
                     continue
-                recipe = space.decode(genome).to_yaml()
-                trials[trial.number] = (trial, genome, recipe)
-                backend.submit(trial.number, recipe)
+                text = space.decode(genome).to_yaml()
+                trials[trial.number] = (trial, genome, text)
+                backend.submit(trial.number, text)
             if not trials:
                 continue
             ticket, score, seconds, worker = backend.collect()
-            trial, genome, recipe = trials.pop(ticket)
+            trial, genome, text = trials.pop(ticket)
             memo[tuple(genome)] = score
             if math.isfinite(score):
                 study.tell(trial, score)
             else:
                 study.tell(trial, state=optuna.trial.TrialState.FAIL)
-            record(Candidate(len(state.candidates), "search", recipe, score, genome, seconds,
+            record(Candidate(len(state.candidates), "search", text, score, genome, seconds,
                              worker=worker))  # fmt: skip
     return state, type(sampler).__name__, stopped
 
