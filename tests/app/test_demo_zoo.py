@@ -20,6 +20,8 @@ RECIPES = {
     "  - model: {math}\n    parameters: {{weight: 1.0, density: 0.5}}\n"
     "  - model: {animals}\n    parameters: {{weight: 1.0, density: 0.5}}\n",
     "soup": "merge_method: linear\nmodels:\n  - model: {math}\n  - model: {animals}\n",
+    "lora": "merge_method: task_arithmetic\nbase_model: {base}\nmodels:\n"
+    "  - model: {base}+{lora}\n",  # the adapter's ΔW added to the base
 }
 
 
@@ -31,7 +33,7 @@ def scores(demo_models, tmp_path_factory) -> dict[str, dict[str, float]]:
     out = tmp_path_factory.mktemp("zoo-merges")
     folders = {k: str(v) for k, v in demo_models.models.items()}
     names = {"base": folders["tiny-base"], "math": folders["tiny-math"],
-             "animals": folders["tiny-animals"]}  # fmt: skip
+             "animals": folders["tiny-animals"], "lora": folders["tiny-lora-math"]}  # fmt: skip
     models = {"base": names["base"], "tiny-math": names["math"],
               "tiny-animals": names["animals"]}  # fmt: skip
     for label, text in RECIPES.items():
@@ -57,6 +59,8 @@ def test_the_demo_table_shows_what_merging_keeps(scores):
     assert min(scores["task_arithmetic"].values()) >= 0.7, scores  # keeps most of both
     assert min(scores["ties"].values()) >= 0.6, scores
     assert mean["soup"] <= min(mean["task_arithmetic"], mean["ties"]) - 0.05, scores
+    assert scores["lora"]["math"] >= 0.7, scores  # the LoRA adapter learnt the math skill too
+    assert scores["lora"]["animals"] <= base["animals"] + 0.25, scores
 
 
 def test_demo_skills_have_exact_answers_and_the_suite_covers_them():
