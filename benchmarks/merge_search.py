@@ -142,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from app.search import InMemoryEvaluator, search
     from app.search.fixed import fixed_recipes
+    from merging import load_recipe
 
     torch.set_num_threads(1)
     started = time.perf_counter()
@@ -156,22 +157,26 @@ def main(argv: list[str] | None = None) -> int:
     start = _recipe("ties", folders, density=0.5)
     evaluator = InMemoryEvaluator(start, selection)
 
-    def per_skill(recipe: Any) -> dict[str, float]:
-        return {s: evaluator.score_rows(recipe, data[s]["test"]) for s in SKILLS}
+    def per_skill(recipe: Any, split: str = "test") -> dict[str, float]:
+        return {s: evaluator.score_rows(recipe, data[s][split]) for s in SKILLS}
 
-    base = per_skill(_recipe("linear", {**folders, **dict.fromkeys(SKILLS, folders["base"])}))
+    base_recipe = _recipe("linear", {**folders, **dict.fromkeys(SKILLS, folders["base"])})
+    base, base_val = per_skill(base_recipe), per_skill(base_recipe, "val")
     rows: dict[str, dict[str, Any]] = {}
     for skill in SKILLS:  # a specialist alone: a soup of one model is that model
         one = _recipe("linear", {s: folders[skill] for s in SKILLS})
-        rows[f"specialist {skill}"] = {"test": per_skill(one)}
+        rows[f"specialist {skill}"] = {"test": per_skill(one), "val": per_skill(one, "val")}
     specialist = {s: rows[f"specialist {s}"]["test"][s] for s in SKILLS}
+    specialist_val = {s: rows[f"specialist {s}"]["val"][s] for s in SKILLS}
 
-    def retention(test: dict[str, float]) -> dict[str, float]:
-        return {s: (base[s] - test[s]) / (base[s] - specialist[s]) for s in SKILLS}
+    def retention(test: dict[str, float], split: str = "test") -> dict[str, float]:
+        low, high = (base, specialist) if split == "test" else (base_val, specialist_val)
+        return {s: (low[s] - test[s]) / (low[s] - high[s]) for s in SKILLS}
 
     for label, recipe in fixed_recipes(start):
         label = "TIES density=0.5 (the starting recipe)" if label == "your recipe" else label
-        rows[label] = {"test": per_skill(recipe), "selection": evaluator.score(recipe)}
+        rows[label] = {"test": per_skill(recipe), "selection": evaluator.score(recipe),
+                       "recipe": recipe.to_yaml()}  # fmt: skip
     for metric, budget in itertools.product(args.metrics, args.budgets):
         result = search(start, selection, budget=budget, seed=args.seed, metric=metric)
         evaluated = [c for c in result.candidates if not c.cached]
@@ -200,6 +205,10 @@ def main(argv: list[str] | None = None) -> int:
     for row in rows.values():
         row["retention"] = retention(row["test"])
         row["min_retention"] = min(row["retention"].values())
+        row.setdefault("val", per_skill(load_recipe(row["recipe"]), "val")
+                       if "recipe" in row else None)  # fmt: skip
+        if row["val"] is not None:  # in-sample: the split the search chose on
+            row["min_selection_retention"] = min(retention(row["val"], "val").values())
     report = {"zoo": {"hidden": args.hidden, "layers": args.layers, "steps": args.steps,
                       "ft_steps": args.ft_steps, "ft_lr": args.ft_lr,
                       "build_seconds": round(build_seconds, 1)},
@@ -211,16 +220,18 @@ def main(argv: list[str] | None = None) -> int:
 
 def table(report: dict[str, Any]) -> str:
     head = ("| recipe | " + " | ".join(f"{s} ret." for s in SKILLS)
-            + " | min ret. | sel. loss | cand./min | overhead/cand. |")  # fmt: skip
-    lines = [head, "|" + "---|" * (len(SKILLS) + 5)]
+            + " | min ret. | min ret. (sel.) | sel. loss | cand./min | overhead/cand. |")
+    lines = [head, "|" + "---|" * (len(SKILLS) + 6)]
     for label, row in report["rows"].items():
         cells = [f"{row['retention'][s]:.0%}" for s in SKILLS]
         selection = f"{row['selection']:.3f}" if "selection" in row else "–"
         speed = f"{row['candidates_per_minute']:.0f}" if "candidates_per_minute" in row else "–"
         overhead = f"{row['overhead_seconds'] * 1000:.0f} ms" if "overhead_seconds" in row \
             else "–"  # fmt: skip
-        lines.append(f"| {label} | " + " | ".join(cells)
-                     + f" | {row['min_retention']:.0%} | {selection} | {speed} | {overhead} |")
+        in_sample = row.get("min_selection_retention")
+        in_sample = f"{in_sample:.0%}" if in_sample is not None else "–"
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {row['min_retention']:.0%} | "
+                     f"{in_sample} | {selection} | {speed} | {overhead} |")
     return "\n".join(lines)
 
 
