@@ -13,7 +13,8 @@ mean output-token loss per skill on the test examples; the retention of a skill 
 selection examples; the test examples never choose anything.
 
 Rows: each specialist, the fixed recipes (task arithmetic λ = 0.5 / 1, TIES density 0.5,
-uniform soup) and the searched TIES recipe for each budget; columns: per-skill retention,
+uniform soup) and the searched TIES recipe for each fitness (``loss``, ``example_loss``,
+``worst_gap`` with the selection examples tagged by skill) and budget; columns: per-skill retention,
 the minimum over skills, selection and test loss, candidates per minute and the engine's
 overhead per candidate (wall time beyond merging in place + scoring), in process and, with
 ``--ray``, on a local Ray (127.0.0.1) with two workers.
@@ -131,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ft-steps", type=int, default=150, help="fine-tuning steps per skill")
     parser.add_argument("--ft-lr", type=float, default=1e-3)
     parser.add_argument("--budgets", type=int, nargs="+", default=[16, 48, 96])
-    parser.add_argument("--metrics", nargs="+", default=["loss", "example_loss"],
+    parser.add_argument("--metrics", nargs="+", default=["loss", "example_loss", "worst_gap"],
                         help="search fitnesses to compare (each with every budget)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--ray", action="store_true", help="also time the local Ray backend")
@@ -154,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     build_seconds = time.perf_counter() - started
     data = splits()
     selection = [r for s in SKILLS for r in data[s]["val"]]
+    tagged = [{**r, "task": s} for s in SKILLS for r in data[s]["val"]]  # for worst_gap
     start = _recipe("ties", folders, density=0.5)
     evaluator = InMemoryEvaluator(start, selection)
 
@@ -178,7 +180,8 @@ def main(argv: list[str] | None = None) -> int:
         rows[label] = {"test": per_skill(recipe), "selection": evaluator.score(recipe),
                        "recipe": recipe.to_yaml()}  # fmt: skip
     for metric, budget in itertools.product(args.metrics, args.budgets):
-        result = search(start, selection, budget=budget, seed=args.seed, metric=metric)
+        shots = tagged if metric == "worst_gap" else selection
+        result = search(start, shots, budget=budget, seed=args.seed, metric=metric)
         evaluated = [c for c in result.candidates if not c.cached]
         rows[f"searched by {metric} (budget {budget})"] = {
             "test": per_skill(result.recipe), "selection": evaluator.score(result.recipe),

@@ -25,8 +25,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
     p.add_argument("--timeout", type=float, help="seconds after which no candidate is started")
     p.add_argument("--seed", type=int, default=0, help="optimiser seed (0)")
     p.add_argument("--metric", default="loss",
-                   choices=["loss", "example_loss", "exact_match", "multiple_choice"],
-                   help="loss: per output token; example_loss: every example weighs the same")
+                   choices=["loss", "example_loss", "worst_gap", "exact_match",
+                            "multiple_choice"],
+                   help="loss: per output token; example_loss: every example weighs the same; "
+                        "worst_gap: the share of its gain the worst task loses (examples "
+                        'name their task: {"task": …})')  # fmt: skip
     p.add_argument("--genes", type=int, help="genes to search (default: about budget / 8)")
     p.add_argument("--device", default="cpu", help="where candidates are merged and scored")
     backend = p.add_mutually_exclusive_group()
@@ -42,12 +45,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
 def run(args: argparse.Namespace) -> int:
     from app.commands._common import tqdm_progress
     from app.search import search_and_merge
-    from evaluation.scoring import load_examples
+    from app.search.tasks import load_search_examples
     from merging import load_recipe
 
     recipe = load_recipe(args.recipe)
-    examples = load_examples(args.examples)
-    test = load_examples(args.test) if args.test else None
+    examples = load_search_examples(args.examples)
+    test = load_search_examples(args.test) if args.test else None
     update, close = tqdm_progress()
     try:
         result = search_and_merge(

@@ -41,6 +41,7 @@ def examples_hash(rows: Iterable[Any]) -> str:
     digest = hashlib.sha256()
     for row in rows:
         data = row.model_dump(exclude_none=True) if hasattr(row, "model_dump") else dict(row)
+        data = {k: v for k, v in data.items() if v is not None}
         digest.update(json.dumps(data, sort_keys=True, ensure_ascii=False).encode() + b"\n")
     return digest.hexdigest()
 
@@ -69,14 +70,20 @@ class InMemoryEvaluator:
         endpoint: str | None = None,
         batch_size: int = 8,
     ) -> None:
+        from app.search.tasks import split_tasks
         from evaluation.loading import load_model, load_tokenizer
-        from evaluation.scoring import Scorer, as_examples
+        from evaluation.scoring import Scorer
 
         started = time.perf_counter()
-        self.rows = as_examples(examples)
+        self.rows, self.tasks = split_tasks(examples)
         if not self.rows:
             raise SearchError("the search needs at least one example")
+        if metric not in METRICS:
+            raise SearchError(f"unknown metric {metric!r}; use one of {', '.join(METRICS)}")
+        if metric == "worst_gap" and self.tasks is None:
+            raise SearchError('worst_gap needs examples that name their task ({"task": …})')
         self.metric = metric
+        self.recipe = recipe
         self.device = torch.device(device)
         self.resolved = _resolve(recipe, token=token, endpoint=endpoint)
         specs: dict[str, Any] = {}
@@ -122,6 +129,12 @@ class InMemoryEvaluator:
         if not self.targets:
             raise SearchError("no tensor of the checkpoints matches the model's parameters")
         self.num_layers = _num_layers(reference.config, list(self.targets))
+        self.reference = None
+        if metric == "worst_gap":
+            from app.search.tasks import measure_reference
+
+            assert self.tasks is not None
+            self.reference = measure_reference(self, self.rows, self.tasks)
         self.load_seconds = time.perf_counter() - started
         logger.info("search evaluator: %d tensors of %d sources resident in %.1f s",
                     len(self.targets), len(sources), self.load_seconds)  # fmt: skip
@@ -156,7 +169,8 @@ class InMemoryEvaluator:
 
     def score_current(self) -> float:
         """The metric of the model as it is now."""
-        return score_with(self.scorer, self.rows, self.metric)
+        return score_with(self.scorer, self.rows, self.metric, tasks=self.tasks,
+                          reference=self.reference)  # fmt: skip
 
     def score(self, recipe: Recipe) -> float:
         """Merge `recipe` in place and score it."""
@@ -164,23 +178,33 @@ class InMemoryEvaluator:
         return self.score_current()
 
     def score_rows(self, recipe: Recipe, rows: Sequence[Any]) -> float:
-        """Score `recipe` on other examples (a held-out test split)."""
-        from evaluation.scoring import as_examples
+        """Score `recipe` on other examples (a held-out test split; for ``worst_gap`` the
+        base's and the inputs' losses are measured on those examples too)."""
+        from app.search.tasks import measure_reference, split_tasks
 
+        plain, tasks = split_tasks(rows)
+        reference = None
+        if self.metric == "worst_gap":
+            if tasks is None:
+                raise SearchError("worst_gap needs examples that name their task")
+            reference = measure_reference(self, plain, tasks)
         self.apply(recipe)
-        return score_with(self.scorer, as_examples(rows), self.metric)
+        return score_with(self.scorer, plain, self.metric, tasks=tasks, reference=reference)
 
 
 def score_folder(path: str | Path, examples: Sequence[Any], *, metric: str = "loss",
-                 device: str = "cpu") -> float:  # fmt: skip
-    """Score a written model folder (loaded in float32), e.g. to check the winner reproduces."""
-    from evaluation.scoring import Scorer, as_examples
+                 device: str = "cpu", reference: Any = None) -> float:  # fmt: skip
+    """Score a written model folder (loaded in float32), e.g. to check the winner reproduces
+    (``worst_gap`` takes the search's `TaskReference`)."""
+    from app.search.tasks import split_tasks
+    from evaluation.scoring import Scorer
 
+    plain, tasks = split_tasks(examples)
     scorer = Scorer.from_pretrained(path, device=device, dtype="float32")
-    return score_with(scorer, as_examples(examples), metric)
+    return score_with(scorer, plain, metric, tasks=tasks, reference=reference)
 
 
-METRICS = ("loss", "example_loss", "exact_match", "multiple_choice")
+METRICS = ("loss", "example_loss", "worst_gap", "exact_match", "multiple_choice")
 
 
 def higher_is_better(metric: str) -> bool:
@@ -188,12 +212,19 @@ def higher_is_better(metric: str) -> bool:
     return metric in ("exact_match", "multiple_choice")
 
 
-def score_with(scorer: Any, rows: Sequence[Any], metric: str) -> float:
-    """One number for `rows`: the scorer's metrics, and ``example_loss``, the mean over examples
+def score_with(scorer: Any, rows: Sequence[Any], metric: str, *,
+               tasks: Sequence[str] | None = None, reference: Any = None) -> float:  # fmt: skip
+    """One number for `rows`: the scorer's metrics; ``example_loss``, the mean over examples
     of each one's mean output-token loss (every example weighs the same, whatever its length;
-    ``loss`` weighs every output token the same)."""
+    ``loss`` weighs every output token the same); ``worst_gap`` (`app.search.tasks`)."""
     if metric not in METRICS:
         raise SearchError(f"unknown metric {metric!r}; use one of {', '.join(METRICS)}")
+    if metric == "worst_gap":
+        from app.search.tasks import task_losses
+
+        if tasks is None or reference is None:
+            raise SearchError("worst_gap needs tasks on the examples and the search's reference")
+        return float(reference.worst_gap(task_losses(scorer, rows, tasks)))
     if metric != "example_loss":
         return float(scorer.score(rows, metric=metric))
     scored = scorer.continuations([(row.input, row.output) for row in rows])

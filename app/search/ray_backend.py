@@ -82,6 +82,9 @@ class _Worker:
     def ready(self) -> float:
         return self.evaluator.load_seconds
 
+    def reference(self) -> Any:
+        return self.evaluator.reference
+
 
 class RayBackend:
     """`workers` Ray actors, each with its own resident evaluator.
@@ -140,6 +143,10 @@ class RayBackend:
         self._idle = list(range(self.workers))
         self._running: dict[Any, tuple[int, int]] = {}  # object ref -> (ticket, worker)
         logger.info("ray backend: %d worker(s) ready", self.workers)
+
+    def reference(self) -> Any:
+        """The first actor's `TaskReference` (``worst_gap``), else `None`."""
+        return self.ray.get(self.actors[0].reference.remote())
 
     def submit(self, ticket: int, recipe_yaml: str) -> None:
         if not self._idle:

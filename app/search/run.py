@@ -54,6 +54,7 @@ class SearchResult:
     reproduced: float | None = None
     test_score: float | None = None
     test_hash: str | None = None
+    reference: Any = None  # worst_gap: the per-task base / best-input losses
 
     @property
     def candidates(self) -> list[Candidate]:
@@ -100,6 +101,7 @@ class SearchResult:
             "best_fixed": fixed.to_dict() if fixed else None,
             "reproduced": self.reproduced, "test_score": self.test_score,
             "test_sha256": self.test_hash,
+            "task_reference": self.reference.to_dict() if self.reference else None,
             "output": str(self.output) if self.output else None,
             "candidates": [c.to_dict() for c in self.candidates],
         }  # fmt: skip
@@ -176,11 +178,11 @@ def search(
         `SearchError`: nothing to search, no examples, a backend failure.
     """
     from app.search.evaluator import higher_is_better
-    from evaluation.scoring import as_examples
+    from app.search.tasks import split_tasks
 
     started = time.perf_counter()
-    rows = as_examples(examples)
-    if not rows:
+    rows = list(examples)
+    if not split_tasks(rows)[0]:
         raise SearchError("the search needs at least one example")
     # imported here, so that their import (cmaes pulls in scipy.stats: seconds) counts as
     # start-up, not as the overhead of the first CMA-ES candidate
@@ -196,11 +198,13 @@ def search(
         backend: Any = RayBackend(recipe, rows, address=ray_address, workers=workers,
                                   metric=metric, device=device, token=token,
                                   endpoint=endpoint)  # fmt: skip
+        reference = backend.reference()
         load_seconds = time.perf_counter() - started
     else:
         evaluator = InMemoryEvaluator(recipe, rows, metric=metric, device=device, token=token,
                                       endpoint=endpoint)  # fmt: skip
         backend = LocalBackend(evaluator)
+        reference = evaluator.reference
         load_seconds = time.perf_counter() - started
     logger.info("searching %d gene(s) of %s with a budget of %d on %s", len(space),
                 recipe.merge_method, budget, backend.name)  # fmt: skip
@@ -216,7 +220,7 @@ def search(
         space=space, state=state, budget=budget, seed=seed, metric=metric, sampler=sampler,
         stopped=stopped, backend=backend.name, workers=backend.workers,
         examples_hash=examples_hash(rows), examples=len(rows),
-        seconds=time.perf_counter() - started, load_seconds=load_seconds,
+        seconds=time.perf_counter() - started, load_seconds=load_seconds, reference=reference,
     )  # fmt: skip
 
 
@@ -239,8 +243,6 @@ def search_and_merge(
     Raises:
         `SearchError`: the written merge does not reproduce the in-memory score.
     """
-    from evaluation.scoring import as_examples
-
     result = search(recipe, examples, **options)
     if result.stopped == "cancelled":
         return result
@@ -250,7 +252,7 @@ def search_and_merge(
         device=device, cancel=options.get("cancel"), progress=progress))  # fmt: skip
     result.output = merged.output
     result.reproduced = score_folder(merged.output, examples, metric=result.metric,
-                                     device=device)  # fmt: skip
+                                     device=device, reference=result.reference)  # fmt: skip
     expected = result.best.score
     if not math.isclose(result.reproduced, expected, rel_tol=REPRODUCE_TOLERANCE,
                         abs_tol=REPRODUCE_TOLERANCE):  # fmt: skip
@@ -259,9 +261,14 @@ def search_and_merge(
             f"{expected:.6f} in memory; the output at {merged.output} is not trustworthy"
         )
     if test:
-        rows = as_examples(test)
+        rows = list(test)
+        reference = None
+        if result.metric == "worst_gap":  # the base's and inputs' losses on the test split
+            reference = InMemoryEvaluator(result.space.template, rows, metric="worst_gap",
+                                          device=device, token=options.get("token"),
+                                          endpoint=options.get("endpoint")).reference  # fmt: skip
         result.test_score = score_folder(merged.output, rows, metric=result.metric,
-                                         device=device)  # fmt: skip
+                                         device=device, reference=reference)  # fmt: skip
         result.test_hash = examples_hash(rows)
     from app.search.card import write_search_card
 
