@@ -29,7 +29,8 @@ def split_tasks(rows: Iterable[Any]) -> tuple[list[Any], list[str] | None]:
     """`Example`s and, when every row names one, their tasks (`None` when none does)."""
     from evaluation.scoring import as_examples
 
-    plain, tasks = [], []
+    plain: list[Any] = []
+    tasks: list[str | None] = []
     for row in rows:
         if isinstance(row, dict) and TASK_KEY in row:
             row = dict(row)
@@ -37,10 +38,10 @@ def split_tasks(rows: Iterable[Any]) -> tuple[list[Any], list[str] | None]:
         else:
             tasks.append(None)
         plain.append(row)
-    named = [t for t in tasks if t is not None]
+    named: list[str] = [t for t in tasks if t is not None]
     if named and len(named) != len(tasks):
         raise SearchError("either every example names its task or none does")
-    return as_examples(plain), (named or None)  # type: ignore[return-value]
+    return as_examples(plain), (named or None)
 
 
 def load_search_examples(path: str | Path) -> list[dict[str, Any]]:
