@@ -119,8 +119,9 @@ def sce(
 class SceKernel(Kernel):
     """Select: pass 0 histograms the variance's high bits and counts its zeros, pass 1 its low
     bits (an exact radix select of the k_sel-th largest variance); then one pass sums each
-    model's squared (selected) task vector in float64, in offset order; the output pass erases
-    and mixes elementwise."""
+    model's squared (selected) task vector in float64, in offset order, and keeps the selection
+    mask (one byte per element, as DARE's masks) for the output pass, which erases and mixes
+    elementwise."""
 
     def __init__(self, params: SceParams, count: int, numel: int) -> None:
         super().__init__()
@@ -134,16 +135,28 @@ class SceKernel(Kernel):
         self.reductions = 3 if self.select else 1
         self.parts: dict[int, list[float]] = {}
         self.weights: list[float] = []
+        self.masks: dict[int, Tensor] = {}
         self.parts_lock = threading.Lock()
 
-    def _selected(self, base: Tensor, inputs: Sequence[Tensor]) -> list[Tensor]:
+    def _selected(
+        self, base: Tensor, inputs: Sequence[Tensor], offset: int, *, last: bool
+    ) -> list[Tensor]:
+        """The chunk's task vectors, selected. The selection mask is computed in the squares
+        pass and kept (one byte per element) for the output pass (``last``), which takes it."""
         deltas = task_vectors(base, inputs)
         if not self.select:
             return deltas
         if self.nothing:
             return [torch.zeros_like(d) for d in deltas]
-        keep = as_float(variance(deltas) >= self.selector.threshold.to(base.device))
-        return [d.mul_(keep) for d in deltas]
+        with self.parts_lock:
+            keep = self.masks.pop(offset) if last else None
+        if keep is None:
+            keep = variance(deltas) >= self.selector.threshold.to(base.device)
+            if not last:
+                with self.parts_lock:
+                    self.masks[offset] = keep
+        weights = as_float(keep)
+        return [d.mul_(weights) for d in deltas]
 
     def reduce(self, step: int, base: Tensor | None, inputs: Sequence[Tensor], offset: int) -> None:
         assert base is not None
@@ -155,7 +168,8 @@ class SceKernel(Kernel):
                     self.zeros += zeros
             self.selector.observe(step, spread)
             return
-        squares = [float(d.double().square().sum()) for d in self._selected(base, inputs)]
+        selected = self._selected(base, inputs, offset, last=False)
+        squares = [float(d.double().square().sum()) for d in selected]
         with self.parts_lock:
             self.parts[offset] = squares
 
@@ -175,4 +189,4 @@ class SceKernel(Kernel):
 
     def apply(self, base: Tensor | None, inputs: Sequence[Tensor], offset: int) -> Tensor:
         assert base is not None
-        return erase_and_mix(base, self._selected(base, inputs), self.weights)
+        return erase_and_mix(base, self._selected(base, inputs, offset, last=True), self.weights)
