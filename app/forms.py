@@ -273,3 +273,12 @@ def yaml_to_form(text: str, *, soup: bool = False) -> FormValues:
 
 def is_soup(text: str | None) -> bool:
     return bool(text) and text.lstrip().startswith(SOUP_NOTE.strip())
+
+
+def has_slices(text: str | None) -> bool:
+    """Whether a recipe's YAML has a ``slices:`` block, which the form cannot represent."""
+    try:
+        data = yaml.safe_load(text or "")
+    except yaml.YAMLError:
+        return False
+    return isinstance(data, dict) and bool(data.get("slices"))

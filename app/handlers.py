@@ -16,7 +16,6 @@ use `Handlers.caller` and `Handlers.owned_job` (or pass ``owner=`` to `app.workf
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -25,10 +24,12 @@ from typing import Any
 import gradio as gr
 
 from app import forms, workflows
+from app.handler_support import _token, as_gr_error, public, user_errors, user_facing
+from app.handlers_recipe import RecipeHandlers
 from app.identity import Identities
-from app.jobs import FINISHED, JobLimitError, JobRecord, JobRunner
+from app.jobs import FINISHED, JobRecord, JobRunner
 from app.settings import Settings
-from merging.errors import MergeError, RecipeError
+from merging.errors import RecipeError
 
 logger = logging.getLogger(__name__)
 
@@ -36,53 +37,7 @@ POLL_SECONDS = 0.2
 JOB_COLUMNS = ["id", "kind", "state", "created", "seconds", "output", "error"]
 
 
-def user_errors() -> tuple[type[BaseException], ...]:
-    """Errors whose message is meant for the user (bad recipe, missing token, …)."""
-    from evaluation.errors import EvaluationError
-
-    return (MergeError, EvaluationError, workflows.InputError, JobLimitError)
-
-
-def as_gr_error(err: BaseException) -> gr.Error:
-    if isinstance(err, user_errors()):
-        return gr.Error(str(err), print_exception=False)
-    logger.exception("unexpected failure", exc_info=err)
-    return gr.Error("Something went wrong on the server; the log has the details.")
-
-
-@contextlib.contextmanager
-def user_facing() -> Iterator[None]:
-    """Turn any failure inside the block into a `gr.Error` (`as_gr_error`)."""
-    try:
-        yield
-    except Exception as err:
-        raise as_gr_error(err) from None
-
-
-def public(record: JobRecord) -> dict[str, Any]:
-    """A job record for clients: ``path`` keys are renamed (gradio_client would take a dict
-    with a ``path`` for a file to download); the owner and internal flags are left out."""
-
-    def rename(value: Any) -> Any:
-        if isinstance(value, dict):
-            return {("model_path" if k == "path" else k): rename(v) for k, v in value.items()}
-        if isinstance(value, list):
-            return [rename(v) for v in value]
-        return value
-
-    data = record.to_dict()
-    for key in ("owner", "cancel_requested"):
-        data.pop(key, None)
-    return rename(data)
-
-
-def _token(token: str | None, oauth_token: gr.OAuthToken | None) -> str | None:
-    if oauth_token is not None and getattr(oauth_token, "token", None):
-        return oauth_token.token
-    return (token or "").strip() or None
-
-
-class Handlers:
+class Handlers(RecipeHandlers):
     """The app's event handlers, bound to one settings object and one job runner."""
 
     def __init__(
@@ -108,106 +63,6 @@ class Handlers:
         ownership check of every endpoint that takes a job id."""
         job_id = (job_id or "").strip()
         return self.store.get_owned(job_id, owner) if job_id else None
-
-    # ------------------------------------------------------------------ models and recipe
-    def search_models(self, query: str, token: str | None = None) -> list[dict[str, Any]]:
-        """Search the Hub for models to merge (up to 20 hits, most downloaded first).
-
-        Args:
-            query: words of the model ids to find, e.g. `llama 1b instruct` or `tiny`.
-            token: a Hub token, needed only to see private or gated models (blank: anonymous).
-
-        Returns:
-            one dict per model: `id`, `architecture`, `parameters`, `dtype`, `is_adapter`, ….
-        """
-        from merging.hub import search_models
-
-        with user_facing():
-            hits = search_models(
-                query or "", limit=20, token=_token(token, None),
-                endpoint=self.settings.hub_endpoint,
-            )  # fmt: skip
-        return [hit.model_dump(mode="json") for hit in hits]
-
-    def suggest(self, query: str) -> Any:
-        """Type-ahead: refresh a dropdown's choices from a Hub search (never raises)."""
-        query = (query or "").strip()
-        try:
-            ids = [hit["id"] for hit in self.search_models(query)] if len(query) >= 2 else []
-        except gr.Error:
-            ids = []
-        return gr.update(choices=list(dict.fromkeys([*ids, *([query] if query else [])])))
-
-    def on_key_up(self, data: gr.KeyUpData) -> Any:
-        return self.suggest(data.input_value)
-
-    def add_model(self, rows: Any, model: str | None) -> list[list[Any]]:
-        rows = forms._as_rows(rows)
-        rows = [r for r in rows if r and not forms._blank(r[0])]
-        model = (model or "").strip()
-        if not model:
-            raise gr.Error("Pick or type a model id (or a local folder) to add.")
-        width = len(forms.source_columns())
-        rows.append([model, 1.0, *([None] * (width - 2))])
-        return rows
-
-    def form_to_yaml(self, current: str, method: str, base: str, rows: Any, *values: Any) -> str:
-        return forms.form_to_yaml(current, method, base, rows, list(values))
-
-    def yaml_to_form(self, text: str) -> list[Any]:
-        """Fill the form from pasted YAML; leaves the form alone while the YAML is invalid."""
-        count = 3 + len(forms.param_fields())
-        try:
-            form = forms.yaml_to_form(text, soup=forms.is_soup(text))
-        except (MergeError, ValueError):
-            return [gr.update()] * count
-        return [form.method, form.base, form.rows, *form.values]
-
-    def method_changed(self, method: str) -> list[Any]:
-        """Show the chosen method's inputs and description."""
-        engine = forms.engine_method(method)
-        groups = [gr.update(visible=(name == engine)) for name in forms.METHODS.names()]
-        return [forms.method_info(method), gr.update(visible=method == forms.GREEDY_SOUP),
-                *groups]  # fmt: skip
-
-    def preview_check(
-        self, recipe: str, token: str | None, oauth_token: gr.OAuthToken | None = None
-    ) -> str:
-        """The header-only compatibility report, for the live preview (never raises)."""
-        try:
-            return self._check(recipe, _token(token, oauth_token))
-        except Exception as err:
-            if isinstance(err, user_errors()):
-                return f"⚠️ {err}"
-            logger.exception("compatibility check failed")
-            return "⚠️ the compatibility check failed unexpectedly (see the server log)"
-
-    def check(
-        self, recipe: str, token: str | None, oauth_token: gr.OAuthToken | None = None
-    ) -> str:
-        """Check that a merge recipe's models can merge, from their safetensors headers only.
-
-        Nothing but the headers is downloaded: architectures, tensor names, shapes and dtypes
-        are compared with the base model's, per model. Run it before `merge`.
-
-        Args:
-            recipe: the merge recipe as YAML (hubmerge's, or a mergekit config).
-            token: a Hub token that can read the recipe's models (blank for public models).
-
-        Returns:
-            the compatibility report as text; an invalid recipe is an error naming the problem.
-        """
-        with user_facing():
-            return self._check(recipe, _token(token, oauth_token))
-
-    def _check(self, text: str, token: str | None) -> str:
-        from merging.check import check_recipe
-
-        if not (text or "").strip():
-            return "Add a base model and the models to merge."
-        recipe = workflows.parse(text, self.settings)
-        report = check_recipe(recipe, token=token, endpoint=self.settings.hub_endpoint)
-        return report.render()
 
     # ------------------------------------------------------------------ jobs
     def validate_recipe(self, text: str) -> None:

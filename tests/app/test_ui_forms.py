@@ -113,3 +113,27 @@ def test_build_demo_constructs_without_launching_and_keeps_history(tmp_path):
     assert [row[0] for row in rows] == [job.id]
     assert rows[0][2] == "succeeded"
     again.runner.shutdown()
+
+
+SLICED = """\
+slices:
+  - sources:
+      - {model: org/a, layer_range: [0, 2]}
+  - sources:
+      - {model: org/b, layer_range: [1, 3]}
+merge_method: passthrough
+"""
+
+
+def test_form_never_overwrites_a_slices_recipe(tmp_path):
+    from app.handlers_recipe import RecipeHandlers
+
+    assert forms.has_slices(SLICED)
+    assert not forms.has_slices("merge_method: linear\nmodels: [{model: a}]\n")
+    assert not forms.has_slices("{broken")
+    handlers = RecipeHandlers()
+    handlers.settings = Settings(data_dir=tmp_path)
+    values = [f.default for f in forms.param_fields()]
+    assert handlers.form_to_yaml(SLICED, "linear", "", [["org/c", 1.0]], *values) == SLICED
+    plain = handlers.form_to_yaml("", "linear", "", [["org/c", 1.0]], *values)
+    assert "org/c" in plain
