@@ -81,7 +81,7 @@ def assert_bitwise(got: torch.Tensor, expected: torch.Tensor) -> None:
     assert int(different) == 0, f"{int(different)} of {got.numel()} elements differ"
 
 
-@settings(max_examples=20, deadline=None)
+@settings(max_examples=15, deadline=None)
 @given(
     name=st.sampled_from(FUSED),
     seed=st.integers(0, 10_000),
