@@ -30,6 +30,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from merging.methods._ops import BLOCK, keep_threshold
+
 logger = logging.getLogger(__name__)
 
 available = not os.environ.get("HUBMERGE_NO_JIT") and importlib.util.find_spec("numba") is not None
@@ -174,8 +176,6 @@ _JUMPS = [_jump(_RAWS_PER_RUN * q) for q in range(4)]
 def keep_mask(rng: Any, source: int, offset: int, length: int, density: float) -> Tensor:
     """`RandomStream.mask` (the same draws, bit for bit) with the generator in compiled code:
     each block's stream starts where NumPy's seeding puts it, split into four runs."""
-    from merging.methods._ops import BLOCK, keep_threshold
-
     first, last = offset // BLOCK, (offset + length - 1) // BLOCK
     states = np.empty((last - first + 1, 4, 2), dtype=np.uint64)
     incs = np.empty((last - first + 1, 2), dtype=np.uint64)
