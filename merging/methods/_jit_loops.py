@@ -1,3 +1,5 @@
+# mypy: disable-error-code="call-arg"
+# (numba intrinsics are called without the typing context their definitions take)
 """The numba loops behind `_compiled` (imported lazily, off the critical path: importing numba
 and loading the cached machine code takes a second or more).
 

@@ -233,7 +233,11 @@ class FamilyKernel(Kernel):
 
     def _apply_compiled(self, base: Tensor, inputs: Sequence[Tensor], offset: int) -> Tensor:
         """`apply` as one fused loop; each sᵢ is specified as `_sparsified` computes it."""
-        modes, thresholds, keeps, rescales, scales = [], [], [], [], []
+        modes: list[int] = []
+        thresholds: list[float] = []
+        keeps: list[Any] = []
+        rescales: list[int] = []
+        scales: list[float] = []
         for index, source in enumerate(self.sources):
             mode, threshold, keep, rescale, scale = _compiled.DENSE, 0.0, None, 0, 1.0
             selector = self.selectors[index]
@@ -250,12 +254,11 @@ class FamilyKernel(Kernel):
                     before, after = self.l1[index]
                     if before >= 1e-7 and after >= 1e-7:
                         rescale, scale = _compiled.RESCALE_MUL, before / after
-            for values, value in zip(
-                (modes, thresholds, keeps, rescales, scales),
-                (mode, threshold, keep, rescale, scale),
-                strict=True,
-            ):
-                values.append(value)
+            modes.append(mode)
+            thresholds.append(threshold)
+            keeps.append(keep)
+            rescales.append(rescale)
+            scales.append(scale)
         weights = [s.weight for s in self.sources]
         by_weight = self.params.divide_by == "weights"
         return _compiled.family_apply(

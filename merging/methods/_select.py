@@ -109,13 +109,13 @@ class BandSelect:
                 self.high.observe(step, magnitudes)
             return
         v_lo, v_hi = self._values()
-        counts = (int((magnitudes < v_lo).sum()), int((magnitudes == v_lo).sum()))
+        low = (int((magnitudes < v_lo).sum()), int((magnitudes == v_lo).sum()))
         if v_hi is not None:
-            counts += (int((magnitudes < v_hi).sum()), int((magnitudes == v_hi).sum()))
+            high = (int((magnitudes < v_hi).sum()), int((magnitudes == v_hi).sum()))
         else:
-            counts += (0, 0)
+            high = (0, 0)
         with self.lock:
-            self._counts[offset] = counts
+            self._counts[offset] = (*low, *high)
 
     def end_pass(self, step: int) -> None:
         if step < 2:
