@@ -34,7 +34,7 @@ from pydantic import Field, field_validator
 from torch import Tensor
 
 from merging.errors import RecipeError
-from merging.methods._base import SourceParams, register
+from merging.methods._base import MethodParams, SourceParams, register
 from merging.methods._kernels import Kernel
 from merging.methods._ops import BLOCK, RandomStream, as_float, combine_deltas, task_vectors
 from merging.methods.task_arithmetic import TaskArithmeticParams, TiesParams
@@ -254,9 +254,9 @@ class DellaKernel(Kernel):
         self.pieces.clear()
         if self.params.rescale == "l1":
             for index in range(len(self.sources)):
-                parts = [v for (i, _), v in sorted(self.l1.items()) if i == index]
-                before = sum(b for b, _ in parts)
-                after = sum(a for _, a in parts) + cut_rows[index]
+                sums = [v for (i, _), v in sorted(self.l1.items()) if i == index]
+                before = sum(b for b, _ in sums)
+                after = sum(a for _, a in sums) + cut_rows[index]
                 if self.sparse[index] and before >= L1_FLOOR and after >= L1_FLOOR:
                     self.scales[index] = before / after
         self.l1.clear()
@@ -311,11 +311,12 @@ def _describe(consensus: bool) -> Callable[[Any], str]:
     return semantics
 
 
-for _name, _consensus, _params, _formula in [
+_VARIANTS: list[tuple[str, bool, type[MethodParams], str]] = [
     ("della", True, DellaParams,
      "θ = θ_base + λ·Σᵢ wᵢ·mᵢ⊙magprune(δᵢ) / Σᵢ wᵢ·mᵢ, mᵢ = [sign agrees]"),
     ("della_linear", False, DellaLinearParams, "θ = θ_base + λ·Σᵢ wᵢ·magprune(δᵢ)"),
-]:  # fmt: skip
+]  # fmt: skip
+for _name, _consensus, _params, _formula in _VARIANTS:
     register(
         _name,
         params=_params,
