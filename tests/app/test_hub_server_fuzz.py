@@ -16,10 +16,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 pytest.importorskip("fastapi")
-from fastapi.testclient import TestClient  # noqa: E402
+from fastapi.testclient import TestClient
 
-from app.hub_server import create_app  # noqa: E402
-from app.hub_server._input import bad_path  # noqa: E402
+from app.hub_server import create_app
+from app.hub_server._input import bad_path
 
 FUZZ = settings(max_examples=120, deadline=None, suppress_health_check=list(HealthCheck))
 FUZZ_FEWER = settings(FUZZ, max_examples=50)  # routes that take several requests per example

@@ -79,5 +79,5 @@ def test_disk_check_refuses_with_the_figures(tmp_path):
     ensure_disk_space(tmp_path / "out", 1000, 1000, cache=tmp_path)
     with pytest.raises(OutputError, match=r"needs .* GB \(.* GB output \+ .* GB downloads\).*free"):
         ensure_disk_space(tmp_path / "out", 10**18, 0, cache=tmp_path)
-    with pytest.raises(OutputError, match="keeping 1000000.000 GB free"):
+    with pytest.raises(OutputError, match=r"keeping 1000000\.000 GB free"):
         ensure_disk_space(tmp_path / "out", 1, 1, reserve_bytes=10**15, cache=tmp_path)

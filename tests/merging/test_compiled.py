@@ -13,7 +13,9 @@ from merging import METHODS
 from merging.methods import _compiled, random_stream
 from merging.streaming import run_kernel
 
-pytestmark = pytest.mark.skipif(not _compiled.available, reason="numba is not installed (or HUBMERGE_NO_JIT is set)")
+pytestmark = pytest.mark.skipif(
+    not _compiled.available, reason="numba is not installed (or HUBMERGE_NO_JIT is set)"
+)
 
 FUSED = ["ties", "dare_ties"]
 POOL = ThreadPoolExecutor(2)

@@ -302,13 +302,13 @@ def test_non_mapping_yaml_is_refused(text):
 
 
 def test_invalid_yaml_is_refused_naming_the_line():
-    with pytest.raises(RecipeError, match="not valid YAML at line 4.*flow sequence at line 3"):
+    with pytest.raises(RecipeError, match=r"not valid YAML at line 4.*flow sequence at line 3"):
         load_recipe("merge_method: ties\nbase_model: a\nmodels: [unclosed\n")
 
 
 def test_multi_document_yaml_is_refused():
     text = "merge_method: linear\nmodels: [{model: a}]\n---\nmerge_method: ties\n"
-    with pytest.raises(RecipeError, match="2 YAML documents.*line 3"):
+    with pytest.raises(RecipeError, match=r"2 YAML documents.*line 3"):
         load_recipe(text)
 
 
@@ -386,5 +386,5 @@ def test_evaluate_parameter_scalars_pass_through():
 
 
 def test_legacy_model_prefix_tokenizer_source_names_the_current_spelling():
-    with pytest.raises(RecipeError, match="legacy spelling.*'org/tok'"):
+    with pytest.raises(RecipeError, match=r"legacy spelling.*'org/tok'"):
         load_recipe("merge_method: linear\nmodels: [{model: a}]\ntokenizer_source: model:org/tok\n")

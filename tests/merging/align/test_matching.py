@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from merging.align.run import align_models
 from merging.align.matching import AlignProgress, weight_matching
 from merging.align.perms import Permutations
+from merging.align.run import align_models
 from merging.align.spec import model_spec, tensor_axes
 from merging.io.source import CheckpointSource
 from tests.helpers.tiny import state_dict

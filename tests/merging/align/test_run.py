@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import merging.align.run as run_module
-from merging.align.run import align_models
 from merging.align.perms import Permutations
+from merging.align.run import align_models
 from merging.align.spec import RESIDUAL, model_spec
 from merging.align.verify import check_function
 from merging.errors import AlignmentError, OutputError
