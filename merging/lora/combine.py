@@ -35,13 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from merging.errors import AdapterError, RecipeError
 from merging.io.headers import TensorHeader
 from merging.io.writer import ShardWriter, torch_dtype_code
-from merging.lora.adapter import (
-    ADAPTER_CONFIG,
-    ADAPTER_WEIGHTS,
-    PEFT_PREFIX,
-    LoraAdapter,
-    LoraModule,
-)
+from merging.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS, PEFT_PREFIX, LoraAdapter, LoraModule
 from merging.lora.factors import Factors, concat_factors, lorahub_factors, svd_factors
 from merging.methods import get_method, random_stream
 from merging.registry import Registry
