@@ -14,16 +14,7 @@ pytest.importorskip("gradio_client")
 
 pytestmark = pytest.mark.slow
 
-TOKEN = "hf_demo_local_token"
-RECIPE = """\
-merge_method: task_arithmetic
-base_model: demo/tiny-base
-models:
-  - model: demo/tiny-math
-    parameters: {weight: 1.0}
-  - model: demo/tiny-animals
-    parameters: {weight: 0.5}
-"""
+from tests.helpers.demo_app import RECIPE, TOKEN  # noqa: E402
 
 
 def run_merge(client, recipe: str = RECIPE, token: str = TOKEN):

@@ -16,16 +16,8 @@ from mcp.client.streamable_http import streamable_http_client
 
 pytestmark = pytest.mark.slow
 
-TOKEN = "hf_demo_local_token"
-RECIPE = """\
-merge_method: task_arithmetic
-base_model: demo/tiny-base
-models:
-  - model: demo/tiny-math
-    parameters: {weight: 1.0}
-  - model: demo/tiny-animals
-    parameters: {weight: 0.5}
-"""
+from tests.helpers.demo_app import RECIPE, TOKEN  # noqa: E402
+
 TOOLS = ("search_models", "check", "merge", "evaluate", "push", "job_status")
 # handlers the UI wires but no script or agent should call
 UI_ONLY = ("form_to_yaml", "yaml_to_form", "validate_recipe", "validate_push", "preview_check",

@@ -11,16 +11,8 @@ pytest.importorskip("gradio_client")
 
 pytestmark = pytest.mark.slow
 
-TOKEN = "hf_demo_local_token"
-RECIPE = """\
-merge_method: task_arithmetic
-base_model: demo/tiny-base
-models:
-  - model: demo/tiny-math
-    parameters: {weight: 1.0}
-  - model: demo/tiny-animals
-    parameters: {weight: 1.0}
-"""
+from app.demo import DEFAULT_RECIPE as RECIPE  # noqa: E402
+from app.demo import DEMO_TOKEN as TOKEN  # noqa: E402
 
 
 @pytest.fixture(scope="module")
