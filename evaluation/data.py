@@ -224,7 +224,9 @@ def write_mmlu_data(by_subject: Mapping[str, list[dict[str, Any]]], data_dir: Pa
     staging.rename(data_dir)
 
 
-def _write_if_changed(path: Path, text: str) -> None:
+def write_if_changed(path: Path, text: str) -> None:
+    """Write `text` to `path` atomically, unless it already holds exactly that (the harness
+    re-reads task folders, so unchanged files keep their mtimes)."""
     if path.exists() and path.read_text(encoding="utf-8") == text:
         return
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -243,7 +245,7 @@ def write_mmlu_tasks(task_dir: Path, data_dir: Path, subjects: Iterable[str]) ->
         `Path`: `task_dir`, to pass as the harness's `include_path`.
     """
     task_dir.mkdir(parents=True, exist_ok=True)
-    _write_if_changed(task_dir / "_template.yaml", TEMPLATE.read_text(encoding="utf-8"))
+    write_if_changed(task_dir / "_template.yaml", TEMPLATE.read_text(encoding="utf-8"))
     subjects = sorted(subjects)
     for subject in subjects:
         config = {
@@ -256,7 +258,7 @@ def write_mmlu_tasks(task_dir: Path, data_dir: Path, subjects: Iterable[str]) ->
             "dataset_kwargs": {"data_files": {"test": str(data_dir / f"{subject}.jsonl")}},
             "metadata": {"version": 1.0, "dataset": "cais/mmlu", "dataset_config": subject},
         }
-        _write_if_changed(task_dir / f"{MMLU_TASK_PREFIX}_{subject}.yaml", _dump(config))
+        write_if_changed(task_dir / f"{MMLU_TASK_PREFIX}_{subject}.yaml", _dump(config))
     aggregate = [{"metric": "acc", "weight_by_size": True}]
     categories = sorted({MMLU_SUBJECTS[s] for s in subjects})
     for category in categories:
@@ -267,14 +269,14 @@ def write_mmlu_tasks(task_dir: Path, data_dir: Path, subjects: Iterable[str]) ->
             "aggregate_metric_list": aggregate,
             "metadata": {"version": 1},
         }
-        _write_if_changed(task_dir / f"_{MMLU_TASK_PREFIX}_{category}.yaml", _dump(group))
+        write_if_changed(task_dir / f"_{MMLU_TASK_PREFIX}_{category}.yaml", _dump(group))
     top = {
         "group": MMLU_TASK_PREFIX,
         "task": [f"{MMLU_TASK_PREFIX}_{c}" for c in categories],
         "aggregate_metric_list": aggregate,
         "metadata": {"version": 1},
     }
-    _write_if_changed(task_dir / f"_{MMLU_TASK_PREFIX}.yaml", _dump(top))
+    write_if_changed(task_dir / f"_{MMLU_TASK_PREFIX}.yaml", _dump(top))
     return task_dir
 
 

@@ -17,11 +17,11 @@ lm-evaluation-harness task (greedy generation up to the first ``.``, then exact 
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import yaml
 
+from evaluation.data import write_if_changed
 from evaluation.errors import UnknownNameError
 
 DEMO_TASK_PREFIX = "hubmerge_demo"
@@ -77,25 +77,17 @@ def demo_task_names() -> list[str]:
     return [task_name(skill) for skill in SKILLS]
 
 
-def _write_if_changed(path: Path, text: str) -> None:
-    if path.exists() and path.read_text(encoding="utf-8") == text:
-        return
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(text, encoding="utf-8")
-    temporary.replace(path)
-
-
 def write_demo_tasks(task_dir: str | Path) -> Path:
     """Write each skill's test items (jsonl) and task YAML into `task_dir`; return it."""
     import json
 
     task_dir = Path(task_dir)
     task_dir.mkdir(parents=True, exist_ok=True)
-    _write_if_changed(task_dir / "_template.yaml", TEMPLATE.read_text(encoding="utf-8"))
+    write_if_changed(task_dir / "_template.yaml", TEMPLATE.read_text(encoding="utf-8"))
     for skill in SKILLS:
         data = task_dir / f"{task_name(skill)}.jsonl"
         rows = [{"prompt": p, "answer": a} for p, a in skill_items(skill)]
-        _write_if_changed(data, "".join(json.dumps(row) + "\n" for row in rows))
+        write_if_changed(data, "".join(json.dumps(row) + "\n" for row in rows))
         config = {
             "include": "_template.yaml",
             "task": task_name(skill),
@@ -103,7 +95,7 @@ def write_demo_tasks(task_dir: str | Path) -> Path:
             "metadata": {"version": float(_FORMAT_VERSION), "skill": skill},
         }
         text = yaml.safe_dump(config, sort_keys=False)
-        _write_if_changed(task_dir / f"{task_name(skill)}.yaml", text)
+        write_if_changed(task_dir / f"{task_name(skill)}.yaml", text)
     return task_dir
 
 

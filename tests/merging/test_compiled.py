@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from merging import METHODS
 from merging.methods import _compiled, random_stream
 from merging.streaming import run_kernel
+from tests.merging.kernel_helpers import validated
 
 pytestmark = pytest.mark.skipif(
     not _compiled.available, reason="numba is not installed (or HUBMERGE_NO_JIT is set)"
@@ -24,12 +25,7 @@ POOL = ThreadPoolExecutor(2)
 def chunked(name, base, inputs, *, compiled, chunk, pool=None, seed=0, weights, **parameters):
     """One tensor through the engine's kernel driver, compiled loops on or off."""
     method = METHODS.get(name)
-    per_source = set(method.source_params.model_fields)
-    shared = {k: v for k, v in parameters.items() if k in per_source}
-    params = method.params.model_validate(
-        {k: v for k, v in parameters.items() if k not in per_source}
-    )
-    sources = [method.source_params.model_validate({**shared, "weight": w}) for w in weights]
+    params, sources = validated(name, weights, parameters)
     kernel = method.kernel(params, sources, random_stream(seed, "t"), tuple(base.shape))
     out = torch.empty(base.numel())
     saved, fused = _compiled.available, _compiled.family_apply
