@@ -80,6 +80,7 @@ RECIPES: dict[str, str] = {
                                         ("c", "weight: 1")),
     "karcher": _models("a", "b", "c"),
     "karcher max_iter": _models("a", "b") + "parameters: {{max_iter: 3, tol: 1.0e-3}}\n",
+    "karcher base": BASE + _models("a", "b"),  # mergekit adds the unlisted base as a point
     "nearswap": BASE + _models("base", "a") + "parameters: {{t: 0.01}}\n",
     "arcee_fusion": BASE + _models("base", "a"),
     "ram": BASE + _models("a", "b", "c"),

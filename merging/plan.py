@@ -174,6 +174,25 @@ def takes_base(method: Method[Any, Any], base_model: str | None) -> bool:
     return method.needs_base or (getattr(method, "optional_base", False) and bool(base_model))
 
 
+def merge_inputs(method: Method[Any, Any], recipe: Recipe) -> list[SourceSpec]:
+    """The sources a ``models:`` recipe merges, besides the base it merges against.
+
+    With a base (`takes_base`): the models other than the base. Without: the listed models,
+    and last the ``base_model`` when it is not listed and the method counts it as one more
+    point (`Method.base_as_point`): mergekit 0.1.5 appends an unlisted base to the inputs of
+    every ``models:`` recipe (``MergePlanner.normalize_config`` in ``mergekit/plan.py``), and a
+    method that ignores bases, such as ``karcher``, then merges it like any other model.
+    """
+    if takes_base(method, recipe.base_model):
+        return recipe.inputs()
+    models = list(recipe.models)
+    base = recipe.base_model
+    counts = method.base_as_point is not None and method.base_as_point(recipe.parameters)
+    if base and counts and not any(s.model == base and s.adapter is None for s in models):
+        models.append(SourceSpec(model=base))
+    return models
+
+
 def plan_sources(recipe: Recipe) -> dict[str, SourceSpec]:
     """Every source a plan reads, by key (``model`` or ``model+adapter``), the reference first:
     the base when the method takes one (or when ``slices:`` name one), else the first model."""
@@ -187,7 +206,7 @@ def plan_sources(recipe: Recipe) -> dict[str, SourceSpec]:
             for s in slice_.sources:
                 out.setdefault(s.key, SourceSpec(model=s.model, adapter=s.adapter))
         return out
-    for spec in recipe.inputs() if with_base else recipe.models:
+    for spec in merge_inputs(method, recipe):
         out.setdefault(spec.key, spec)
     return out
 
@@ -213,10 +232,8 @@ def _plan_models(
     recipe: Recipe, method: Method[Any, Any], infos: dict[str, SourceInfo]
 ) -> TensorPlan:
     with_base = takes_base(method, recipe.base_model)
-    specs = recipe.inputs() if with_base else list(recipe.models)
-    keys = ([recipe.base_model] if with_base and recipe.base_model else []) + [
-        s.key for s in specs
-    ]
+    specs = merge_inputs(method, recipe)
+    keys = ([recipe.base_model] if with_base and recipe.base_model else []) + [s.key for s in specs]
     plan = TensorPlan(method, plan_sources(recipe), keys[0])
     reference = infos[keys[0]]
     n = num_layers(reference.config, reference.headers)
@@ -230,9 +247,7 @@ def _plan_models(
         inputs = tuple(PlanInput(k, name) for k in keys)
         params = _bind(method.params, [recipe.parameters], name, t)
         per_source = tuple(_bind(method.source_params, c, name, t) for c in chains)
-        plan.tensors.append(
-            PlannedTensor(name, inputs, with_base, params, per_source, index)
-        )
+        plan.tensors.append(PlannedTensor(name, inputs, with_base, params, per_source, index))
     found = [i for i in map(layer_index, reference.headers) if i is not None]
     depth = max(found, default=-1) + 1
     plan.layers = [PlannedLayer(i, None, tuple((k, i) for k in keys)) for i in range(depth)]
@@ -335,9 +350,7 @@ def _plan_tensor(
         _bind(method.source_params, _source_chain(recipe, slice_, s), names[i], t)
         for s, i in zip(others, order[1:] if with_base else order, strict=True)
     )
-    plan.tensors.append(
-        PlannedTensor(name, inputs, with_base, params, per_source, layer, index)
-    )
+    plan.tensors.append(PlannedTensor(name, inputs, with_base, params, per_source, layer, index))
 
 
 def _is(source: SliceSource, base: str | None) -> bool:
@@ -373,6 +386,7 @@ __all__ = [
     "TensorPlan",
     "build_plan",
     "layer_index",
+    "merge_inputs",
     "num_layers",
     "plan_sources",
     "takes_base",

@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from merging._recipe_keys import did_you_mean
 from merging.errors import RecipeError
 from merging.methods import Method, get_method
-from merging.plan import takes_base
+from merging.plan import merge_inputs, takes_base
 from merging.recipe import (
     Conditional,
     ParameterValue,
@@ -110,7 +110,7 @@ def recipe_warnings(recipe: Recipe) -> list[str]:
 
 
 def _inputs(method: Method[Any, Any], recipe: Recipe) -> list[Any]:
-    return recipe.inputs() if takes_base(method, recipe.base_model) else list(recipe.models)
+    return merge_inputs(method, recipe)
 
 
 def _check_slice(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -57,6 +57,10 @@ class Method(Generic[P, S]):
         optional_base: with ``needs_base`` false, whether a ``base_model`` the recipe names is
             still used as the base (mergekit's optional base: NuSLERP and Multi-SLERP of task
             vectors); the function then receives it as ``base``, else ``None``.
+        base_as_point: for a method that takes no base, whether a ``base_model`` the recipe
+            names, and does not list under ``models:``, counts as one more input after the
+            models (mergekit 0.1.5 adds it to the inputs of every ``models:`` recipe), given
+            the recipe's global parameters; `None`: never.
         min_inputs / max_inputs: how many non-base inputs it accepts.
         randomized: whether the result depends on the seed.
         semantics: renders the exact rules in effect for given parameters (for model cards).
@@ -73,6 +77,7 @@ class Method(Generic[P, S]):
     paper: str
     needs_base: bool = True
     optional_base: bool = False
+    base_as_point: Callable[[Mapping[str, Any]], bool] | None = None
     min_inputs: int = 1
     max_inputs: int | None = None
     randomized: bool = False

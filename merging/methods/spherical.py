@@ -13,7 +13,8 @@ tensors in float64.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 from pydantic import Field
@@ -123,8 +124,18 @@ ANTIPODAL = 1e-7  # sin θ below this at θ ≈ π: the direction towards uᵢ i
 
 
 class KarcherParams(MethodParams):
+    """``include_base`` (hubmerge's option): whether a ``base_model`` not listed under
+    ``models:`` is one more point of the mean, as in mergekit 0.1.5 (true, the default), or is
+    left out (false: only the listed models are averaged)."""
+
     max_iter: int = Field(10, ge=0)
     tol: float = Field(1e-5, ge=0)
+    include_base: bool = True
+
+
+def _counts_base(parameters: Mapping[str, Any]) -> bool:
+    value = parameters.get("include_base", True)
+    return not (value is False or value == 0)
 
 
 def karcher_coefficients(gram: Tensor, params: KarcherParams) -> Tensor:
@@ -178,6 +189,7 @@ def karcher_coefficients(gram: Tensor, params: KarcherParams) -> Tensor:
     formula="θ = (Σᵢ ‖θᵢ‖/k)·argmin_u Σᵢ d(u, θᵢ/‖θᵢ‖)², d the geodesic distance on the sphere",
     paper="https://arxiv.org/abs/2603.04972",
     needs_base=False,
+    base_as_point=_counts_base,
     min_inputs=1,
     kernel=lambda p, s, rng, shape: GramKernel(
         lambda gram: karcher_coefficients(gram, p), len(s), shape
@@ -185,7 +197,12 @@ def karcher_coefficients(gram: Tensor, params: KarcherParams) -> Tensor:
     semantics=lambda p: (
         f"Riemannian (Karcher) mean of the unit vectors, equal weights, at most {p.max_iter} "
         f"fixed-point iterations, tolerance {p.tol}; scaled by the mean norm; each tensor is one "
-        "flat vector; per-model weights are not used."
+        "flat vector; per-model weights are not used; "
+        + (
+            "a base_model not listed under models is one more point (as mergekit)."
+            if p.include_base
+            else "a base_model is not averaged (include_base: false)."
+        )
     ),
 )
 def karcher(
@@ -198,7 +215,9 @@ def karcher(
     """Karcher mean of k models on the unit sphere, rescaled (mergekit's ``karcher``).
 
     The fixed-point iteration of `karcher_coefficients`, run on the whole flattened tensors in
-    float64. Every listed model takes part with weight 1/k; one model is returned as it is.
+    float64. Every input takes part with weight 1/k; one input is returned as it is. The
+    inputs are the recipe's models and, unless ``include_base`` is false, an unlisted
+    ``base_model`` after them (the plan's `merging.plan.merge_inputs`), as in mergekit 0.1.5.
     """
     if len(inputs) == 1:
         return inputs[0].clone()

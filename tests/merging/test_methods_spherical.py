@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import pytest
 import torch
+import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
+from merging import MergeOptions, load_recipe, merge
 from merging.errors import IncompatibleModelsError
+from merging.methods import get_method
+from tests.helpers.tiny import state_dict
 from tests.merging.kernel_helpers import chunked, pure
 from tests.merging.method_helpers import SETTINGS, models
+
+CPU = MergeOptions(device="cpu", threads=1)
 
 
 def rotate(v, other, angle):
@@ -128,3 +134,41 @@ def test_multislerp_of_unchanged_tensors_is_the_base():
     same = [base.clone() for _ in range(3)]
     assert torch.equal(pure("multislerp", base, same), base)
     assert torch.equal(chunked("multislerp", base, same, chunk=5), base)
+
+
+def _karcher_recipe(tiny_models, listed, **parameters):
+    data = {"merge_method": "karcher", "base_model": str(tiny_models["base"]), "dtype": "float32",
+            "models": [{"model": str(tiny_models[k])} for k in listed]}  # fmt: skip
+    if parameters:
+        data["parameters"] = parameters
+    return load_recipe(yaml.safe_dump(data))
+
+
+def test_karcher_counts_an_unlisted_base_as_the_last_point_as_mergekit(tiny_models, tmp_path):
+    """mergekit 0.1.5 appends an unlisted ``base_model`` to a ``models:`` recipe's inputs, and
+    ``karcher`` averages it like the others; ``include_base: false`` leaves it out."""
+    name = "model.layers.1.self_attn.q_proj.weight"
+    tensors = {k: state_dict(tiny_models[k])[name] for k in ("ft1", "ft2", "base")}
+    with_base = merge(_karcher_recipe(tiny_models, ["ft1", "ft2"]), tmp_path / "with", options=CPU)
+    without = merge(_karcher_recipe(tiny_models, ["ft1", "ft2"], include_base=False),
+                    tmp_path / "without", options=CPU)  # fmt: skip
+    expected = pure("karcher", None, [tensors["ft1"], tensors["ft2"], tensors["base"]])
+    torch.testing.assert_close(state_dict(with_base.output)[name], expected)
+    alone = pure("karcher", None, [tensors["ft1"], tensors["ft2"]])
+    torch.testing.assert_close(state_dict(without.output)[name], alone)
+    assert not torch.allclose(expected, alone)
+
+
+def test_karcher_takes_a_listed_base_once_where_it_is_listed(tiny_models):
+    from merging.plan import merge_inputs
+
+    method = get_method("karcher")
+    listed = _karcher_recipe(tiny_models, ["ft1", "base", "ft2"])
+    assert [s.model for s in merge_inputs(method, listed)] == [
+        str(tiny_models[k]) for k in ("ft1", "base", "ft2")
+    ]
+    unlisted = _karcher_recipe(tiny_models, ["ft2", "ft1"])
+    assert [s.model for s in merge_inputs(method, unlisted)] == [
+        str(tiny_models[k]) for k in ("ft2", "ft1", "base")
+    ]
+    assert "one more point" in method.describe(method.params())
