@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+from typing import Any
 
 from app.commands._common import add_token_options, read_token
 
@@ -31,6 +32,23 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
                         "worst_gap: the share of its gain the worst task loses (examples "
                         'name their task: {"task": …})')  # fmt: skip
     p.add_argument("--genes", type=int, help="genes to search (default: about budget / 8)")
+    p.add_argument("--optimizer", default="auto", choices=["auto", "cmaes", "tpe", "nevergrad"],
+                   help="auto: CMA-ES from 4 genes, TPE below; nevergrad: NGOpt")  # fmt: skip
+    harness = p.add_argument_group(
+        "harness re-scoring", "after the search, the top candidates and your recipe are scored "
+        "by lm-evaluation-harness, in memory")  # fmt: skip
+    harness.add_argument("--tasks", help="harness tasks (comma-separated) or a suite name; "
+                         "the best score on them chooses the winner")  # fmt: skip
+    harness.add_argument("--limit", type=int, help="items per task of --tasks (default: all)")
+    harness.add_argument("--rescore", type=int, default=3,
+                         help="how many of the best distinct candidates to re-score")  # fmt: skip
+    harness.add_argument("--guard", help="damage guard: 'mmlu' (the offline MMLU), a suite or "
+                         "tasks; a candidate more than 2 standard errors below the reference "
+                         "is not chosen")  # fmt: skip
+    harness.add_argument("--guard-limit", type=int,
+                         help="items per guard task (mmlu: 5 per subject)")  # fmt: skip
+    harness.add_argument("--guard-reference", default="recipe", choices=["recipe", "base"],
+                         help="compare the guard with your recipe or the base")  # fmt: skip
     p.add_argument("--device", default="cpu", help="where candidates are merged and scored")
     backend = p.add_mutually_exclusive_group()
     backend.add_argument("--ray", action="store_true",
@@ -45,9 +63,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
 def run(args: argparse.Namespace) -> int:
     from app.commands._common import tqdm_progress
     from app.search import search_and_merge
+    from app.search.errors import SearchError
+    from app.search.rescore import resolve_tasks
     from app.search.tasks import load_search_examples
     from merging import load_recipe
 
+    if args.limit is not None and not args.tasks:
+        raise SearchError("--limit applies to --tasks; name the tasks")
+    if args.guard_limit is not None and not args.guard:
+        raise SearchError("--guard-limit applies to --guard; name the guard")
+    tasks = resolve_tasks(args.tasks, args.limit) if args.tasks else None
+    guard = resolve_tasks(args.guard, args.guard_limit) if args.guard else None
     recipe = load_recipe(args.recipe)
     examples = load_search_examples(args.examples)
     test = load_search_examples(args.test) if args.test else None
@@ -57,18 +83,46 @@ def run(args: argparse.Namespace) -> int:
             recipe, examples, args.output, test=test, overwrite=args.overwrite,
             progress=update, budget=args.budget, seed=args.seed, timeout=args.timeout,
             metric=args.metric, device=args.device, ray=args.ray, ray_address=args.ray_address,
-            workers=args.workers, max_genes=args.genes, token=read_token(args),
+            workers=args.workers, max_genes=args.genes, optimizer=args.optimizer, tasks=tasks,
+            guard=guard, rescore=args.rescore, guard_reference=args.guard_reference,
+            token=read_token(args),
         )  # fmt: skip
     finally:
         close()
     best, fixed = result.best, result.best_fixed()
-    print(f"searched {len(result.space)} gene(s) with {result.sampler}: "
-          f"{len(result.candidates)} candidate(s) in {result.seconds:.1f} s on {result.backend}")
+    print(
+        f"searched {len(result.space)} gene(s) with {result.sampler}: "
+        f"{len(result.candidates)} candidate(s) in {result.seconds:.1f} s on {result.backend}"
+    )
     if fixed is not None:
         print(f"best starting recipe: {fixed.origin}, {result.metric} {fixed.score:.5f}")
+    if result.rescored is not None:
+        for line in rescore_lines(result.rescored):
+            print(line)
     print(f"best: candidate {best.index} ({best.origin}), {result.metric} {best.score:.5f}; "
           f"written merge {result.reproduced:.5f}")  # fmt: skip
     if result.test_score is not None:
         print(f"held-out test {result.metric}: {result.test_score:.5f}")
     print(f"wrote {result.output} (recipe: hubmerge_recipe.yaml, search: search.json)")
     return 0
+
+
+def rescore_lines(rescored: Any) -> list[str]:
+    """One line per re-scored candidate: harness score, guard score, excluded or not."""
+
+    def show(score: Any) -> str:
+        if score is None:
+            return "–"
+        error = f" ± {score.stderr:.3f}" if score.stderr is not None else ""
+        return f"{score.score:.3f}{error}"
+
+    lines = []
+    if rescored.reference is not None:
+        lines.append(f"guard reference ({rescored.guard_reference}): {show(rescored.reference)}")
+    for item in rescored.rescored:
+        flag = "  EXCLUDED by the guard" if item.excluded else ""
+        lines.append(f"re-scored candidate {item.index} ({item.origin}): tasks "
+                     f"{show(item.tasks)}, guard {show(item.guard)}{flag}")  # fmt: skip
+    if rescored.fallback:
+        lines.append("the guard excluded every re-scored candidate: the least damaging won")
+    return lines

@@ -8,6 +8,8 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from app.search.rescore import GUARD_SES, HarnessScore, RescoreResult, TaskSpec
+
 if TYPE_CHECKING:
     from app.search.run import SearchResult
 
@@ -37,13 +39,16 @@ def render_search_section(result: SearchResult) -> str:
         f"- Seed: `{result.seed}`; optimiser: `{result.sampler}`; backend: {result.backend} "
         f"({result.workers} worker(s))",
         f"- Best: candidate {best.index} ({best.origin}), selection score {_fmt(best.score)}; "
-        f"the written merge scores {_fmt(result.reproduced)}",
+        f"the written merge scores {_fmt(result.reproduced)}"
+        + (" (chosen by the harness re-scoring below)" if result.rescored else ""),
     ]
     if fixed is not None:
         lines.append(f"- Best starting recipe: {fixed.origin}, {_fmt(fixed.score)}")
     if result.test_score is not None:
         lines.append(f"- Held-out test score (never used to choose): {_fmt(result.test_score)}"
                      f" (sha256 `{result.test_hash}`)")  # fmt: skip
+    if result.rescored is not None:
+        lines += rescore_section(result.rescored)
     lines += ["", "Search space (bounded genes):", "", "| gene | low | high |", "|---|---|---|"]
     lines += [f"| `{g.name}` | {g.low} | {g.high} |" for g in result.space.genes]
     lines += ["", "Every candidate, in order:", "", "| # | origin | score | genome |",
@@ -54,6 +59,43 @@ def render_search_section(result: SearchResult) -> str:
         lines.append(f"| {c.index} | {c.origin} | {_fmt(c.score)}{memo} | {genome} |")
     lines += ["", "All candidates' recipes are in `search.json`.", ""]
     return "\n".join(lines)
+
+
+def _spec(spec: TaskSpec) -> str:
+    limit = f", {spec.limit} item(s) each" if spec.limit else ", every item"
+    return ", ".join(f"`{t}`" for t in spec.tasks) + limit
+
+
+def _score(score: HarnessScore | None) -> str:
+    if score is None:
+        return "–"
+    return f"{score.score:.4f}" + (f" ± {score.stderr:.4f}" if score.stderr is not None else "")
+
+
+def rescore_section(rescored: RescoreResult) -> list[str]:
+    """The card's lines on the harness re-scoring and the guard."""
+    lines = ["", f"The best {len(rescored.rescored)} distinct candidates (with your recipe) "
+             "were re-scored by lm-evaluation-harness, merged in memory:", ""]  # fmt: skip
+    if rescored.tasks is not None:
+        lines.append(f"- Tasks (the best score wins): {_spec(rescored.tasks)}")
+    if rescored.guard is not None:
+        lines.append(f"- Damage guard: {_spec(rescored.guard)}; reference: "
+                     f"{'the base model' if rescored.guard_reference == 'base' else 'your recipe'}"
+                     f" at {_score(rescored.reference)}; a candidate more than {GUARD_SES:g} "
+                     "standard errors below it is not chosen")  # fmt: skip
+        excluded = [str(r.index) for r in rescored.rescored if r.excluded]
+        lines.append(f"- Excluded by the guard: {', '.join(excluded) if excluded else 'none'}")
+    if rescored.fallback:
+        lines.append("- The guard excluded every re-scored candidate; the least damaging won")
+    lines += ["", "| # | origin | selection | tasks | guard | guard drop | chosen |",
+              "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for r in rescored.rescored:
+        drop = "–" if r.guard_drop is None else f"{r.guard_drop:.4f}"
+        chosen = "**winner**" if r.index == rescored.winner else (
+            "excluded" if r.excluded else "")  # fmt: skip
+        lines.append(f"| {r.index} | {r.origin} | {_fmt(r.selection)} | {_score(r.tasks)} | "
+                     f"{_score(r.guard)} | {drop} | {chosen} |")  # fmt: skip
+    return lines
 
 
 def write_search_card(folder: Path, result: SearchResult) -> None:

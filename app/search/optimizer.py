@@ -1,10 +1,11 @@
-"""The ask/tell loop: Optuna proposes genomes, a backend scores them, the budget is exact.
+"""The ask/tell loop: an optimiser proposes genomes, a backend scores them, the budget is exact.
 
 There is no generation barrier: as soon as one candidate's score comes back it is told and
 the next one is asked, so with several workers none waits for the slowest of a generation.
-CMA-ES (Optuna's `CmaEsSampler`) searches four genes or more; below that, TPE (CMA-ES needs
-a few dimensions to adapt its covariance). Both are seeded: in process, one seed always gives
-the same candidates.
+By default CMA-ES (Optuna's `CmaEsSampler`) searches four genes or more; below that, TPE
+(CMA-ES needs a few dimensions to adapt its covariance); ``optimizer=`` picks CMA-ES, TPE or
+nevergrad's NGOpt instead (`app.search.proposers`). All are seeded: in process, one seed
+always gives the same candidates.
 
 The first candidates are the user's recipe and the usual fixed recipes; those that lie in
 the space are told to the optimiser (and the best of them is CMA-ES's starting point), so
@@ -17,18 +18,18 @@ import logging
 import math
 import threading
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 from app.search.errors import SearchError
+from app.search.proposers import CMA_ES_MIN_GENES, make_proposer
 from app.search.space import SearchSpace
 from merging import Recipe, load_recipe
 
 logger = logging.getLogger(__name__)
 
-CMA_ES_MIN_GENES = 4
+__all__ = ["CMA_ES_MIN_GENES", "Candidate", "LocalBackend", "SearchState", "run_loop"]
 
 
 @dataclass
@@ -99,21 +100,6 @@ class SearchState:
 OnCandidate = Callable[[Candidate, SearchState], None]
 
 
-def make_sampler(space: SearchSpace, *, seed: int, x0: Sequence[float] | None, startup: int) -> Any:
-    import optuna
-
-    if len(space) >= CMA_ES_MIN_GENES:
-        start = dict(zip((g.name for g in space.genes), x0, strict=True)) if x0 else None
-        with warnings.catch_warnings():  # x0 is deprecated in Optuna 4.9 (removal in 6.0)
-            warnings.simplefilter("ignore", FutureWarning)
-            return optuna.samplers.CmaEsSampler(x0=start, seed=seed,
-                                                warn_independent_sampling=False)  # fmt: skip
-    with warnings.catch_warnings():  # multivariate TPE is marked experimental
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup,
-                                          multivariate=True)  # fmt: skip
-
-
 def run_loop(
     space: SearchSpace,
     initial: Sequence[tuple[str, Recipe]],
@@ -125,6 +111,7 @@ def run_loop(
     timeout: float | None = None,
     cancel: threading.Event | None = None,
     on_candidate: OnCandidate | None = None,
+    optimizer: str = "auto",
 ) -> tuple[SearchState, str, str]:
     """Score `initial`, then ask/tell until `budget` candidates in all (or timeout / cancel).
 
@@ -132,10 +119,6 @@ def run_loop(
         The state, the sampler's name and why the loop stopped (``budget``, ``timeout``,
         ``cancelled``).
     """
-    import optuna
-    from optuna.distributions import BaseDistribution, FloatDistribution
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     if budget < 1:
         raise SearchError("the budget must be at least 1 candidate")
     state = SearchState(budget, higher_is_better)
@@ -180,24 +163,17 @@ def run_loop(
             memo.setdefault(tuple(genome), score)
         record(Candidate(len(state.candidates), origin, recipe.to_yaml(), score, genome,
                          seconds, worker=worker))  # fmt: skip
-    distributions: dict[str, BaseDistribution] = {
-        g.name: FloatDistribution(g.low, g.high) for g in space.genes}  # fmt: skip
     best_start = None
     for candidate in state.candidates:
         if candidate.genome is not None and (best_start is None or state.better(
                 candidate.score, best_start.score)):  # fmt: skip
             best_start = candidate
-    direction: Literal["minimize", "maximize"] = "maximize" if higher_is_better else "minimize"
-    sampler = make_sampler(space, seed=seed, x0=best_start.genome if best_start else None,
-                           startup=max(2, min(10, budget // 5)))  # fmt: skip
-    study = optuna.create_study(direction=direction, sampler=sampler)
-    for candidate in state.candidates:
-        if candidate.genome is not None and math.isfinite(candidate.score):
-            study.add_trial(optuna.trial.create_trial(
-                params=dict(zip(distributions, candidate.genome, strict=True)),
-                distributions=distributions, value=candidate.score))  # fmt: skip
-    # ---- ask / tell, asynchronously, until the budget is spent
     asked = len(state.candidates)
+    told = [(c.genome, c.score) for c in state.candidates if c.genome is not None]
+    proposer = make_proposer(optimizer, space, told, seed=seed, higher_is_better=higher_is_better,
+                             x0=best_start.genome if best_start else None,
+                             budget=budget - asked, workers=backend.workers)  # fmt: skip
+    # ---- ask / tell, asynchronously, until the budget is spent
     trials: dict[int, tuple[Any, list[float], str]] = {}
     if stopped == "budget":
         while asked < budget or trials:
@@ -205,35 +181,32 @@ def run_loop(
             if reason:
                 stopped = reason
                 backend.discard()
-                for trial, _, _ in trials.values():
-                    study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                for handle, _, _ in trials.values():
+                    proposer.fail(handle)
                 break
             while asked < budget and len(trials) < backend.workers:
-                trial = study.ask(distributions)
-                genome = list(space.round([trial.params[g.name] for g in space.genes]))
+                handle, raw = proposer.ask()
+                genome = list(space.round(raw))
                 asked += 1
                 key = tuple(genome)
                 if key in memo:
-                    study.tell(trial, memo[key])
+                    proposer.tell(handle, memo[key])
                     record(Candidate(len(state.candidates), "search",
                                      space.decode(genome).to_yaml(), memo[key], genome,
                                      cached=True))  # fmt: skip
                     continue
                 text = space.decode(genome).to_yaml()
-                trials[trial.number] = (trial, genome, text)
-                backend.submit(trial.number, text)
+                trials[asked] = (handle, genome, text)
+                backend.submit(asked, text)
             if not trials:
                 continue
             ticket, score, seconds, worker = backend.collect()
-            trial, genome, text = trials.pop(ticket)
+            handle, genome, text = trials.pop(ticket)
             memo[tuple(genome)] = score
-            if math.isfinite(score):
-                study.tell(trial, score)
-            else:
-                study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            proposer.tell(handle, score)
             record(Candidate(len(state.candidates), "search", text, score, genome, seconds,
                              worker=worker))  # fmt: skip
-    return state, type(sampler).__name__, stopped
+    return state, proposer.name, stopped
 
 
 class LocalBackend:

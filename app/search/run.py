@@ -24,6 +24,8 @@ from app.search.errors import SearchError
 from app.search.evaluator import InMemoryEvaluator, examples_hash, score_folder
 from app.search.fixed import fixed_recipes
 from app.search.optimizer import Candidate, LocalBackend, OnCandidate, SearchState, run_loop
+from app.search.rescore import DEFAULT_RESCORE, TaskSpec, check_tasks
+from app.search.rescore import rescore as rescore_candidates
 from app.search.space import SearchSpace, space_from_recipe
 from merging import MergeOptions, Recipe, merge, parse_recipe
 from merging.engine import ProgressCallback
@@ -55,6 +57,7 @@ class SearchResult:
     test_score: float | None = None
     test_hash: str | None = None
     reference: Any = None  # worst_gap: the per-task base / best-input losses
+    rescored: Any = None  # `RescoreResult`: harness re-scoring and the guard, if asked
 
     @property
     def candidates(self) -> list[Candidate]:
@@ -62,6 +65,10 @@ class SearchResult:
 
     @property
     def best(self) -> Candidate:
+        """The winner: the best selection score, or the candidate the harness re-scoring
+        (and the guard) chose."""
+        if self.rescored is not None:
+            return self.candidates[self.rescored.winner]
         best = self.state.best
         if best is None:
             raise SearchError("the search scored no candidate (cancelled or timed out at once)")
@@ -88,7 +95,7 @@ class SearchResult:
         return max(0.0, (self.seconds - self.load_seconds - busy) / len(self.candidates))
 
     def to_dict(self) -> dict[str, Any]:
-        best = self.state.best
+        best = self.best if self.state.candidates else None
         fixed = self.best_fixed()
         return {
             "space": self.space.describe(), "budget": self.budget, "seed": self.seed,
@@ -102,6 +109,7 @@ class SearchResult:
             "reproduced": self.reproduced, "test_score": self.test_score,
             "test_sha256": self.test_hash,
             "task_reference": self.reference.to_dict() if self.reference else None,
+            "rescore": self.rescored.to_dict() if self.rescored else None,
             "output": str(self.output) if self.output else None,
             "candidates": [c.to_dict() for c in self.candidates],
         }  # fmt: skip
@@ -152,6 +160,11 @@ def search(
     ray_address: str | None = None,
     workers: int | None = None,
     max_genes: int | None = None,
+    optimizer: str = "auto",
+    tasks: TaskSpec | None = None,
+    guard: TaskSpec | None = None,
+    rescore: int = DEFAULT_RESCORE,
+    guard_reference: str = "recipe",
     cancel: threading.Event | None = None,
     on_candidate: OnCandidate | None = None,
     token: str | None = None,
@@ -168,6 +181,13 @@ def search(
         metric (`str`): ``"loss"`` (per output token, lower is better), ``"example_loss"``
             (per example), ``"exact_match"``, ``"multiple_choice"``.
         ray, ray_address: score on a local Ray (127.0.0.1) or an existing cluster.
+        optimizer (`str`): ``"auto"`` (CMA-ES from 4 genes, TPE below), ``"cmaes"``,
+            ``"tpe"`` or ``"nevergrad"``.
+        tasks (`TaskSpec`, *optional*): harness tasks the top `rescore` candidates (and the
+            user's recipe) are re-scored on, in memory; the best harness score wins.
+        guard (`TaskSpec`, *optional*): a general benchmark; a re-scored candidate more than
+            2 standard errors below `guard_reference`'s score (``"recipe"``: the user's
+            recipe; ``"base"``: the base model) is not chosen (`app.search.rescore`).
         cancel (`threading.Event`, *optional*): stop; the best so far is kept.
         on_candidate (`Callable`, *optional*): called with each scored candidate and the state.
 
@@ -191,6 +211,9 @@ def search(
 
     recipe = pin_recipe(recipe, token=token, endpoint=endpoint)
     space = space_from_recipe(recipe, budget=budget, max_genes=max_genes)
+    for spec in (tasks, guard):
+        if spec is not None:
+            check_tasks(spec)  # an unknown task fails now, not after the search
     initial = fixed_recipes(recipe)
     if ray or ray_address:
         from app.search.ray_backend import RayBackend
@@ -211,17 +234,25 @@ def search(
     try:
         state, sampler, stopped = run_loop(
             space, initial, backend, budget=budget, seed=seed,
-            higher_is_better=higher_is_better(metric),
+            higher_is_better=higher_is_better(metric), optimizer=optimizer,
             timeout=timeout, cancel=cancel, on_candidate=on_candidate,
         )  # fmt: skip
     finally:
         backend.close()
-    return SearchResult(
+    result = SearchResult(
         space=space, state=state, budget=budget, seed=seed, metric=metric, sampler=sampler,
         stopped=stopped, backend=backend.name, workers=backend.workers,
         examples_hash=examples_hash(rows), examples=len(rows),
         seconds=time.perf_counter() - started, load_seconds=load_seconds, reference=reference,
     )  # fmt: skip
+    if (tasks or guard) and stopped != "cancelled" and state.candidates:
+        local = backend.evaluator if isinstance(backend, LocalBackend) else InMemoryEvaluator(
+            recipe, rows, device=device, token=token, endpoint=endpoint)  # fmt: skip
+        result.rescored = rescore_candidates(
+            local, state.candidates, higher_is_better=state.higher_is_better, tasks=tasks,
+            guard=guard, guard_reference=guard_reference, k=rescore)  # fmt: skip
+        result.seconds = time.perf_counter() - started
+    return result
 
 
 def search_and_merge(

@@ -119,3 +119,33 @@ def test_timeout_stops_asking():
 def test_budget_must_be_positive():
     with pytest.raises(ValueError, match="budget"):
         _run(budget=0)
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_nevergrad_is_seeded_exact_and_inside_the_bounds(workers):
+    runs = [_run(seed=5, workers=workers, budget=30, optimizer="nevergrad") for _ in range(2)]
+    (space, backend, state, sampler, stopped), (_, _, again, _, _) = runs
+    assert sampler == "nevergrad NGOpt"
+    assert stopped == "budget"
+    assert len(state.candidates) == 30  # the budget is exact, with `workers` asks in flight
+    assert backend.submitted == 30 - sum(c.cached for c in state.candidates)
+    assert [c.genome for c in state.candidates] == [c.genome for c in again.candidates]
+    searched = [c for c in state.candidates if c.origin == "search"]
+    for candidate in searched:
+        assert all(g.low <= v <= g.high for g, v in zip(space.genes, candidate.genome,
+                                                         strict=True))  # fmt: skip
+    start = min(c.score for c in state.candidates if c.origin != "search")
+    assert min(c.score for c in searched) < start  # it searched, not only replayed the start
+
+
+def test_the_optimizer_can_be_chosen():
+    recipe = _recipe()
+    space = space_from_recipe(recipe, budget=16)
+    assert len(space) < 4
+    for kind, name in [("cmaes", "CmaEsSampler"), ("tpe", "TPESampler"), ("auto", "TPESampler")]:
+        _, sampler, _ = run_loop(space, fixed_recipes(recipe), QuadraticBackend(space), budget=6,
+                                 seed=0, higher_is_better=False, optimizer=kind)  # fmt: skip
+        assert sampler == name
+    with pytest.raises(ValueError, match="unknown optimizer"):
+        run_loop(space, fixed_recipes(recipe), QuadraticBackend(space), budget=6, seed=0,
+                 higher_is_better=False, optimizer="annealing")  # fmt: skip
