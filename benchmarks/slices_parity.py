@@ -92,6 +92,17 @@ tokenizer:
     "<|new|>": {{source: {{kind: zero}}}}
     plus: {{source: {{kind: model_token, model: {y}, token: "</s>"}}, force: true}}
 """,
+    # tokenizers with added tokens beyond the model's vocab_size (no embedding rows)
+    "union beyond vocab_size": """merge_method: linear
+base_model: {p}
+models: [{{model: {p}, parameters: {{weight: 0.5}}}}, {{model: {q}, parameters: {{weight: 0.5}}}}]
+tokenizer_source: union
+""",
+    "base beyond vocab_size": """merge_method: linear
+base_model: {p}
+models: [{{model: {p}, parameters: {{weight: 0.5}}}}, {{model: {q}, parameters: {{weight: 0.5}}}}]
+tokenizer_source: base
+""",
     # keys without effect (hubmerge warns): the same tensors as without them
     "lenient ties": """merge_method: ties
 base_model: {a}
@@ -111,12 +122,17 @@ parameters: {{t: 0.3, embed_slerp: true}}
 }
 
 
-def with_tokenizer(path: Path, *, seed: int, corpus: list[str], size: int) -> Path:
+def with_tokenizer(
+    path: Path, *, seed: int, corpus: list[str], size: int, beyond: tuple[str, ...] = ()
+) -> Path:
+    """A tiny Llama with its own tokenizer; ``beyond``: added tokens past its embedding rows."""
     from transformers import AutoTokenizer
 
     train_tokenizer(path / "tok", vocab_size=size, corpus=corpus)
     tokenizer = AutoTokenizer.from_pretrained(path / "tok")
-    build_llama(path, seed=seed, vocab=len(tokenizer), tokenizer=False, layers=2, hidden=32)
+    tokenizer.add_tokens(list(beyond))
+    rows = len(tokenizer) - len(beyond)
+    build_llama(path, seed=seed, vocab=rows, tokenizer=False, layers=2, hidden=32)
     tokenizer.save_pretrained(path)
     return path
 
@@ -158,6 +174,8 @@ def main() -> None:
         "c": build_llama(root / "c", seed=2, layers=4, hidden=64, vocab=256),
         "x": with_tokenizer(root / "x", seed=3, corpus=CORPUS, size=300),
         "y": with_tokenizer(root / "y", seed=4, corpus=ANIMALS + CORPUS[:40], size=330),
+        "p": with_tokenizer(root / "p", seed=5, corpus=CORPUS, size=300, beyond=("<pa>", "<xa>")),
+        "q": with_tokenizer(root / "q", seed=6, corpus=ANIMALS, size=330, beyond=("<tool>",)),
     }
     print("| case | tensors | max abs diff | max abs value | layers, vocab, tokens agree |")
     print("|---|---|---|---|---|")

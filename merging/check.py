@@ -299,6 +299,7 @@ def check_recipe(
         report.plan.append("embedding rows mapped by token (vocabulary built at merge time)")
     elif vocab is not None:
         report.plan.append(f"embedding rows mapped by token: {vocab.rows} rows")
+        report.warnings += vocab.warnings
     report.warnings[:0] = list(recipe.warnings)
     report.download_bytes = download
     for spec in specs.values():

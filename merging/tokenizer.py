@@ -15,14 +15,16 @@ index (``vocab_policy``).
 
 from __future__ import annotations
 
+import json
 import logging
 import tempfile
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from tokenizers import Tokenizer
 
 from merging.chat_templates import BUILT_IN
 from merging.errors import RecipeError, VocabMismatchError
@@ -51,19 +53,76 @@ def _load(path: Path) -> Any:
     return AutoTokenizer.from_pretrained(path, use_fast=True)
 
 
-def _union(base: Any, others: list[tuple[Any, int]]) -> Any:
+def _beyond(tokenizer: Any, size: int) -> list[str]:
+    """The tokenizer's tokens whose ids have no embedding row (id ≥ the model's vocab_size)."""
+    return sorted((t for t, i in tokenizer.get_vocab().items() if i >= size), key=str)
+
+
+def _examples(tokens: list[str]) -> str:
+    shown = ", ".join(repr(t) for t in tokens[:5])
+    return shown + (f", … ({len(tokens)} in all)" if len(tokens) > 5 else "")
+
+
+def _strip(tokenizer: Any, size: int, where: str, warnings: list[str]) -> Any:
+    """The tokenizer without its tokens at ids ≥ ``size`` (mergekit's ``get_stripped_tokenizer``:
+    they leave the vocabulary, the added tokens and the merges that use them; BPE only).
+
+    mergekit keeps a merge whose *result* is stripped, which the tokenizers library then
+    refuses to load; such merges are dropped here too.
+    """
+    unused = _beyond(tokenizer, size)
+    if not unused:
+        return tokenizer
+    data = json.loads(tokenizer._tokenizer.to_str()) if tokenizer.is_fast else None
+    if data is None or data["model"]["type"] != "BPE":
+        kind = "a slow tokenizer" if data is None else f"a {data['model']['type']} tokenizer"
+        raise VocabMismatchError(
+            f"{where}: {len(unused)} token(s) at ids ≥ its vocab_size {size} "
+            f"({_examples(unused)}) and {kind}; only BPE tokenizers can be stripped (as in "
+            "mergekit); use a tokenizer_source whose tokens all have embedding rows"
+        )
+    gone = set(unused)
+    prefix = data["model"].get("continuing_subword_prefix") or ""
+
+    def keep(merge: str | list[str]) -> bool:
+        left, right = merge.split(" ", 1) if isinstance(merge, str) else merge
+        joined = left + right.removeprefix(prefix)
+        return left not in gone and right not in gone and joined not in gone
+
+    data["added_tokens"] = [e for e in data["added_tokens"] if e["id"] < size]
+    data["model"]["vocab"] = {t: i for t, i in data["model"]["vocab"].items() if t not in gone}
+    data["model"]["merges"] = [m for m in data["model"]["merges"] if keep(m)]
+    tokenizer._tokenizer = Tokenizer.from_str(json.dumps(data))
+    warnings.append(
+        f"{where}: {len(unused)} token(s) at ids ≥ its vocab_size {size} have no embedding "
+        f"row and are stripped from the output tokenizer ({_examples(unused)}), as mergekit does"
+    )
+    return tokenizer
+
+
+def _union(base: Any, others: list[tuple[str, Any, int]], warnings: list[str]) -> Any:
     """The base tokenizer plus every token of the others it lacks (mergekit's
-    ``build_union_tokenizer``): normal tokens first, then added (special) tokens."""
+    ``build_union_tokenizer``): normal tokens first, then added (special) tokens, each source's
+    in id order (mergekit takes ``get_vocab()``'s order, which changes from run to run). A
+    source's tokens at ids ≥ its vocab_size (no embedding row) are left out, with a warning."""
     added: dict[str, Any] = {}
     normal: dict[str, None] = {}
-    for tokenizer, size in others:
+    for key, tokenizer, size in others:
         special = {info.content for info in tokenizer.added_tokens_decoder.values()}
-        for token, index in tokenizer.get_vocab().items():
-            if index < size and token not in special:
+        vocab = tokenizer.get_vocab()  # a hash map's order, which differs per process:
+        for token in sorted(vocab, key=vocab.__getitem__):  # in id order, for reproducibility
+            if vocab[token] < size and token not in special:
                 normal.setdefault(token)
         for index, info in tokenizer.added_tokens_decoder.items():
             if index < size:
                 added.setdefault(info.content, info)
+        unused = _beyond(tokenizer, size)
+        if unused:
+            warnings.append(
+                f"tokenizer of {key}: {len(unused)} token(s) at ids ≥ its vocab_size {size} "
+                f"have no embedding row and are left out of the union ({_examples(unused)}), "
+                "as mergekit does"
+            )
     with tempfile.TemporaryDirectory() as tmp:
         base.save_pretrained(tmp)
         out = _load(Path(tmp))
@@ -83,6 +142,7 @@ class Vocab:
     tokens: dict[str, TokenSpec]
     original: dict[str, dict[str, int]]
     rows: int
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def size(self) -> int:
@@ -204,11 +264,16 @@ def build_vocab(
     if base_key not in loaded:
         raise VocabMismatchError(f"{base_key}: no tokenizer to build the output vocabulary from")
     sizes = {k: infos[k].vocab_size or len(loaded.get(k, loaded[base_key])) for k in paths}
+    warnings: list[str] = []
     choice = recipe.tokenizer_choice
+    if choice in ("base", "union"):  # mergekit strips the base's tokenizer for both
+        where = f"tokenizer of {base_key}"
+        loaded[base_key] = _strip(loaded[base_key], sizes[base_key], where, warnings)
     if choice == "base":
         tokenizer = loaded[base_key]
     elif choice == "union":
-        tokenizer = _union(loaded[base_key], [(loaded[k], sizes[k]) for k in loaded])
+        others = [(k, loaded[k], sizes[k]) for k in loaded]
+        tokenizer = _union(loaded[base_key], others, warnings)
     else:
         tokenizer = _load(paths.get(choice) or (named or {}).get(choice) or Path(choice))
     tokens = dict(recipe.tokenizer.tokens) if recipe.tokenizer else {}
@@ -219,15 +284,26 @@ def build_vocab(
     for key in paths:
         own = loaded.get(key, loaded[base_key]).get_vocab()
         rows = torch.full((len(out_vocab),), -1, dtype=torch.long)
+        beyond = []
         for token, new_id in out_vocab.items():
             old = own.get(token, -1)
             rows[new_id] = old if old < sizes[key] else -1
+            if old >= sizes[key]:
+                beyond.append(token)
+        if beyond:  # mergekit: KeyError in PermutedVocabulary; here the model lacks them
+            warnings.append(
+                f"{key}: {len(beyond)} output token(s) are at ids ≥ its vocab_size "
+                f"{sizes[key]} in its tokenizer ({_examples(sorted(beyond, key=str))}); they "
+                "take default rows, as tokens the model lacks"
+            )
         index[key] = rows
     pad = recipe.tokenizer.pad_to_multiple_of if recipe.tokenizer else None
     count = len(out_vocab)
     padded = -(-count // pad) * pad if pad else count
     original = {k: loaded.get(k, loaded[base_key]).get_vocab() for k in paths}
-    return Vocab(tokenizer, index, base_key, tokens, original, padded)
+    for warning in warnings:
+        logger.warning("%s", warning)
+    return Vocab(tokenizer, index, base_key, tokens, original, padded, warnings)
 
 
 def chat_template(recipe: Recipe, paths: list[Path]) -> str | None:
