@@ -234,3 +234,17 @@ def test_transformers_push_and_from_pretrained(local_hub: LocalHub, tiny_llama_d
     )
     for name, tensor in model.state_dict().items():
         assert torch.equal(tensor, loaded.state_dict()[name]), name
+
+
+def test_listening_socket_is_tcp_so_answers_are_not_held_back() -> None:
+    """asyncio sets TCP_NODELAY only on sockets whose ``proto`` is IPPROTO_TCP; without it
+    each answer on a keep-alive connection waited ~40 ms (Nagle against delayed ACKs)."""
+    import socket
+
+    from app.hub_server.server import _bind
+
+    sock = _bind("127.0.0.1", 0)
+    try:
+        assert sock.proto == socket.IPPROTO_TCP
+    finally:
+        sock.close()
