@@ -69,17 +69,15 @@ def resolve_model(
 def remote_info(
     text: str, *, token: str | None = None, endpoint: str | None = None
 ) -> tuple[SourceInfo, str | None]:
-    """Headers and config of a model without reading weight data (Hub: range requests)."""
+    """Headers and config of a model without reading weight data (Hub: one request to pin the
+    commit with `token`, then range requests or the cache of `merging.hub.pinned`)."""
     ref = ModelRef.parse(text)
     if ref.local:
         source = CheckpointSource(ref.name, allow_pickle=True)
         return SourceInfo(str(ref), source.headers, source.config), None
-    commit = hub.resolve_revision(ref.name, ref.revision, token=token, endpoint=endpoint)
-    headers: dict[str, TensorHeader] = hub.remote_tensor_headers(
-        ref.name, revision=commit, token=token, endpoint=endpoint
-    )
-    config = hub.remote_config(ref.name, revision=commit, token=token, endpoint=endpoint)
-    return SourceInfo(str(ref), headers, config), commit
+    model = hub.remote_model(ref.name, revision=ref.revision, token=token, endpoint=endpoint)
+    headers: dict[str, TensorHeader] = model.headers
+    return SourceInfo(str(ref), headers, model.config), model.sha
 
 
 def open_source(

@@ -12,7 +12,7 @@ Errors from the Hub become `merging.errors` classes, raised ``from`` the origina
 """
 
 from merging.hub.download import MERGE_FILES, PICKLE_FILES, download_model, resolve_revision
-from merging.hub.headers import remote_config, remote_tensor_headers
+from merging.hub.headers import RemoteModel, remote_config, remote_model, remote_tensor_headers
 from merging.hub.push import PushResult, push_folder, write_eval_results_to_card
 from merging.hub.search import ModelSummary, search_models
 
@@ -21,9 +21,11 @@ __all__ = [
     "PICKLE_FILES",
     "ModelSummary",
     "PushResult",
+    "RemoteModel",
     "download_model",
     "push_folder",
     "remote_config",
+    "remote_model",
     "remote_tensor_headers",
     "resolve_revision",
     "search_models",

@@ -113,16 +113,6 @@ def auth_token(token: str | None) -> str | bool:
     return token if token else False
 
 
-def repo_files(api: HfApi, repo_id: str, sha: str) -> dict[str, int]:
-    info = call(
-        lambda: api.model_info(repo_id, revision=sha, files_metadata=True),
-        action="listing",
-        repo_id=repo_id,
-        revision=sha,
-    )
-    return {s.rfilename: s.size or 0 for s in info.siblings or []}
-
-
 def download_one(
     repo_id: str, filename: str, *, sha: str, token: str | None, **kwargs: Any
 ) -> Path:

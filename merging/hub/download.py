@@ -10,7 +10,8 @@ from pathlib import Path
 import huggingface_hub.utils as hf_utils
 
 from merging.errors import CheckpointError, HubError, UnsafeCheckpointError
-from merging.hub._calls import call, download_one, hub_api, repo_files
+from merging.hub._calls import call, download_one, hub_api
+from merging.hub.pinned import pin
 
 logger = logging.getLogger(__name__)
 Progress = Callable[[int, int], None]
@@ -103,9 +104,8 @@ def download_model(
     Example:
         >>> path = download_model("HuggingFaceTB/SmolLM2-135M", token=None)
     """
-    api = hub_api(token, endpoint)
-    sha = resolve_revision(repo_id, revision, token=token, endpoint=endpoint)
-    files = repo_files(api, repo_id, sha)
+    pinned = pin(repo_id, revision, token=token, endpoint=endpoint)
+    sha, files = pinned.sha, pinned.files
     top_level = [name for name in files if "/" not in name]
     patterns = [*MERGE_FILES, *(PICKLE_FILES if allow_pickle else ())]
     wanted = sorted(hf_utils.filter_repo_objects(top_level, allow_patterns=patterns))
