@@ -17,6 +17,7 @@ from app import workflows
 from app.handlers import Handlers, _token, public, user_facing
 from app.jobs import JobRecord
 from app.search.job import BACKENDS, chart_points, submit_search
+from app.search.proposers import OPTIMIZERS
 from app.settings import Settings
 
 FOLLOW = {"concurrency_limit": 32, "concurrency_id": "follow"}
@@ -39,6 +40,11 @@ class SearchHandler:
         metric: str | None,
         backend: str | None,
         token: str | None,
+        tasks: str | None = "",
+        limit: float | None = None,
+        guard: str | None = "",
+        guard_limit: float | None = None,
+        optimizer: str | None = "auto",
         oauth_token: gr.OAuthToken | None = None,
         request: gr.Request | None = None,
         progress: gr.Progress = gr.Progress(),  # noqa: B008 - gradio's injection idiom
@@ -56,6 +62,14 @@ class SearchHandler:
                 same), "exact_match" or "multiple_choice".
             backend: "in process", or "local ray" (Ray actors on this machine).
             token: a Hub token that can read the recipe's models (blank for public models).
+            tasks: harness tasks (comma-separated) or a suite name: the best few candidates
+                and the starting recipe are re-scored on them and the best score wins (blank:
+                no re-scoring).
+            limit: items per task of `tasks` (blank or 0: every item).
+            guard: "mmlu" (the offline MMLU), a suite or tasks: a re-scored candidate more
+                than 2 standard errors below the starting recipe's score is not chosen.
+            guard_limit: items per guard task (blank or 0: the guard's default; mmlu: 5).
+            optimizer: "auto" (CMA-ES from 4 genes, TPE below), "cmaes", "tpe", "nevergrad".
 
         Returns:
             the job id, its log, the chart (score per candidate and best so far), the best
@@ -73,6 +87,10 @@ class SearchHandler:
                 self.h.runner, self.h.settings, parsed, rows, budget=int(budget or 24),
                 seed=int(seed or 0), metric=metric or "loss", backend=backend or BACKENDS[0],
                 token=_token(token, oauth_token), owner=self.h.caller(token, oauth_token, request),
+                tasks=(tasks or "").strip() or None, limit=int(limit) if limit else None,
+                guard=(guard or "").strip() or None,
+                guard_limit=int(guard_limit) if guard_limit else None,
+                optimizer=optimizer or "auto",
             )  # fmt: skip
 
         def render(record: JobRecord) -> tuple[str, str, Any, Any, dict[str, Any]]:
@@ -109,6 +127,22 @@ def render(h: Handlers, settings: Settings, *, method: dict[str, Any], token: An
             metric = gr.Dropdown(["loss", "example_loss", "exact_match", "multiple_choice"],
                                  value="loss", label="Metric")  # fmt: skip
             backend = gr.Dropdown(list(BACKENDS), value=BACKENDS[0], label="Backend")
+            optimizer = gr.Dropdown(list(OPTIMIZERS), value="auto", label="Optimizer")
+        with gr.Accordion("Re-score on harness tasks, guard a general benchmark", open=False):
+            gr.Markdown(
+                "The best few candidates and your recipe are scored again by "
+                "lm-evaluation-harness (in memory); the best score on the **tasks** wins, and a "
+                "candidate more than 2 standard errors below your recipe on the **guard** "
+                "(`mmlu`: the offline MMLU) is not chosen."
+            )
+            with gr.Row():
+                tasks = gr.Textbox(label="Tasks (comma-separated, or a suite)", value="",
+                                   elem_id="search-tasks")  # fmt: skip
+                limit = gr.Number(value=0, precision=0, minimum=0, label="Items per task (0: all)")
+                guard = gr.Textbox(label="Guard (mmlu, a suite or tasks)", value="",
+                                   elem_id="search-guard")  # fmt: skip
+                guard_limit = gr.Number(value=0, precision=0, minimum=0,
+                                        label="Guard items per task (0: default)")  # fmt: skip
         with gr.Row():
             start = gr.Button("Search", variant="primary", elem_id="search-btn")
             cancel = gr.Button("Cancel", variant="stop", elem_id="search-cancel")
@@ -119,7 +153,8 @@ def render(h: Handlers, settings: Settings, *, method: dict[str, Any], token: An
         with gr.Accordion("Job record", open=False):
             record = gr.JSON(label="Job")
         note = gr.Markdown()
-    inputs = [recipe, examples, upload, budget, seed, metric, backend, token]
+    inputs = [recipe, examples, upload, budget, seed, metric, backend, token, tasks, limit, guard,
+              guard_limit, optimizer]  # fmt: skip
     start.click(h.validate_recipe, recipe, None, api_visibility="private", **LIGHT).success(
         handler.search, inputs, [job, log, chart, recipe, record], api_name="search", **FOLLOW
     )

@@ -62,22 +62,41 @@ def submit_search(
     backend: str,
     token: str | None,
     owner: str | None,
+    tasks: str | None = None,
+    limit: int | None = None,
+    guard: str | None = None,
+    guard_limit: int | None = None,
+    optimizer: str = "auto",
 ) -> str:
-    """Queue a search of `recipe` on `rows` as a job of `owner`; returns the job id."""
+    """Queue a search of `recipe` on `rows` as a job of `owner`; returns the job id.
+
+    `tasks` / `guard` (harness tasks, a suite name or ``mmlu``) re-score the top candidates
+    and guard them (`app.search.rescore`); they are checked before the job is queued."""
     from app.search.errors import SearchError
+    from app.search.proposers import OPTIMIZERS
+    from app.search.rescore import check_tasks, resolve_tasks
     from app.search.space import space_from_recipe
 
     if not 1 <= budget <= MAX_BUDGET:
         raise SearchError(f"the budget must be between 1 and {MAX_BUDGET} candidates")
     if backend not in BACKENDS:
         raise SearchError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if optimizer not in OPTIMIZERS:
+        raise SearchError(f"unknown optimizer {optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
     space = space_from_recipe(recipe, budget=budget)  # raises for nothing to search
+    task_spec = resolve_tasks(tasks, limit) if tasks else None
+    guard_spec = resolve_tasks(guard, guard_limit) if guard else None
+    for spec in (task_spec, guard_spec):
+        if spec is not None:
+            check_tasks(spec)  # an unknown task fails the request, not the job
 
     def work(ctx: JobContext) -> dict[str, Any]:
         from app.search.run import search_and_merge
 
-        ctx.log(f"searching {len(space)} gene(s) of {recipe.merge_method} "
-                f"({', '.join(g.name for g in space.genes)}), budget {budget}, seed {seed}")
+        ctx.log(
+            f"searching {len(space)} gene(s) of {recipe.merge_method} "
+            f"({', '.join(g.name for g in space.genes)}), budget {budget}, seed {seed}"
+        )
         with _LIVE_LOCK:
             LIVE[ctx.job_id] = []
             for stale in list(LIVE)[:-_KEEP]:
@@ -87,14 +106,17 @@ def submit_search(
             best = state.best.score
             with _LIVE_LOCK:
                 LIVE[ctx.job_id].append((candidate.index, candidate.score, best))
-            ctx.log(f"candidate {candidate.index + 1}/{budget} ({candidate.origin}): "
-                    f"{metric} {candidate.score:.4f}, best {best:.4f}")
+            ctx.log(
+                f"candidate {candidate.index + 1}/{budget} ({candidate.origin}): "
+                f"{metric} {candidate.score:.4f}, best {best:.4f}"
+            )
             ctx.progress("search", len(state.candidates), budget, "candidates")
 
         result = search_and_merge(
             recipe, rows, ctx.output_dir / "merged", budget=budget, seed=seed, metric=metric,
             device=settings.device or "cpu", ray=backend == "local ray", token=token,
             endpoint=settings.hub_endpoint, cancel=ctx.cancel, on_candidate=on_candidate,
+            tasks=task_spec, guard=guard_spec, optimizer=optimizer,
             progress=lambda e: ctx.progress(e.stage, e.done, e.total, "tensors"),
         )  # fmt: skip
         summary = result.to_dict()
@@ -103,10 +125,17 @@ def submit_search(
         if result.stopped == "cancelled":
             ctx.log("cancelled: the best recipe so far is kept; nothing was merged")
             return {"search": summary, "recipe": best.recipe, "cancelled": True}
+        if result.rescored is not None:
+            from app.search.rescore import summary_lines
+
+            for line in summary_lines(result.rescored):
+                ctx.log(line)
         runner.store.update(ctx.job_id, recipe=best.recipe)  # Evaluate / Push read this
         ctx.log(f"merged the winner; written merge scores {result.reproduced:.4f}")
         return {"output": str(result.output), "search": summary, "recipe": best.recipe}
 
     params = {"search": True, "budget": budget, "seed": seed, "metric": metric,
-              "backend": backend}  # fmt: skip
+              "backend": backend, "optimizer": optimizer,
+              "tasks": task_spec.to_dict() if task_spec else None,
+              "guard": guard_spec.to_dict() if guard_spec else None}  # fmt: skip
     return runner.submit("merge", work, owner=owner, recipe=recipe.to_yaml(), params=params)

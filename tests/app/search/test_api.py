@@ -22,6 +22,12 @@ models:
 
 
 def test_search_endpoint_streams_and_its_job_is_a_merge(client):
+    info = client.view_api(print_info=False, return_format="dict")["named_endpoints"]["/search"]
+    names = [p["parameter_name"] for p in info["parameters"]]
+    assert names[:8] == ["recipe", "examples", "upload", "budget", "seed", "metric", "backend",
+                         "token"]  # the old inputs keep their places  # fmt: skip
+    assert names[8:] == ["tasks", "limit", "guard", "guard_limit", "optimizer"]
+    assert all(p["parameter_has_default"] for p in info["parameters"][8:])  # optional
     job = client.submit(RECIPE, "", None, 8, 0, "loss", "in process", TOKEN, api_name="/search")
     while not job.done():
         threading.Event().wait(0.05)
