@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-from typing import Any
 
 from app.commands._common import add_token_options, read_token
 
@@ -64,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     from app.commands._common import tqdm_progress
     from app.search import search_and_merge
     from app.search.errors import SearchError
-    from app.search.rescore import resolve_tasks
+    from app.search.rescore import resolve_tasks, summary_lines
     from app.search.tasks import load_search_examples
     from merging import load_recipe
 
@@ -97,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
     if fixed is not None:
         print(f"best starting recipe: {fixed.origin}, {result.metric} {fixed.score:.5f}")
     if result.rescored is not None:
-        for line in rescore_lines(result.rescored):
+        for line in summary_lines(result.rescored):
             print(line)
     print(f"best: candidate {best.index} ({best.origin}), {result.metric} {best.score:.5f}; "
           f"written merge {result.reproduced:.5f}")  # fmt: skip
@@ -105,24 +104,3 @@ def run(args: argparse.Namespace) -> int:
         print(f"held-out test {result.metric}: {result.test_score:.5f}")
     print(f"wrote {result.output} (recipe: hubmerge_recipe.yaml, search: search.json)")
     return 0
-
-
-def rescore_lines(rescored: Any) -> list[str]:
-    """One line per re-scored candidate: harness score, guard score, excluded or not."""
-
-    def show(score: Any) -> str:
-        if score is None:
-            return "–"
-        error = f" ± {score.stderr:.3f}" if score.stderr is not None else ""
-        return f"{score.score:.3f}{error}"
-
-    lines = []
-    if rescored.reference is not None:
-        lines.append(f"guard reference ({rescored.guard_reference}): {show(rescored.reference)}")
-    for item in rescored.rescored:
-        flag = "  EXCLUDED by the guard" if item.excluded else ""
-        lines.append(f"re-scored candidate {item.index} ({item.origin}): tasks "
-                     f"{show(item.tasks)}, guard {show(item.guard)}{flag}")  # fmt: skip
-    if rescored.fallback:
-        lines.append("the guard excluded every re-scored candidate: the least damaging won")
-    return lines

@@ -348,3 +348,17 @@ def _short(score: HarnessScore | None) -> str:
     if score is None:
         return "–"
     return f"{score.score:.4f}" + (f" ± {score.stderr:.4f}" if score.stderr is not None else "")
+
+
+def summary_lines(rescored: RescoreResult) -> list[str]:
+    """One line per re-scored candidate: harness score, guard score, excluded or not."""
+    lines = []
+    if rescored.reference is not None:
+        lines.append(f"guard reference ({rescored.guard_reference}): {_short(rescored.reference)}")
+    for item in rescored.rescored:
+        flag = "  EXCLUDED by the guard" if item.excluded else ""
+        lines.append(f"re-scored candidate {item.index} ({item.origin}): tasks "
+                     f"{_short(item.tasks)}, guard {_short(item.guard)}{flag}")  # fmt: skip
+    if rescored.fallback:
+        lines.append("the guard excluded every re-scored candidate: the least damaging won")
+    return lines
