@@ -23,7 +23,7 @@ from collections import defaultdict
 from typing import Any
 
 from merging import MergeOptions, load_recipe, merge
-from merging.methods import _kernels
+from merging.methods import _family, _kernels
 
 _totals: dict[str, float] = defaultdict(float)
 _lock = threading.Lock()
@@ -44,10 +44,11 @@ def _timed(stage: str, fn: Any, *, by_step: bool = False) -> Any:
 
 
 def _instrument() -> None:
-    for cls in (_kernels.FamilyKernel, _kernels.LinearKernel, _kernels.SlerpKernel):
+    for cls in (_family.FamilyKernel, _kernels.LinearKernel, _kernels.SlerpKernel):
         cls.reduce = _timed("reduce", cls.reduce, by_step=True)  # type: ignore[method-assign]
         cls.end_pass = _timed("end_pass", cls.end_pass)  # type: ignore[method-assign]
         cls.apply = _timed("apply", cls.apply)  # type: ignore[method-assign]
+        cls.apply_into = _timed("apply", cls.apply_into)  # type: ignore[method-assign]
 
 
 def main() -> None:

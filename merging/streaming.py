@@ -136,27 +136,40 @@ def run_kernel(
     chunk: int = CHUNK,
     pool: ThreadPoolExecutor | None = None,
 ) -> None:
-    """Drive a kernel over flat inputs: its reduction passes, then the output pass into ``out``.
+    """Drive a kernel over flat inputs: `prepare` with the whole inputs, its reduction passes
+    (as many as ``kernel.reductions`` says after each), then the output pass into ``out``.
 
     With a ``pool``, chunks are computed in its threads (each chunk on one core: on CPU the
     engine runs torch single-threaded per op and parallelises across chunks instead).
     """
     numel = out.numel()
-    offsets = range(0, numel, chunk)
-
     kernel.dtype = dtype
+    if has_base:
+        kernel.prepare(flats[0], flats[1:])
+    else:
+        kernel.prepare(None, flats)
+    # a kernel whose results do not depend on the chunking may ask for bigger chunks
+    chunk = max(chunk, min(kernel.max_chunk, numel // 8 // CHUNK * CHUNK))
+    offsets = range(0, numel, chunk)
     convert = None if kernel.raw_inputs else dtype
+    same = device.type == "cpu" and convert is None
 
     def parts(offset: int) -> tuple[torch.Tensor | None, list[torch.Tensor]]:
-        chunks = [x[offset : offset + chunk].to(device=device, dtype=convert) for x in flats]
+        if same:  # stored CPU inputs: views, no conversion call per chunk
+            chunks = [x[offset : offset + chunk] for x in flats]
+        else:
+            chunks = [x[offset : offset + chunk].to(device=device, dtype=convert) for x in flats]
         return (chunks[0], chunks[1:]) if has_base else (None, chunks)
 
     def reduce(step: int, offset: int) -> None:
         kernel.reduce(step, *parts(offset), offset)
 
     def apply(offset: int) -> None:
-        result = kernel.apply(*parts(offset), offset)
-        out[offset : offset + result.numel()].copy_(result)
+        base, inputs = parts(offset)
+        target = out[offset : offset + chunk]
+        if not kernel.apply_into(base, inputs, offset, target):
+            result = kernel.apply(base, inputs, offset)
+            target[: result.numel()].copy_(result)
 
     def each(fn: Callable[[int], None]) -> None:
         if pool is None or len(offsets) == 1:
@@ -166,7 +179,9 @@ def run_kernel(
             for future in [pool.submit(fn, offset) for offset in offsets]:
                 future.result()
 
-    for step in range(kernel.reductions):
+    step = 0
+    while step < kernel.reductions:  # a kernel may change how many passes it needs
         each(functools.partial(reduce, step))
         kernel.end_pass(step)
+        step += 1
     each(apply)

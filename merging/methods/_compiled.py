@@ -56,6 +56,8 @@ _ready: set[Kind] = set()
 _queued: set[Kind] = set()
 _lock = threading.Lock()
 _loops: Any = None  # the `_jit_loops` module, once imported
+_select_loops: Any = None  # `_jit_select`
+_dare_loops: Any = None  # `_jit_dare`
 _worker: threading.Thread | None = None
 
 
@@ -108,7 +110,7 @@ def prepare(
 def _load() -> None:
     """Import the loops and run each once on a tiny chunk of every queued kind (which loads
     its machine code from numba's cache, or compiles it)."""
-    global _loops, available, _worker
+    global _loops, _select_loops, _dare_loops, available, _worker
     while True:
         with _lock:
             pending = sorted(_queued - _ready, key=str)
@@ -119,6 +121,8 @@ def _load() -> None:
         try:
             if _loops is None:
                 _loops = importlib.import_module("merging.methods._jit_loops")
+                _select_loops = importlib.import_module("merging.methods._jit_select")
+                _dare_loops = importlib.import_module("merging.methods._jit_dare")
             _warm_up(*kind)
         except Exception:  # pragma: no cover - a broken numba install: torch kernels only
             logger.warning("compiled merge loops unavailable; using torch kernels", exc_info=True)
@@ -144,13 +148,23 @@ def _warm_up(base_dtype: torch.dtype, input_dtype: torch.dtype, models: int) -> 
         magnitude_histograms(step, base, inputs, [True] * models, [0] * models,
                              histogram_buffer(step, models))  # fmt: skip
     magnitudes(base, inputs[0])
+    bounds = np.zeros((models, 4), dtype=np.int64)
+    bound_counts(base, inputs, [True] * models, bounds, np.zeros(bounds.shape, dtype=np.int64))
+    gather_between(base, inputs[0], 0, 1 << 31, 4)
     keep_mask(_WarmUpStream(), 0, 0, 4, 0.5)
+    dare_observe(_WarmUpStream(), 0, 0, 0.5, base, inputs[0])
     keep = np.ones(4, dtype=np.bool_)
     family_apply(base, inputs, modes=[MASK] * models, thresholds=[0.0] * models,
                  keeps=[keep] * models, rescales=[RESCALE_NONE] * models,
                  scales=[1.0] * models, weights=[1.0] * models,
                  divisor_weights=[1.0] * models, sign_method="sum", normalize=True,
                  lambda_=1.0)  # fmt: skip
+    for dtype in OUTPUT_DTYPES:
+        family_apply(base, inputs, modes=[DENSE] * models, thresholds=[0.0] * models,
+                     keeps=[None] * models, rescales=[RESCALE_NONE] * models,
+                     scales=[1.0] * models, weights=[1.0] * models,
+                     divisor_weights=[1.0] * models, sign_method="sum", normalize=True,
+                     lambda_=1.0, out=torch.empty(4, dtype=dtype))  # fmt: skip
 
 
 _MASK128 = (1 << 128) - 1
@@ -173,9 +187,9 @@ _RAWS_PER_RUN = (1 << 14) // 4  # each block's 16,384 raw draws run as 4 interle
 _JUMPS = [_jump(_RAWS_PER_RUN * q) for q in range(4)]
 
 
-def keep_mask(rng: Any, source: int, offset: int, length: int, density: float) -> Tensor:
-    """`RandomStream.mask` (the same draws, bit for bit) with the generator in compiled code:
-    each block's stream starts where NumPy's seeding puts it, split into four runs."""
+def _block_streams(rng: Any, source: int, offset: int, length: int) -> tuple[Any, Any]:
+    """The generator states (four runs per block) and increments of the mask blocks that
+    elements [offset, offset + length) fall in: where NumPy's seeding puts each stream."""
     first, last = offset // BLOCK, (offset + length - 1) // BLOCK
     states = np.empty((last - first + 1, 4, 2), dtype=np.uint64)
     incs = np.empty((last - first + 1, 2), dtype=np.uint64)
@@ -186,10 +200,44 @@ def keep_mask(rng: Any, source: int, offset: int, length: int, density: float) -
         for run, (a, g) in enumerate(_JUMPS):
             s = (a * start + g * inc) & _MASK128
             states[row, run] = (s >> 64, s & _MASK64)
+    return states, incs
+
+
+def keep_mask(rng: Any, source: int, offset: int, length: int, density: float) -> Tensor:
+    """`RandomStream.mask` (the same draws, bit for bit) with the generator in compiled code:
+    each block's stream starts where NumPy's seeding puts it, split into four runs."""
+    states, incs = _block_streams(rng, source, offset, length)
     out = np.empty(length, dtype=np.bool_)
-    _loops.keep_mask(states, incs, offset - first * BLOCK, keep_threshold(density),
-                     out.view(np.uint8))  # fmt: skip
+    start = offset - offset // BLOCK * BLOCK
+    _loops.keep_mask(states, incs, start, keep_threshold(density), out.view(np.uint8))
     return torch.from_numpy(out)
+
+
+_scratch = threading.local()  # per thread: float32 buffers for `dare_observe`
+
+
+def _buffers(length: int) -> tuple[Tensor, Tensor]:
+    held = getattr(_scratch, "buffers", None)
+    if held is None or held[0].numel() < length:
+        held = _scratch.buffers = (torch.empty(length), torch.empty(length))
+    return held[0][:length], held[1][:length]
+
+
+def dare_observe(
+    rng: Any, source: int, offset: int, density: float, base: Tensor, x: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """DARE's reduction step for one chunk in one loop: the keep-mask (`keep_mask`'s), |δ| and
+    the mask as 0/1 floats; the two float views are this thread's scratch, valid until its
+    next call."""
+    length = x.numel()
+    states, incs = _block_streams(rng, source, offset, length)
+    keep = np.empty(length, dtype=np.bool_)
+    magnitudes, kept = _buffers(length)
+    start = offset - offset // BLOCK * BLOCK
+    _dare_loops.dare_observe(states, incs, start, keep_threshold(density), _as_array(base),
+                             _as_array(x), keep.view(np.uint8), magnitudes.numpy(),
+                             kept.numpy())  # fmt: skip
+    return torch.from_numpy(keep), magnitudes, kept
 
 
 def masks_ready() -> bool:
@@ -242,11 +290,33 @@ def magnitude_histograms(
         _loops.low_histograms(_as_array(base), xs, flags, np.asarray(highs, dtype=np.int64), counts)
 
 
+def bound_counts(
+    base: Tensor, inputs: Sequence[Tensor], active: Sequence[bool], bounds: np.ndarray,
+    counts: np.ndarray,
+) -> None:  # fmt: skip
+    """counts[i, c] += #(|δᵢ| bit patterns ≥ bounds[i, c]) over this chunk, active inputs only."""
+    flags = np.asarray(active, dtype=np.uint8)
+    _select_loops.bound_counts(_as_array(base), tuple(_as_array(x) for x in inputs), flags,
+                               bounds, counts)  # fmt: skip
+
+
+def gather_between(base: Tensor, x: Tensor, low: int, high: int, expected: int) -> np.ndarray:
+    """The |δ| bit patterns of this chunk in [low, high), in element order (``expected`` of
+    them, counted before)."""
+    out = np.empty(expected + 1, dtype=np.uint32)
+    found = _select_loops.gather_between(_as_array(base), _as_array(x), low, high, out)
+    assert found == expected, (found, expected)
+    return out[:found]
+
+
 def magnitudes(base: Tensor, x: Tensor) -> Tensor:
     """|x − base| in float32 (what ``delta_of(x, base).abs_()`` gives), in one loop."""
     out = np.empty(x.numel(), dtype=np.float32)
     _loops.magnitudes(_as_array(base), _as_array(x), out)
     return torch.from_numpy(out)
+
+
+OUTPUT_DTYPES = (torch.bfloat16, torch.float32)  # what `family_apply` writes itself
 
 
 def family_apply(
@@ -263,14 +333,16 @@ def family_apply(
     sign_method: str,
     normalize: bool,
     lambda_: float,
+    out: Tensor | None = None,
 ) -> Tensor:
     """The consensus merge of one chunk, base + λ·Σᵢ wᵢ·mᵢ·sᵢ (÷ Σ of the agreeing divisor
     weights with ``normalize``), where sᵢ is δᵢ trimmed at ``thresholds[i]`` (TRIM), masked by
-    ``keeps[i]`` and rescaled (MASK), or δᵢ itself (DENSE); as `_ops.combine_deltas` does."""
-    n = base.numel()
+    ``keeps[i]`` and rescaled (MASK), or δᵢ itself (DENSE); as `_ops.combine_deltas` does.
+    Into ``out`` when given (bf16 or float32, one of `OUTPUT_DTYPES`: values rounded as
+    ``copy_`` rounds them), else into a new float32 tensor."""
     empty = np.zeros(0, dtype=np.uint8)
     keep_arrays = tuple(empty if k is None else k.view(np.uint8) for k in keeps)
-    out = np.empty(n, dtype=np.float32)
+    result = torch.empty(base.numel()) if out is None else out
     _loops.family_apply(
         _as_array(base),
         tuple(_as_array(x) for x in inputs),
@@ -284,6 +356,6 @@ def family_apply(
         SIGN_METHODS[sign_method],
         normalize,
         np.float32(lambda_),
-        out,
+        _as_array(result),
     )
-    return torch.from_numpy(out)
+    return result

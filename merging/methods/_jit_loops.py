@@ -55,6 +55,29 @@ def _value_impl(array, index):  # type: ignore[no-untyped-def]
     return lambda array, index: np.float32(array[index])
 
 
+def _store(array, index, value):  # type: ignore[no-untyped-def]
+    """Write float32 ``value`` as ``array``'s dtype: bf16 (uint16 bit patterns) is rounded to
+    nearest, ties to even, every NaN to 0xFFFF, as torch's float32 → bfloat16 copy does."""
+
+
+@overload(_store, inline="always")
+def _store_impl(array, index, value):  # type: ignore[no-untyped-def]
+    if array.dtype == types.uint16:
+
+        def store_bf16(array, index, value):  # type: ignore[no-untyped-def]
+            bits = _float_to_bits(value)
+            bias = np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1))
+            rounded = np.uint16((bits + bias) >> np.uint32(16))
+            array[index] = np.uint16(0xFFFF) if value != value else rounded
+
+        return store_bf16
+
+    def store(array, index, value):  # type: ignore[no-untyped-def]
+        array[index] = value
+
+    return store
+
+
 # Loops index views from 0 (an index like ``start + j`` costs a wraparound check per
 # element and stops vectorisation).
 @_jit
@@ -127,25 +150,31 @@ def low_histograms(base: Any, xs: Any, active: Any, highs: Any, counts: Any) -> 
 
 
 @_jit
-def _sparsify_block(
-    delta: Any, mode: int, threshold: Any, keep: Any, rescale: int, scale: Any, count: int
-) -> None:
-    """δ → s in place: keep_where(δ, |δ| ≥ t), or δ·mask then ·scale / ÷scale (DARE).
-    A dropped element is δ·0 (a signed zero), as the torch multiply gives."""
-    zero = np.float32(0.0)
-    one = np.float32(1.0)
-    if mode == TRIM:
-        for j in range(count):
-            delta[j] = delta[j] * (one if abs(delta[j]) >= threshold else zero)
-    elif mode == MASK:
-        for j in range(count):
-            delta[j] = delta[j] * (one if keep[j] != 0 else zero)
-        if rescale == RESCALE_MUL:
-            for j in range(count):
-                delta[j] = delta[j] * scale
-        elif rescale == RESCALE_DIV:
-            for j in range(count):
-                delta[j] = delta[j] / scale
+def _kept_and_votes(
+    base_block: Any, x: Any, mode: int, threshold: Any, keep: Any, rescale: int, scale: Any,
+    weight: Any, sign_method: int, first: bool, kept: Any, terms: Any, score: Any,
+) -> None:  # fmt: skip
+    """One input's sᵢ, wᵢ·sᵢ and its vote added to the election score, in one loop. sᵢ is δᵢ
+    kept where |δᵢ| ≥ t (TRIM), or masked, then ·scale or ÷scale (MASK: DARE); a dropped
+    element is δ·0, a signed zero, as torch's multiply gives."""
+    zero, one = np.float32(0.0), np.float32(1.0)
+    for j in range(x.size):
+        s = _value(x, j) - base_block[j]
+        if mode == TRIM:
+            s = s * (one if abs(s) >= threshold else zero)
+        elif mode == MASK:
+            s = s * (one if keep[j] != 0 else zero)
+            if rescale == RESCALE_MUL:
+                s = s * scale
+            elif rescale == RESCALE_DIV:
+                s = s / scale
+        t = s * weight
+        kept[j] = s
+        terms[j] = t
+        v = s if sign_method == 2 else t
+        if sign_method == 1:
+            v = one if v > zero else (-one if v < zero else zero)
+        score[j] = v if first else score[j] + v
 
 
 @_jit
@@ -177,45 +206,30 @@ def family_apply(
     for start in range(0, n, BLOCK):
         count = min(BLOCK, n - start)
         _decode(base[start : start + count], base_block)
+        # sᵢ, wᵢsᵢ and the election: the sum of wᵢsᵢ, of sign(wᵢsᵢ) (count) or of sᵢ (total)
         for m in range(models):
-            s = kept[m]
-            _delta_block(base_block, xs[m][start : start + count], s)
             keep = keeps[m][start : start + count] if modes[m] == MASK else keeps[m]
-            _sparsify_block(s, modes[m], thresholds[m], keep, rescales[m], scales[m], count)
-            t = terms[m]
-            w = weights[m]
-            for j in range(count):
-                t[j] = s[j] * w
-        # the election: sum of wᵢsᵢ, of sign(wᵢsᵢ) (count), or of sᵢ (total), in order
-        votes = kept if sign_method == 2 else terms
-        for m in range(models):
-            v = votes[m]
-            if sign_method == 1:
-                for j in range(count):
-                    value = one if v[j] > zero else (-one if v[j] < zero else zero)
-                    score[j] = value if m == 0 else score[j] + value
-            else:
-                for j in range(count):
-                    score[j] = v[j] if m == 0 else score[j] + v[j]
+            _kept_and_votes(base_block[:count], xs[m][start : start + count], modes[m],
+                            thresholds[m], keep, rescales[m], scales[m], weights[m],
+                            sign_method, m == 0, kept[m], terms[m], score)  # fmt: skip
         # an entry takes part when non-zero with the elected sign (+ on a tie); only
         # non-zero terms are added, so the sums equal the torch kernel's, signed zeros too
-        for j in range(count):
-            mixed[j] = zero
-            divisor[j] = zero
         for m in range(models):
-            v = votes[m]
+            v = kept[m] if sign_method == 2 else terms[m]
             t = terms[m]
             dw = divisor_weights[m]
             for j in range(count):
                 agree = v[j] < zero if score[j] < zero else v[j] > zero
-                mixed[j] = mixed[j] + (t[j] if agree else zero)
-                divisor[j] = divisor[j] + (dw if agree else zero)
+                previous = zero if m == 0 else mixed[j]
+                mixed[j] = previous + (t[j] if agree else zero)
+                previous = zero if m == 0 else divisor[j]
+                divisor[j] = previous + (dw if agree else zero)
         dest = out[start : start + count]
         for j in range(count):
             value = mixed[j]
             if normalize:
                 value = value / (divisor[j] if divisor[j] != zero else one)
-            dest[j] = value * lambda_ + base_block[j]
+            _store(dest, j, value * lambda_ + base_block[j])
 
 
 @intrinsic

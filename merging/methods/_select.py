@@ -9,6 +9,7 @@ that counts, per chunk, the elements below and equal to each boundary value.
 
 from __future__ import annotations
 
+import math
 import threading
 
 import numpy as np
@@ -75,6 +76,105 @@ class RadixSelect:
             low, _ = self._locate(self.low_hist, self.need)
             bits = torch.tensor([(self.high << 16) | low], dtype=torch.int32)
             self.threshold = bits.view(torch.float32)[0]
+
+
+class SampledSelect:
+    """The same k-th largest |δ| as `RadixSelect` (bit patterns, ties included), found from a
+    fixed sample and one cheap counting pass instead of two histogram passes.
+
+    `propose` takes the |δ| bit patterns of a sample (evenly spaced runs of the tensor) and
+    picks a few candidate values around the sample's k-th largest. The counting pass counts,
+    for each candidate c, the elements ≥ c and ≥ c + 1 (that is, > c). The threshold t is the
+    one value with #(> t) < k ≤ #(≥ t): when a candidate satisfies it (the usual case on bf16
+    task vectors, whose magnitudes repeat a few values many times), the search is over. Else t
+    lies strictly between two neighbouring candidates: one more pass gathers the elements in
+    that interval (a fraction of a percent of them) and a partition picks t among them; if the
+    interval is wide (an unlucky sample), two radix passes find t as `RadixSelect` does. The
+    sample only decides how fast t is found, never which t: the counts verify it exactly.
+    """
+
+    RUNS, RUN = 64, 512  # sample: 64 evenly spaced runs of 512 elements
+    SPREAD = 4  # the interval's ends: SPREAD standard errors of rank from the sample's k-th
+    BOUNDS = 4  # per model: low end, candidate c, c + 1, high end
+    TOP = 1 << 31  # above every |δ| bit pattern
+
+    def __init__(self, k: int, numel: int) -> None:
+        self.k, self.numel = k, numel
+        self.threshold = torch.tensor(0.0)
+        self.bounds = np.zeros(self.BOUNDS, dtype=np.int64)
+        self.counts = np.zeros(self.BOUNDS, dtype=np.int64)
+        self.pending = 1  # passes still needed: 0 found, 1 count, then 1 gather or 2 radix
+        self.chunks: dict[int, tuple[int, np.ndarray]] = {}  # offset → (numel, counts), pass 0
+        self.interval = (0, 0)
+        self.need = 0
+        self.radix: RadixSelect | None = None
+
+    @classmethod
+    def sample_index(cls, numel: int) -> Tensor | None:
+        """Positions of the sample, or None when the tensor is small enough to take whole."""
+        if numel <= cls.RUNS * cls.RUN * 2:
+            return None
+        starts = np.linspace(0, numel - cls.RUN, cls.RUNS).astype(np.int64)
+        return torch.from_numpy((starts[:, None] + np.arange(cls.RUN)[None, :]).reshape(-1))
+
+    def _found(self, bits: int) -> None:
+        self.threshold = torch.tensor([bits], dtype=torch.int32).view(torch.float32)[0]
+        self.pending = 0
+
+    def propose(self, sample: np.ndarray, whole: bool) -> None:
+        """Candidates from the sample's |δ| bit patterns; a whole tensor is selected here."""
+        size = sample.size
+        if whole:
+            self._found(int(np.partition(sample, size - self.k)[size - self.k]))
+            return
+        rank = min(size - 1, max(0, round(self.k * size / self.numel)))  # from the top
+        p = rank / size
+        step = self.SPREAD * max(1, math.ceil(math.sqrt(size * p * (1 - p))))
+        ranks = [size - 1 - min(size - 1, max(0, rank + j * step)) for j in (1, 0, -1)]
+        low, value, high = (int(v) for v in np.partition(sample, ranks)[ranks])
+        top = self.TOP - 1
+        self.bounds[:] = [low, value, min(value + 1, top), min(max(high, value + 1), top)]
+
+    def add_chunk(self, offset: int, numel: int, counts: np.ndarray) -> None:
+        self.chunks[offset] = (numel, counts)
+
+    @staticmethod
+    def _extended(numel: int, counts: np.ndarray) -> list[int]:
+        """#(≥ b) for b = 0, the bounds (ascending), 2³¹."""
+        return [numel, *(int(c) for c in counts), 0]
+
+    def decide(self) -> None:
+        """After the counting pass: t itself, or the interval [low, high) that holds it."""
+        for _, counts in self.chunks.values():
+            self.counts += counts
+        bounds = [0, *(int(b) for b in self.bounds), self.TOP]
+        at_least = self._extended(self.numel, self.counts)
+        low = max(i for i, count in enumerate(at_least) if count >= self.k)
+        high = low + 1
+        if bounds[high] == bounds[low] + 1:
+            self._found(bounds[low])
+            return
+        self.interval = (bounds[low], bounds[high])
+        self.need = self.k - at_least[high]
+        self._edges = (low, high)
+        if at_least[low] - at_least[high] <= max(1 << 16, self.numel // 16):
+            self.pending = 1  # gather the interval
+            self.gathered: dict[int, np.ndarray] = {}
+        else:
+            self.pending = 2  # an unlucky sample: radix-select, as RadixSelect does
+            self.radix = RadixSelect(self.k)
+
+    def chunk_inside(self, offset: int) -> int:
+        """How many of a chunk's elements lie in the interval (from the counting pass)."""
+        numel, counts = self.chunks[offset]
+        at_least = self._extended(numel, counts)
+        low, high = self._edges
+        return at_least[low] - at_least[high]
+
+    def finish_gather(self) -> None:
+        values = np.concatenate([self.gathered[o] for o in sorted(self.gathered)])
+        index = values.size - self.need
+        self._found(int(np.partition(values, index)[index]))
 
 
 class BandSelect:

@@ -17,7 +17,8 @@ from pydantic import Field, field_validator
 from torch import Tensor
 
 from merging.methods._base import MethodParams, SourceParams, register
-from merging.methods._kernels import FamilyKernel, Kernel
+from merging.methods._family import FamilyKernel
+from merging.methods._kernels import Kernel
 from merging.methods._ops import (
     RandomStream,
     Rescale,

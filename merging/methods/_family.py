@@ -1,0 +1,366 @@
+"""The task-vector family over chunks: task arithmetic, TIES, DARE and Breadcrumbs.
+
+On CPU, TIES and DARE-TIES chunks go to fused compiled loops (`_compiled`) when numba is there;
+they compute the same values bit for bit, and write the output dtype straight into the
+output buffer. On that path the TIES trim thresholds come from a sample verified by one
+counting pass (`_select.SampledSelect`) instead of two radix histogram passes: the same
+thresholds, found faster. Without numba every step is a torch op with the same results.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from merging.methods import _compiled
+from merging.methods._kernels import Kernel
+from merging.methods._ops import (
+    RandomStream,
+    as_float,
+    combine_deltas,
+    crumb_counts,
+    delta_of,
+    keep_count,
+    keep_where,
+)
+from merging.methods._select import BandSelect, RadixSelect, SampledSelect
+
+WAIT_FOR_LOOPS = 1 << 20  # elements: from this tensor size on, wait for the compiled loops
+
+
+class FamilyKernel(Kernel):
+    """Task arithmetic, TIES, DARE and Breadcrumbs over chunks."""
+
+    def __init__(
+        self,
+        sparsify: str,
+        consensus: bool,
+        params: Any,
+        sources: Sequence[Any],
+        rng: RandomStream,
+        numel: int,
+    ) -> None:
+        super().__init__()
+        self.sparsify = sparsify
+        self.consensus = consensus
+        self.params = params
+        self.sources = sources
+        self.rng = rng
+        dense = [s.density >= 1 for s in sources] if sparsify != "none" else [True] * len(sources)
+        self.dense = dense
+        # RadixSelect, or SampledSelect once `prepare` chose the compiled path
+        self.selectors: list[Any] = [
+            None if d or sparsify != "magnitude" else RadixSelect(keep_count(numel, s.density))
+            for d, s in zip(dense, sources, strict=True)
+        ]
+        self.bands = [
+            None
+            if d or sparsify != "outliers"
+            else BandSelect(numel, *crumb_counts(numel, s.density, s.gamma))
+            for d, s in zip(dense, sources, strict=True)
+        ]
+        self.l1 = [[0.0, 0.0] for _ in sources]
+        self._l1_parts: dict[tuple[int, int], tuple[float, float]] = {}
+        self._masks: dict[tuple[int, int], Tensor] = {}
+        self._counts: dict[tuple[int, int], Any] = {}  # (pass, thread) → compiled histograms
+        self.raw_inputs = True  # inputs only enter as x − base: a mixed-dtype subtraction
+        # TIES / DARE-TIES chunks can run as fused compiled loops (same values; `_compiled`)
+        self.fusable = consensus and sparsify in ("none", "magnitude", "random")
+        self.numel = numel
+        self.sampled = False  # thresholds from SampledSelect (set by `prepare`)
+        if sparsify == "magnitude" and not all(dense):
+            self.reductions = 2
+        elif sparsify == "outliers" and not all(dense):
+            self.reductions = BandSelect.passes
+        elif sparsify == "random" and params.rescale == "l1" and not all(dense):
+            self.reductions = 1
+
+    def _mask(self, index: int, offset: int, length: int, device: torch.device) -> Tensor:
+        """DARE's keep-mask for a chunk; drawn once when a reduction pass needs it too (the
+        pass keeps it, one byte per element, until the output pass takes it)."""
+        with self.lock:
+            cached = self._masks.pop((index, offset), None)
+        if cached is not None:
+            return cached
+        density = self.sources[index].density
+        if device.type == "cpu" and _compiled.masks_ready():  # the same draws, compiled
+            return _compiled.keep_mask(self.rng, index, offset, length, density)
+        return self.rng.mask(index, offset, length, density).to(device)
+
+    def _compiled(self, base: Tensor, inputs: Sequence[Tensor]) -> bool:
+        large = self.numel >= WAIT_FOR_LOOPS  # worth waiting for the compiled loops to load
+        return self.fusable and _compiled.wants(base, inputs, self.dtype, wait=large)
+
+    def prepare(self, base: Tensor | None, inputs: Sequence[Tensor]) -> None:
+        """On the compiled path, propose each trim threshold from a sample of |δ| (a small
+        tensor is selected whole here, with no pass at all)."""
+        trimmed = [i for i, s in enumerate(self.selectors) if s is not None]
+        if base is None or not trimmed or not self._compiled(base, inputs):
+            return
+        index = SampledSelect.sample_index(self.numel)
+        sample = base if index is None else base.index_select(0, index)
+        sample = sample.to(self.dtype)
+        selectors: list[Any] = list(self.selectors)
+        for i in trimmed:
+            x = inputs[i] if index is None else inputs[i].index_select(0, index)
+            bits = delta_of(x, sample).abs_().view(torch.int32).numpy().view(np.uint32)
+            selector = SampledSelect(selectors[i].k, self.numel)
+            selector.propose(bits, whole=index is None)
+            selectors[i] = selector
+        self.selectors, self.sampled = selectors, True
+        if all(s is not None or d for s, d in zip(selectors, self.dense, strict=True)):
+            self.max_chunk = 1 << 22  # counts, gathers and the apply are chunking-free
+        self.reductions = max(s.pending for s in selectors if s is not None)
+
+    def reduce(self, step: int, base: Tensor | None, inputs: Sequence[Tensor], offset: int) -> None:
+        assert base is not None
+        if self.sampled:
+            self._reduce_sampled(step, base, inputs, offset)
+            return
+        compiled = self._compiled(base, inputs)
+        if compiled and self.sparsify == "magnitude":
+            self._reduce_compiled(step, base, inputs)
+            return
+        stored, widened = base, None
+        for index, x in enumerate(inputs):
+            if self.dense[index]:
+                continue
+            selector, band = self.selectors[index], self.bands[index]
+            if compiled and selector is None and band is None and _compiled.masks_ready():
+                # DARE: mask, |δ| and the mask as floats in one loop; torch's sum and dot
+                keep, magnitudes, kept = _compiled.dare_observe(
+                    self.rng, index, offset, self.sources[index].density, stored, x
+                )
+                self._keep_l1(index, offset, keep, magnitudes, kept)
+                continue
+            if compiled:  # |δ| = |x − base| in float32, one fused loop
+                magnitudes = _compiled.magnitudes(stored, x)
+            else:
+                widened = stored.to(self.dtype) if widened is None else widened
+                magnitudes = delta_of(x, widened).abs_()
+            if selector is not None:
+                selector.observe(step, magnitudes)
+            elif band is not None:
+                band.observe(step, magnitudes, offset)
+            else:
+                keep = self._mask(index, offset, magnitudes.numel(), magnitudes.device)
+                self._keep_l1(index, offset, keep, magnitudes, as_float(keep, magnitudes.dtype))
+
+    def _keep_l1(
+        self, index: int, offset: int, keep: Tensor, magnitudes: Tensor, kept: Tensor
+    ) -> None:
+        """Keep a chunk's mask for the output pass, and its L1 norms before and after it
+        (torch's own sum and dot: their summation order is part of the result)."""
+        before, after = float(magnitudes.sum()), float(torch.dot(magnitudes, kept))
+        with self.lock:
+            self._masks[(index, offset)] = keep
+            self._l1_parts[(index, offset)] = (before, after)
+
+    def _reduce_sampled(
+        self, step: int, base: Tensor, inputs: Sequence[Tensor], offset: int
+    ) -> None:
+        """Pass 0 counts every pending input against its candidates in one loop; later passes
+        gather an interval, or (an unlucky sample) radix-select as `RadixSelect` does."""
+        selectors = self.selectors
+        if step == 0:
+            active = [s is not None and s.pending > 0 for s in selectors]
+            bounds = np.zeros((len(inputs), SampledSelect.BOUNDS), dtype=np.int64)
+            for i, s in enumerate(selectors):
+                if active[i]:
+                    bounds[i] = s.bounds
+            counts = np.zeros(bounds.shape, dtype=np.int64)
+            _compiled.bound_counts(base, inputs, active, bounds, counts)
+            with self.lock:
+                for i, s in enumerate(selectors):
+                    if active[i]:
+                        s.add_chunk(offset, base.numel(), counts[i])
+            return
+        for i, s in enumerate(selectors):
+            if s is None or s.pending == 0:
+                continue
+            if s.radix is None:
+                low, high = s.interval
+                found = _compiled.gather_between(base, inputs[i], low, high, s.chunk_inside(offset))
+                with self.lock:
+                    s.gathered[offset] = found
+            else:
+                s.radix.observe(step - 1, _compiled.magnitudes(base, inputs[i]))
+
+    def _end_sampled(self, step: int) -> None:
+        for s in self.selectors:
+            if s is None or s.pending == 0:
+                continue
+            if step == 0:
+                s.decide()
+            elif s.radix is None:
+                s.finish_gather()
+            else:
+                s.radix.end_pass(step - 1)
+                s.pending -= 1
+                if s.pending == 0:
+                    s.threshold = s.radix.threshold
+        pending = [s.pending for s in self.selectors if s is not None]
+        self.reductions = step + 1 + max(pending, default=0)
+
+    def _reduce_compiled(self, step: int, base: Tensor, inputs: Sequence[Tensor]) -> None:
+        """Both radix passes of every trimmed input in one loop per chunk, counted into this
+        thread's histograms (integer counts: summing them per thread is order-free)."""
+        key = (step, threading.get_ident())
+        with self.lock:
+            counts = self._counts.get(key)
+            if counts is None:
+                counts = self._counts[key] = _compiled.histogram_buffer(step, len(inputs))
+        active = [s is not None for s in self.selectors]
+        highs = [0 if s is None else s.high for s in self.selectors]
+        _compiled.magnitude_histograms(step, base, inputs, active, highs, counts)
+
+    def _add_thread_counts(self, step: int) -> None:
+        parts = [c for (s, _), c in self._counts.items() if s == step]
+        if not parts:
+            return
+        total = parts[0]
+        for part in parts[1:]:  # threads, then sub-histograms, in place
+            total += part
+        for sub in range(1, total.shape[1]):
+            total[:, 0] += total[:, sub]
+        for selector, row in zip(self.selectors, total[:, 0], strict=True):
+            if selector is not None:
+                selector.add_counts(step, torch.from_numpy(row))
+        for part in parts:
+            _compiled.release_buffer(part)
+        self._counts.clear()
+
+    def end_pass(self, step: int) -> None:
+        if self.sampled:
+            self._end_sampled(step)
+            return
+        self._add_thread_counts(step)
+        for selector in (*self.selectors, *self.bands):
+            if selector is not None:
+                selector.end_pass(step)
+        for (index, _), (before, after) in sorted(self._l1_parts.items()):
+            self.l1[index][0] += before
+            self.l1[index][1] += after
+        self._l1_parts.clear()
+
+    def _sparsified(self, index: int, delta: Tensor, offset: int) -> Tensor:
+        if self.dense[index]:
+            return delta
+        selector = self.selectors[index]
+        if selector is not None:
+            return keep_where(delta, delta.abs() >= selector.threshold)
+        band = self.bands[index]
+        if band is not None:
+            return keep_where(delta, band.mask(delta.abs(), offset))
+        # delta is this chunk's own temporary: scale it in place
+        keep = self._mask(index, offset, delta.numel(), delta.device)
+        kept = delta.mul_(as_float(keep, delta.dtype))
+        rule = self.params.rescale
+        if rule == "density":
+            return kept.div_(self.sources[index].density)
+        if rule == "l1":
+            before, after = self.l1[index]
+            if before < 1e-7 or after < 1e-7:
+                return kept
+            return kept.mul_(before / after)
+        return kept
+
+    def apply(self, base: Tensor | None, inputs: Sequence[Tensor], offset: int) -> Tensor:
+        assert base is not None
+        if not self.consensus and all(self.dense):
+            return self._linear_combination(base, inputs)
+        if self._compiled(base, inputs):
+            return self._apply_compiled(base, inputs, offset)
+        base = base.to(self.dtype)
+        deltas = [self._sparsified(i, delta_of(x, base), offset) for i, x in enumerate(inputs)]
+        mixed = combine_deltas(
+            deltas,
+            [s.weight for s in self.sources],
+            consensus=self.consensus,
+            normalize=self.params.normalize,
+            divide_by=self.params.divide_by,
+            sign_method=getattr(self.params, "sign_method", "sum"),
+        )
+        return mixed.mul_(self.params.lambda_).add_(base)  # = base + λ·mixed, in place
+
+    def apply_into(
+        self, base: Tensor | None, inputs: Sequence[Tensor], offset: int, out: Tensor
+    ) -> bool:
+        """The compiled loop writes bf16 / float32 output chunks itself (rounded as torch's
+        conversion rounds)."""
+        if base is None or out.dtype not in _compiled.OUTPUT_DTYPES or not out.is_contiguous():
+            return False
+        if (not self.consensus and all(self.dense)) or not self._compiled(base, inputs):
+            return False
+        self._apply_compiled(base, inputs, offset, out)
+        return True
+
+    def _apply_compiled(
+        self, base: Tensor, inputs: Sequence[Tensor], offset: int, out: Tensor | None = None
+    ) -> Tensor:
+        """`apply` as one fused loop; each sᵢ is specified as `_sparsified` computes it."""
+        modes: list[int] = []
+        thresholds: list[float] = []
+        keeps: list[Any] = []
+        rescales: list[int] = []
+        scales: list[float] = []
+        for index, source in enumerate(self.sources):
+            mode, threshold, keep, rescale, scale = _compiled.DENSE, 0.0, None, 0, 1.0
+            selector = self.selectors[index]
+            if self.dense[index]:
+                pass
+            elif selector is not None:
+                mode, threshold = _compiled.TRIM, float(selector.threshold)
+            else:
+                mode = _compiled.MASK
+                keep = self._mask(index, offset, base.numel(), base.device).numpy()
+                if self.params.rescale == "density":
+                    rescale, scale = _compiled.RESCALE_DIV, source.density
+                elif self.params.rescale == "l1":
+                    before, after = self.l1[index]
+                    if not (before < 1e-7 or after < 1e-7):  # as `_sparsified` (NaN too)
+                        rescale, scale = _compiled.RESCALE_MUL, before / after
+            modes.append(mode)
+            thresholds.append(threshold)
+            keeps.append(keep)
+            rescales.append(rescale)
+            scales.append(scale)
+        weights = [s.weight for s in self.sources]
+        by_weight = self.params.divide_by == "weights"
+        return _compiled.family_apply(
+            base,
+            inputs,
+            modes=modes,
+            thresholds=thresholds,
+            keeps=keeps,
+            rescales=rescales,
+            scales=scales,
+            weights=weights,
+            divisor_weights=weights if by_weight else [1.0] * len(weights),
+            sign_method=getattr(self.params, "sign_method", "sum"),
+            normalize=self.params.normalize,
+            lambda_=self.params.lambda_,
+            out=out,
+        )
+
+    def _linear_combination(self, base: Tensor, inputs: Sequence[Tensor]) -> Tensor:
+        """θ_base + λ·Σ wᵢ(θᵢ − θ_base)/d as (1 − λΣwᵢ/d)·θ_base + Σ (λwᵢ/d)·θᵢ: one pass per input,
+        no task-vector temporaries (same value up to float rounding)."""
+        weights = [s.weight for s in self.sources]
+        total = sum(weights)
+        if not self.params.normalize:
+            divisor = 1.0
+        elif self.params.divide_by == "weights":
+            divisor = total if abs(total) >= 1e-8 else 1.0
+        else:
+            divisor = float(len(weights))
+        scale = self.params.lambda_ / divisor
+        out = base.to(self.dtype, copy=True).mul_(1.0 - scale * total)
+        for weight, x in zip(weights, inputs, strict=True):
+            out.add_(x, alpha=scale * weight)
+        return out
