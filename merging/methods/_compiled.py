@@ -157,11 +157,11 @@ def _warm_up(base_dtype: torch.dtype, input_dtype: torch.dtype, models: int) -> 
     family_apply(base, inputs, modes=[MASK] * models, thresholds=[0.0] * models,
                  keeps=[keep] * models, rescales=[RESCALE_NONE] * models,
                  scales=[1.0] * models, weights=[1.0] * models,
-                 divisor_weights=[1.0] * models, sign_method="sum", normalize=True,
-                 lambda_=1.0)  # fmt: skip
-    for dtype in OUTPUT_DTYPES:
-        family_apply(base, inputs, modes=[DENSE] * models, thresholds=[0.0] * models,
-                     keeps=[None] * models, rescales=[RESCALE_NONE] * models,
+                 divisor_weights=[1.0] * models, sign_method="count", normalize=True,
+                 lambda_=1.0)  # fmt: skip (the block loops; "sum" takes the per-element ones)
+    for dtype, mode in [(d, m) for d in OUTPUT_DTYPES for m in (DENSE, TRIM, MASK)]:
+        family_apply(base, inputs, modes=[mode] * models, thresholds=[0.0] * models,
+                     keeps=[keep] * models, rescales=[RESCALE_NONE] * models,
                      scales=[1.0] * models, weights=[1.0] * models,
                      divisor_weights=[1.0] * models, sign_method="sum", normalize=True,
                      lambda_=1.0, out=torch.empty(4, dtype=dtype))  # fmt: skip
@@ -343,6 +343,10 @@ def family_apply(
     empty = np.zeros(0, dtype=np.uint8)
     keep_arrays = tuple(empty if k is None else k.view(np.uint8) for k in keeps)
     result = torch.empty(base.numel()) if out is None else out
+    if sign_method == "sum" and _fast_apply(base, inputs, modes, thresholds, keep_arrays,
+                                            rescales, scales, weights, divisor_weights,
+                                            normalize, lambda_, result):  # fmt: skip
+        return result
     _loops.family_apply(
         _as_array(base),
         tuple(_as_array(x) for x in inputs),
@@ -359,3 +363,27 @@ def family_apply(
         _as_array(result),
     )
     return result
+
+
+def _fast_apply(
+    base: Tensor, inputs: Sequence[Tensor], modes: Sequence[int], thresholds: Sequence[float],
+    keeps: tuple[np.ndarray, ...], rescales: Sequence[int], scales: Sequence[float],
+    weights: Sequence[float], divisor_weights: Sequence[float], normalize: bool,
+    lambda_: float, out: Tensor,
+) -> bool:  # fmt: skip
+    """The per-element loops for the usual cases (every sᵢ trimmed or dense; or every sᵢ
+    masked, scaled by a multiply or not at all); False for anything else."""
+    xs = tuple(_as_array(x) for x in inputs)
+    divisors = np.asarray(divisor_weights, dtype=np.float32)
+    common = (np.asarray(weights, dtype=np.float32), divisors, normalize, np.float32(lambda_))
+    if all(m in (DENSE, TRIM) for m in modes):
+        limits = [t if m == TRIM else 0.0 for m, t in zip(modes, thresholds, strict=True)]
+        _loops.trim_apply(_as_array(base), xs, np.asarray(limits, dtype=np.float32), *common,
+                          _as_array(out))  # fmt: skip
+        return True
+    if all(m == MASK for m in modes) and all(r != RESCALE_DIV for r in rescales):
+        factors = [c if r == RESCALE_MUL else 1.0 for r, c in zip(rescales, scales, strict=True)]
+        _loops.mask_apply(_as_array(base), xs, keeps, np.asarray(factors, dtype=np.float32),
+                          *common, _as_array(out))  # fmt: skip
+        return True
+    return False

@@ -232,6 +232,63 @@ def family_apply(
             _store(dest, j, value * lambda_ + base_block[j])
 
 
+# The usual consensus merges, one element at a time with every value in registers (the
+# tuple's length is part of the type, so the loops over the inputs unroll): TIES (each sᵢ
+# trimmed, or dense: a threshold of 0 keeps every finite δ as it is) and DARE-TIES (each sᵢ
+# masked, then scaled), with the sign elected by the sum of wᵢsᵢ. Two to three times faster
+# than `family_apply`'s block loops, the same values (tests/merging/test_compiled.py).
+@_jit
+def trim_apply(
+    base: Any, xs: Any, thresholds: Any, weights: Any, divisor_weights: Any, normalize: bool,
+    lambda_: Any, out: Any,
+) -> None:  # fmt: skip
+    zero, one = np.float32(0.0), np.float32(1.0)
+    for j in range(base.size):
+        b = _value(base, j)
+        score = zero
+        for m in range(len(xs)):
+            s = _value(xs[m], j) - b
+            t = (s * (one if abs(s) >= thresholds[m] else zero)) * weights[m]
+            score = t if m == 0 else score + t
+        negative = score < zero
+        mixed, divisor = zero, zero
+        for m in range(len(xs)):
+            s = _value(xs[m], j) - b
+            t = (s * (one if abs(s) >= thresholds[m] else zero)) * weights[m]
+            agree = t < zero if negative else t > zero
+            mixed = mixed + (t if agree else zero)
+            divisor = divisor + (divisor_weights[m] if agree else zero)
+        if normalize:
+            mixed = mixed / (divisor if divisor != zero else one)
+        _store(out, j, mixed * lambda_ + b)
+
+
+@_jit
+def mask_apply(
+    base: Any, xs: Any, keeps: Any, scales: Any, weights: Any, divisor_weights: Any,
+    normalize: bool, lambda_: Any, out: Any,
+) -> None:  # fmt: skip
+    zero, one = np.float32(0.0), np.float32(1.0)
+    for j in range(base.size):
+        b = _value(base, j)
+        score = zero
+        for m in range(len(xs)):
+            s = (_value(xs[m], j) - b) * (one if keeps[m][j] != 0 else zero)
+            t = (s * scales[m]) * weights[m]
+            score = t if m == 0 else score + t
+        negative = score < zero
+        mixed, divisor = zero, zero
+        for m in range(len(xs)):
+            s = (_value(xs[m], j) - b) * (one if keeps[m][j] != 0 else zero)
+            t = (s * scales[m]) * weights[m]
+            agree = t < zero if negative else t > zero
+            mixed = mixed + (t if agree else zero)
+            divisor = divisor + (divisor_weights[m] if agree else zero)
+        if normalize:
+            mixed = mixed / (divisor if divisor != zero else one)
+        _store(out, j, mixed * lambda_ + b)
+
+
 @intrinsic
 def _mul_high(typingctx: Any, a: Any, b: Any) -> Any:
     """The high 64 bits of the 128-bit product a·b."""
