@@ -35,6 +35,7 @@ from torch import Tensor
 
 from merging.errors import RecipeError
 from merging.methods._base import MethodParams, SourceParams, register
+from merging.methods._della_fast import keep_mask
 from merging.methods._kernels import Kernel
 from merging.methods._ops import BLOCK, RandomStream, as_float, combine_deltas, task_vectors
 from merging.methods.task_arithmetic import TaskArithmeticParams, TiesParams
@@ -103,14 +104,24 @@ def row_order(magnitudes: Tensor) -> Tensor:
     return torch.from_numpy(np.take_along_axis(first, second, -1))
 
 
+def rank_probabilities(ranks: Tensor, n: int, density: float, epsilon: float) -> Tensor:
+    """pᵣ = (d − ε) + 2ε·r/(n − 1) of integer ranks r in rows of n (d − ε when n = 1)."""
+    scale = 0.0 if n == 1 else 1.0 / (n - 1)
+    return ranks.float().mul_(scale).mul_(2 * epsilon).add_(density - epsilon)
+
+
 def keep_probabilities(rows: Tensor, density: float, epsilon: float) -> Tensor:
     """pᵢ = (d − ε) + 2ε·rᵢ/(n − 1) per row of ``rows`` (ranks by |value|, ties by position)."""
     n = rows.shape[-1]
     order = row_order(rows.abs())  # abs clears the sign bit: −0.0 sorts as +0.0
     ranks = torch.empty_like(order)
     ranks.scatter_(-1, order, torch.arange(n, device=rows.device).expand_as(order))
-    scale = 0.0 if n == 1 else 1.0 / (n - 1)
-    return ranks.float().mul_(scale).mul_(2 * epsilon).add_(density - epsilon)
+    return rank_probabilities(ranks, n, density, epsilon)
+
+
+def keep_thresholds(n: int, density: float, epsilon: float) -> Tensor:
+    """round(pᵣ·2¹⁶) for r = 0…n−1: a draw below it keeps the entry of rank r."""
+    return (rank_probabilities(torch.arange(n), n, density, epsilon) * 65536).round_()
 
 
 def keep_multiplier(probs: Tensor, draw: Tensor, rescale: DellaRescale) -> Tensor:
@@ -197,17 +208,32 @@ class DellaKernel(Kernel):
         self.pieces: dict[tuple[int, int], dict[int, tuple[int, Tensor]]] = {}
         self.l1: dict[tuple[int, int], tuple[float, float]] = {}  # (model, position) → sums
         self.scales = [1.0] * len(sources)
+        self.tables: dict[tuple[int, int], Tensor] = {}  # (model, row length) → thresholds
 
     def _mask(self, index: int, magnitudes: Tensor, start: int) -> Tensor:
         """Keep mask (or keep/p) for whole rows starting at flat position ``start``."""
         source = self.sources[index]
         rows = magnitudes.reshape(-1, self.cols)
+        draw = draws(self.rng, index, start, magnitudes.numel())
+        if self.params.rescale != "probability":  # the compiled loop, where it applies
+            fast = keep_mask(rows, draw, self._thresholds(index))
+            if fast is not None:
+                return fast.reshape(-1)
         probs = keep_probabilities(rows, source.density, source.epsilon).reshape(-1)
-        keep = (
-            draws(self.rng, index, start, magnitudes.numel()).to(probs.device)
-            < (probs * 65536).round_()
-        )
+        keep = draw.to(probs.device) < (probs * 65536).round_()
         return as_float(keep).div_(probs) if self.params.rescale == "probability" else keep
+
+    def _thresholds(self, index: int) -> Callable[[int], Tensor]:
+        source = self.sources[index]
+
+        def table(n: int) -> Tensor:
+            key = (index, n)
+            with self.lock:
+                if key not in self.tables:
+                    self.tables[key] = keep_thresholds(n, source.density, source.epsilon)
+                return self.tables[key]
+
+        return table
 
     def reduce(self, step: int, base: Tensor | None, inputs: Sequence[Tensor], offset: int) -> None:
         assert base is not None

@@ -9,8 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from merging.errors import RecipeError
-from merging.methods import random_stream
-from merging.methods.della import DellaParams, draws, keep_probabilities
+from merging.methods import _della_fast, random_stream
+from merging.methods.della import DellaParams, draws, keep_probabilities, keep_thresholds
 from tests.merging.kernel_helpers import chunked, pure
 from tests.merging.method_helpers import GRID, SETTINGS, call, models
 
@@ -150,3 +150,51 @@ def test_three_dimensional_tensors_take_the_function():
     kept = out != 0
     torch.testing.assert_close(out[kept], (x / keep_probabilities(x.movedim(1, -1), 0.5, 0.4)
                                            .movedim(-1, 1))[kept])  # fmt: skip
+
+
+ROWS = st.sampled_from(["continuous", "grid", "zeros", "spread"])
+
+
+def _magnitudes(kind: str, rows: int, n: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    if kind == "grid":  # few values: large buckets full of ties
+        return torch.randint(0, 5, (rows, n), generator=g).float() * 0.25
+    if kind == "zeros":
+        zero = torch.rand(rows, n, generator=g) < 0.6
+        return torch.where(zero, 0.0, torch.rand(rows, n, generator=g))
+    if kind == "spread":  # magnitudes over many binades
+        return (torch.randn(rows, n, generator=g) * torch.logspace(-9, 2, n)).abs()
+    return torch.randn(rows, n, generator=g).abs() * 1e-3
+
+
+@pytest.mark.skipif(not _della_fast.available, reason="numba missing or HUBMERGE_NO_JIT set")
+@SETTINGS
+@given(
+    kind=ROWS,
+    rows=st.integers(1, 4),
+    n=st.sampled_from([1, 2, 3, 17, 300, 2500]),
+    density=st.floats(0.2, 0.8),
+    epsilon=st.floats(0.01, 0.19),
+    seed=st.integers(0, 99),
+)
+def test_compiled_keep_mask_is_the_torch_mask_bit_for_bit(kind, rows, n, density, epsilon, seed):
+    """The compiled loop decides most entries from their bucket's rank range: every entry must
+    still be kept exactly when the torch path (a stable sort of the row) keeps it."""
+    magnitudes = _magnitudes(kind, rows, n, seed)
+    draw = torch.randint(0, 65536, magnitudes.shape, dtype=torch.int32,
+                         generator=torch.Generator().manual_seed(seed + 1))  # fmt: skip
+    expected = draw < (keep_probabilities(magnitudes, density, epsilon) * 65536).round_()
+    got = _della_fast.keep_mask(magnitudes, draw, lambda k: keep_thresholds(k, density, epsilon))
+    assert got is not None
+    assert torch.equal(got, expected)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_kernel_without_the_compiled_loop_gives_the_same_tensor(name, monkeypatch):
+    torch.manual_seed(5)
+    base = torch.randn(9, 301)
+    inputs = [base + 0.01 * torch.randn(9, 301) for _ in range(2)]
+    kwargs = {"density": 0.5, "epsilon": 0.2, "seed": 3}
+    compiled = chunked(name, base, inputs, chunk=1000, **kwargs)
+    monkeypatch.setattr(_della_fast, "available", False)
+    assert torch.equal(chunked(name, base, inputs, chunk=1000, **kwargs), compiled)
