@@ -154,11 +154,26 @@ def _warm_up(base_dtype: torch.dtype, input_dtype: torch.dtype, models: int) -> 
     keep_mask(_WarmUpStream(), 0, 0, 4, 0.5)
     dare_observe(_WarmUpStream(), 0, 0, 0.5, base, inputs[0])
     keep = np.ones(4, dtype=np.bool_)
-    family_apply(base, inputs, modes=[MASK] * models, thresholds=[0.0] * models,
-                 keeps=[keep] * models, rescales=[RESCALE_NONE] * models,
-                 scales=[1.0] * models, weights=[1.0] * models,
-                 divisor_weights=[1.0] * models, sign_method="count", normalize=True,
-                 lambda_=1.0)  # fmt: skip (the block loops; "sum" takes the per-element ones)
+    family_apply(
+        base,
+        inputs,
+        modes=[MASK] * models,
+        thresholds=[0.0] * models,
+        keeps=[keep] * models,
+        rescales=[RESCALE_NONE] * models,
+        scales=[1.0] * models,
+        weights=[1.0] * models,
+        divisor_weights=[1.0] * models,
+        sign_method="count",
+        normalize=True,
+        lambda_=1.0,
+    )  # fmt: skip (the block loops; "sum" takes the per-element ones)
+    for dtype in OUTPUT_DTYPES:
+        out = torch.empty(4, dtype=dtype)
+        linear_apply(base, inputs, base_scale=1.0, alphas=[1.0] * models, divisor=None, out=out)
+        together = [inputs[0], *inputs]  # `linear`: no base, one more input of the same dtype
+        linear_apply(None, together, base_scale=1.0, alphas=[1.0] * (models + 1), divisor=2.0,
+                     out=out)  # fmt: skip
     for dtype, mode in [(d, m) for d in OUTPUT_DTYPES for m in (DENSE, TRIM, MASK)]:
         family_apply(base, inputs, modes=[mode] * models, thresholds=[0.0] * models,
                      keeps=[keep] * models, rescales=[RESCALE_NONE] * models,
@@ -387,3 +402,16 @@ def _fast_apply(
                           *common, _as_array(out))  # fmt: skip
         return True
     return False
+
+
+def linear_apply(
+    base: Tensor | None, inputs: Sequence[Tensor], *, base_scale: float, alphas: Sequence[float],
+    divisor: float | None, out: Tensor,
+) -> None:  # fmt: skip
+    """out = (base·c + Σᵢ aᵢ·xᵢ) [÷ d], each aᵢ·xᵢ a fused multiply-add into the running sum
+    (as ``add_(x, alpha=aᵢ)``), the scalars rounded to float32 as torch rounds them."""
+    xs = tuple(_as_array(x) for x in inputs)
+    reference = xs[0] if base is None else _as_array(base)
+    _loops.linear_apply(reference, base is not None, xs, np.float32(base_scale),
+                        np.asarray(alphas, dtype=np.float32), np.float32(divisor or 1.0),
+                        divisor is not None, _as_array(out))  # fmt: skip

@@ -92,9 +92,10 @@ class FamilyKernel(Kernel):
             return _compiled.keep_mask(self.rng, index, offset, length, density)
         return self.rng.mask(index, offset, length, density).to(device)
 
-    def _compiled(self, base: Tensor, inputs: Sequence[Tensor]) -> bool:
+    def _compiled(self, base: Tensor, inputs: Sequence[Tensor], *, linear: bool = False) -> bool:
+        """Whether this chunk goes to the compiled loops (``linear``: task arithmetic's)."""
         large = self.numel >= WAIT_FOR_LOOPS  # worth waiting for the compiled loops to load
-        return self.fusable and _compiled.wants(base, inputs, self.dtype, wait=large)
+        return (self.fusable or linear) and _compiled.wants(base, inputs, self.dtype, wait=large)
 
     def prepare(self, base: Tensor | None, inputs: Sequence[Tensor]) -> None:
         """On the compiled path, propose each trim threshold from a sample of |δ| (a small
@@ -295,9 +296,15 @@ class FamilyKernel(Kernel):
         conversion rounds)."""
         if base is None or out.dtype not in _compiled.OUTPUT_DTYPES or not out.is_contiguous():
             return False
-        if (not self.consensus and all(self.dense)) or not self._compiled(base, inputs):
+        if not self._compiled(base, inputs, linear=not self.consensus and all(self.dense)):
             return False
-        self._apply_compiled(base, inputs, offset, out)
+        if not self.consensus and all(self.dense):
+            scale, total = self._linear_scale()
+            _compiled.linear_apply(base, inputs, base_scale=1.0 - scale * total,
+                                   alphas=[scale * s.weight for s in self.sources],
+                                   divisor=None, out=out)  # fmt: skip
+        else:
+            self._apply_compiled(base, inputs, offset, out)
         return True
 
     def _apply_compiled(
@@ -348,18 +355,22 @@ class FamilyKernel(Kernel):
             out=out,
         )
 
-    def _linear_combination(self, base: Tensor, inputs: Sequence[Tensor]) -> Tensor:
-        """θ_base + λ·Σ wᵢ(θᵢ − θ_base)/d as (1 − λΣwᵢ/d)·θ_base + Σ (λwᵢ/d)·θᵢ: one pass per input,
-        no task-vector temporaries (same value up to float rounding)."""
-        weights = [s.weight for s in self.sources]
-        total = sum(weights)
+    def _linear_scale(self) -> tuple[float, float]:
+        """λ/d and Σwᵢ of the task-arithmetic combination (d per ``normalize``/``divide_by``)."""
+        total = sum(s.weight for s in self.sources)
         if not self.params.normalize:
             divisor = 1.0
         elif self.params.divide_by == "weights":
             divisor = total if abs(total) >= 1e-8 else 1.0
         else:
-            divisor = float(len(weights))
-        scale = self.params.lambda_ / divisor
+            divisor = float(len(self.sources))
+        return self.params.lambda_ / divisor, total
+
+    def _linear_combination(self, base: Tensor, inputs: Sequence[Tensor]) -> Tensor:
+        """θ_base + λ·Σ wᵢ(θᵢ − θ_base)/d as (1 − λΣwᵢ/d)·θ_base + Σ (λwᵢ/d)·θᵢ: one pass per input,
+        no task-vector temporaries (same value up to float rounding)."""
+        weights = [s.weight for s in self.sources]
+        scale, total = self._linear_scale()
         out = base.to(self.dtype, copy=True).mul_(1.0 - scale * total)
         for weight, x in zip(weights, inputs, strict=True):
             out.add_(x, alpha=scale * weight)

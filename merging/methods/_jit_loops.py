@@ -44,6 +44,20 @@ def _float_to_bits(typingctx: Any, value: Any) -> Any:
     return types.uint32(types.float32), codegen
 
 
+@intrinsic
+def _fma(typingctx: Any, a: Any, b: Any, c: Any) -> Any:
+    """a·b + c rounded once (torch's vectorised ``add_(x, alpha=...)`` is a fused multiply-add)."""
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        f32 = ir.FloatType()
+        fma = builder.module.declare_intrinsic(
+            "llvm.fma", [f32], ir.FunctionType(f32, [f32, f32, f32])
+        )
+        return builder.call(fma, args)
+
+    return types.float32(types.float32, types.float32, types.float32), codegen
+
+
 def _value(array, index):  # type: ignore[no-untyped-def]  # (numba matches signatures)
     """Element ``index`` as float32 (bf16 bit patterns are widened exactly)."""
 
@@ -287,6 +301,23 @@ def mask_apply(
         if normalize:
             mixed = mixed / (divisor if divisor != zero else one)
         _store(out, j, mixed * lambda_ + b)
+
+
+# Task arithmetic and linear as the torch kernels compute them: (θ_base·c) then one fused
+# multiply-add per input (``add_(x, alpha=aᵢ)``), ÷ d for linear; per element, in registers.
+@_jit
+def linear_apply(
+    base: Any, has_base: bool, xs: Any, base_scale: Any, alphas: Any, divisor: Any,
+    divide: bool, out: Any,
+) -> None:  # fmt: skip
+    zero = np.float32(0.0)
+    for j in range(out.size):
+        value = np.float32(_value(base, j) * base_scale) if has_base else zero
+        for m in range(len(xs)):
+            value = _fma(np.float32(_value(xs[m], j)), np.float32(alphas[m]), np.float32(value))
+        if divide:
+            value = np.float32(value / divisor)
+        _store(out, j, value)
 
 
 @intrinsic

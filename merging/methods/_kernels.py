@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from merging.methods import _compiled
 from merging.methods._ops import PARALLEL_THRESHOLD
 
 
@@ -75,6 +76,20 @@ class LinearKernel(Kernel):
         self.weights = [s.weight for s in sources]
         total = sum(self.weights)
         self.divisor = total if params.normalize and abs(total) > 1e-8 else 1.0
+
+    def apply_into(
+        self, base: Tensor | None, inputs: Sequence[Tensor], offset: int, out: Tensor
+    ) -> bool:
+        """One compiled loop per chunk on CPU (the same fused multiply-adds as below)."""
+        if out.dtype not in _compiled.OUTPUT_DTYPES or not out.is_contiguous():
+            return False
+        if len({x.dtype for x in inputs}) != 1 or len(inputs) < 2:
+            return False
+        if not _compiled.wants(inputs[0], inputs[1:], self.dtype, wait=out.numel() >= 1 << 16):
+            return False
+        _compiled.linear_apply(None, inputs, base_scale=1.0, alphas=self.weights,
+                               divisor=self.divisor, out=out)  # fmt: skip
+        return True
 
     def apply(self, base: Tensor | None, inputs: Sequence[Tensor], offset: int) -> Tensor:
         out = torch.zeros(inputs[0].shape, dtype=self.dtype, device=inputs[0].device)
