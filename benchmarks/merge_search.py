@@ -135,6 +135,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--metrics", nargs="+", default=["loss", "example_loss", "worst_gap"],
                         help="search fitnesses to compare (each with every budget)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--optimizers", nargs="+", default=["auto"],
+                        help="search optimisers to compare (auto, cmaes, tpe, nevergrad)")
+    parser.add_argument("--starts", nargs="+", default=["ties"],
+                        help="methods of the starting recipe (ties: density 0.5; "
+                             "task_arithmetic: λ 0.5, the best fixed recipe)")  # fmt: skip
     parser.add_argument("--ray", action="store_true", help="also time the local Ray backend")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/merge_search.json"))
     args = parser.parse_args(argv)
@@ -179,11 +184,18 @@ def main(argv: list[str] | None = None) -> int:
         label = "TIES density=0.5 (the starting recipe)" if label == "your recipe" else label
         rows[label] = {"test": per_skill(recipe), "selection": evaluator.score(recipe),
                        "recipe": recipe.to_yaml()}  # fmt: skip
-    for metric, budget in itertools.product(args.metrics, args.budgets):
+    starts = {"ties": start, "task_arithmetic": _recipe("task_arithmetic", folders,
+                                                        **{"lambda": 0.5})}  # fmt: skip
+    for method, optimizer, metric, budget in itertools.product(
+            args.starts, args.optimizers, args.metrics, args.budgets):  # fmt: skip
         shots = tagged if metric == "worst_gap" else selection
-        result = search(start, shots, budget=budget, seed=args.seed, metric=metric)
+        result = search(starts[method], shots, budget=budget, seed=args.seed, metric=metric,
+                        optimizer=optimizer)  # fmt: skip
         evaluated = [c for c in result.candidates if not c.cached]
-        rows[f"searched by {metric} (budget {budget})"] = {
+        label = f"searched by {metric} (budget {budget})"
+        if (args.starts, args.optimizers) != (["ties"], ["auto"]):
+            label += f", from {method}, {optimizer}"
+        rows[label] = {
             "test": per_skill(result.recipe), "selection": evaluator.score(result.recipe),
             "genes": len(result.space), "sampler": result.sampler,
             "candidates": len(result.candidates),

@@ -126,7 +126,9 @@ class SearchSpace:
             if layout.weights == "simplex":
                 genes += [Gene(f"simplex{suffix}[{k}]", *UNIT) for k in range(n - 1)]
             elif layout.weights == "free":
-                genes += [Gene(f"weight[{i}]{suffix}{part}", *WEIGHT_BOUNDS)
+                low, high = WEIGHT_BOUNDS
+                high *= max(1.0, self._template_lambda or 1.0)  # a larger λ widens, never narrows
+                genes += [Gene(f"weight[{i}]{suffix}{part}", low, high)
                           for part in self._parts() for i in range(n)]  # fmt: skip
             if layout.t:
                 genes.append(Gene(f"t{suffix}", *UNIT))
@@ -140,6 +142,16 @@ class SearchSpace:
 
     def __len__(self) -> int:
         return len(self.genes)
+
+    @property
+    def _template_lambda(self) -> float | None:
+        """The template's λ when the searched weights carry the scale (free weights, no λ
+        gene, a plain-number λ): the weights are then the effective ones, λ · w, and decoded
+        recipes have λ = 1, so a recipe with λ = 0.5 does not cap them at 0.75."""
+        if self.layout.weights != "free" or self.layout.lambda_:
+            return None
+        value = self.template.parameters.get("lambda", _default(self.method, "lambda_", 1.0))
+        return float(value) if isinstance(value, (int, float)) else None
 
     def round(self, genome: Sequence[float]) -> tuple[float, ...]:
         """The genome as the memo key and as decoded: rounded, and kept inside the bounds
@@ -188,6 +200,10 @@ class SearchSpace:
                 models[j]["parameters"]["weight"] = [
                     *({"filter": f, "value": v} for f, v in zip(PARTS, parts, strict=True)),
                     {"value": rest}]  # fmt: skip
+        if self._template_lambda is not None:  # the weights carry the whole scale
+            parameters.pop("lambda", None)
+            if _default(self.method, "lambda_", 1.0) != 1.0:
+                parameters["lambda"] = 1.0
         if layout.t:
             parameters["t"] = grouped("t")
         if layout.lambda_:
@@ -238,7 +254,8 @@ class SearchSpace:
                     values.update({f"simplex{suffix}[{k}]": v for k, v in enumerate(genes)})
                 else:
                     template_lam = _number(self.template.parameters.get("lambda", 1.0))
-                    scale = 1.0 if layout.lambda_ else lam / template_lam
+                    scale = 1.0 if layout.lambda_ else lam / (
+                        1.0 if self._template_lambda is not None else template_lam)  # fmt: skip
                     values.update({f"weight[{i}]{suffix}{part}": w * scale
                                    for part in self._parts()
                                    for i, w in enumerate(column)})  # fmt: skip

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from app.search.errors import SearchError
 from app.search.fixed import fixed_recipes
@@ -132,3 +133,35 @@ def test_the_largest_space_weighs_attention_and_mlp_apart():
     assert weight_of("model.norm.weight", 0.0) == pytest.approx(0.2)  # the parts' mean
     assert space.encode(decoded) is None  # filtered weights are not read back
     assert space.encode(recipe) is not None  # the scalar start recipe is
+
+
+def _merged(recipe):
+    """One tensor merged by the recipe's method (the evaluator's pure-function path)."""
+    from merging import get_method
+    from merging.methods import random_stream, resolve_params
+
+    method = get_method(recipe.merge_method)
+    specs = recipe.inputs()
+    params, per_source = resolve_params(method, recipe, specs, "model.layers.0.mlp.w", 0.0)
+    generator = torch.Generator().manual_seed(0)
+    base = torch.randn(4, 4, generator=generator)
+    others = [base + torch.randn(4, 4, generator=generator) for _ in specs]
+    return method.fn(base, others, per_source, params, random_stream(0, "model.layers.0.mlp.w"))
+
+
+def test_free_weights_carry_the_whole_scale_of_the_template_lambda():
+    """A task-arithmetic recipe with λ = 0.5: the genes are the effective weights λ·w in
+    [0, 1.5] (not capped at 0.75), decoded with λ = 1, and the recipe itself encodes to the
+    same merge."""
+    recipe = _recipe("task_arithmetic", n=2, **{"lambda": 0.5})
+    space = space_from_recipe(recipe, budget=16)
+    assert [(g.name, g.low, g.high) for g in space.genes] == [
+        ("weight[0]", 0.0, 1.5), ("weight[1]", 0.0, 1.5)]  # fmt: skip
+    genome = space.encode(recipe)
+    assert genome == [0.5, 0.5]
+    decoded = space.decode(genome)
+    assert "lambda" not in decoded.parameters  # λ = 1 (the default)
+    assert torch.allclose(_merged(decoded), _merged(recipe))  # the same merge
+    assert [m.parameters["weight"] for m in space.decode([1.4, 0.2]).models] == [1.4, 0.2]
+    wide = space_from_recipe(_recipe("task_arithmetic", n=2, **{"lambda": 2.0}), budget=16)
+    assert wide.genes[0].high == 3.0  # a larger λ keeps its reach
