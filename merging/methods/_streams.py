@@ -1,0 +1,46 @@
+"""Where each DARE mask block's generator stream starts, for the compiled draws
+(`_compiled.keep_mask`): NumPy's PCG64DXSM seeding per 65,536-element block, then the jumps
+that split each block's 16,384 raw draws into four interleaved runs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from merging.methods._ops import BLOCK
+
+_MASK128 = (1 << 128) - 1
+_MASK64 = (1 << 64) - 1
+
+
+def _jump(steps: int) -> tuple[int, int]:
+    """(a, g) with `steps` PCG steps s → s·m + inc equal to s → a·s + g·inc (mod 2¹²⁸)."""
+    a, g = 1, 0
+    a_power, g_power = 0xDA942042E4DD58B5, 1  # one step: s·m + 1·inc
+    while steps:  # binary powering of the affine map
+        if steps & 1:
+            a, g = (a * a_power) & _MASK128, (g * a_power + g_power) & _MASK128
+        a_power, g_power = (a_power * a_power) & _MASK128, (g_power * (a_power + 1)) & _MASK128
+        steps >>= 1
+    return a, g
+
+
+_RAWS_PER_RUN = (1 << 14) // 4  # each block's 16,384 raw draws run as 4 interleaved runs
+_JUMPS = [_jump(_RAWS_PER_RUN * q) for q in range(4)]
+
+
+def block_streams(rng: Any, source: int, offset: int, length: int) -> tuple[Any, Any]:
+    """The generator states (four runs per block) and increments of the mask blocks that
+    elements [offset, offset + length) fall in: where NumPy's seeding puts each stream."""
+    first, last = offset // BLOCK, (offset + length - 1) // BLOCK
+    states = np.empty((last - first + 1, 4, 2), dtype=np.uint64)
+    incs = np.empty((last - first + 1, 2), dtype=np.uint64)
+    for row, block in enumerate(range(first, last + 1)):
+        state = np.random.PCG64DXSM(rng.block_seed(source, block)).state["state"]
+        start, inc = state["state"], state["inc"]
+        incs[row] = (inc >> 64, inc & _MASK64)
+        for run, (a, g) in enumerate(_JUMPS):
+            s = (a * start + g * inc) & _MASK128
+            states[row, run] = (s >> 64, s & _MASK64)
+    return states, incs
