@@ -11,7 +11,9 @@ With task vectors δᵢ = θᵢ − θ_base (k models):
 
 Ties rule of the selection: every element whose variance equals the k_sel-th largest is kept
 (mergekit's ``topk`` keeps exactly k_sel, an arbitrary subset of the ties), so the result never
-depends on element order. The kernel finds that threshold exactly by radix select over chunks.
+depends on element order. The kernel finds that threshold exactly by radix select over chunks,
+computing the variance once per element (again only for the few elements of the threshold's
+high bucket).
 Per-model weights are not used (as in mergekit).
 """
 
@@ -28,7 +30,6 @@ from torch import Tensor
 from merging.methods._base import MethodParams, SourceParams, register
 from merging.methods._kernels import Kernel
 from merging.methods._ops import RandomStream, agreement, as_float, elect_sign, task_vectors
-from merging.methods._select import RadixSelect
 
 WEIGHT_FLOOR = 1e-6
 
@@ -117,69 +118,112 @@ def sce(
 
 
 class SceKernel(Kernel):
-    """Select: pass 0 histograms the variance's high bits and counts its zeros, pass 1 its low
-    bits (an exact radix select of the k_sel-th largest variance); then one pass sums each
-    model's squared (selected) task vector in float64, in offset order, and keeps the selection
-    mask (one byte per element, as DARE's masks) for the output pass, which erases and mixes
-    elementwise."""
+    """Select: pass 0 computes the variance, counts its zeros and histograms the high 16 bits of
+    its bit patterns (non-negative floats order like their bits), and keeps those high bits
+    (two bytes per element); at its end the k_sel-th largest variance's high half h* is known.
+    Pass 1 only recomputes the variance of the few elements whose high half is h* (gathered),
+    histograms their low bits and keeps them: an exact radix select of the k_sel-th largest
+    variance t. Pass 2 forms the selection mask [Var ≥ t] from the kept bits (no variance),
+    sums each model's squared selected task vector in float64 in offset order, and keeps the
+    mask (one byte per element, as DARE's) for the output pass, which erases and mixes."""
 
     def __init__(self, params: SceParams, count: int, numel: int) -> None:
         super().__init__()
         self.select = params.select_topk < 1
         self.topk = params.select_topk
         self.count = count
-        self.selector = RadixSelect(1)
         self.zeros = 0
         self.numel = max(1, numel)
         self.nothing = False  # k_sel = 0: every task vector is zeroed
         self.reductions = 3 if self.select else 1
+        self.high_counts = torch.zeros(HIGH_BUCKETS, dtype=torch.int64)
+        self.low_counts = torch.zeros(LOW_BUCKETS, dtype=torch.int64)
+        self.bucket = 0  # h*
+        self.wanted = 0  # rank of t among the elements of bucket h*, from the top (1 = largest)
+        self.cut = 0  # the low half of t
+        self.highs: dict[int, Tensor] = {}  # offset → high halves (int16)
+        self.lows: dict[int, tuple[Tensor, Tensor]] = {}  # offset → (positions, low halves)
         self.parts: dict[int, list[float]] = {}
         self.weights: list[float] = []
         self.masks: dict[int, Tensor] = {}
         self.parts_lock = threading.Lock()
 
-    def _selected(
-        self, base: Tensor, inputs: Sequence[Tensor], offset: int, *, last: bool
-    ) -> list[Tensor]:
-        """The chunk's task vectors, selected. The selection mask is computed in the squares
-        pass and kept (one byte per element) for the output pass (``last``), which takes it."""
+    def _mask(self, offset: int) -> Tensor:
+        """[Var ≥ t] of a chunk, from its kept high halves and its candidates' low halves."""
+        with self.parts_lock:
+            high = self.highs.pop(offset)
+            positions, low = self.lows.pop(offset, (None, None))
+        keep = high > self.bucket
+        if positions is not None and low is not None:
+            keep[positions] = low >= self.cut
+        return keep
+
+    def _selected(self, base: Tensor, inputs: Sequence[Tensor], offset: int) -> list[Tensor]:
         deltas = task_vectors(base, inputs)
         if not self.select:
             return deltas
         if self.nothing:
             return [torch.zeros_like(d) for d in deltas]
         with self.parts_lock:
-            keep = self.masks.pop(offset) if last else None
-        if keep is None:
-            keep = variance(deltas) >= self.selector.threshold.to(base.device)
-            if not last:
-                with self.parts_lock:
-                    self.masks[offset] = keep
+            keep = self.masks.pop(offset)
         weights = as_float(keep)
         return [d.mul_(weights) for d in deltas]
 
     def reduce(self, step: int, base: Tensor | None, inputs: Sequence[Tensor], offset: int) -> None:
         assert base is not None
-        if self.select and step < 2:
+        if self.select and step == 0:
             spread = variance(task_vectors(base, inputs))
-            if step == 0:
-                zeros = int((spread == 0).sum())
-                with self.lock:
-                    self.zeros += zeros
-            self.selector.observe(step, spread)
+            high = (spread.view(torch.int32) >> 16) & 0x7FFF  # a NaN's sign bit aside
+            counts = torch.bincount(high, minlength=HIGH_BUCKETS).cpu()
+            zeros = int((spread == 0).sum())
+            with self.lock:
+                self.zeros += zeros
+                self.high_counts += counts
+            with self.parts_lock:
+                self.highs[offset] = high.to(torch.int16)
             return
-        selected = self._selected(base, inputs, offset, last=False)
+        if self.select and step == 1:
+            if self.nothing:
+                return
+            with self.parts_lock:
+                high = self.highs[offset]
+            positions = (high == self.bucket).nonzero().squeeze(1)
+            if positions.numel() == 0:
+                return
+            gathered = [x[positions] for x in inputs]
+            spread = variance(task_vectors(base[positions], gathered))
+            low = spread.view(torch.int32) & 0xFFFF
+            counts = torch.bincount(low, minlength=LOW_BUCKETS).cpu()
+            with self.lock:
+                self.low_counts += counts
+            with self.parts_lock:
+                self.lows[offset] = (positions, low)
+            return
+        selected = task_vectors(base, inputs)
+        if self.select and self.nothing:
+            selected = [torch.zeros_like(d) for d in selected]
+        elif self.select:
+            keep = self._mask(offset)
+            with self.parts_lock:
+                self.masks[offset] = keep
+            weights = as_float(keep)
+            selected = [d.mul_(weights) for d in selected]
         squares = [float(d.double().square().sum()) for d in selected]
         with self.parts_lock:
             self.parts[offset] = squares
 
     def end_pass(self, step: int) -> None:
-        if self.select and step < 2:
-            if step == 0:
-                keep = selection_count(self.numel - self.zeros, self.topk)
-                self.nothing = keep == 0
-                self.selector.k = max(1, keep)
-            self.selector.end_pass(step)
+        if self.select and step == 0:
+            keep = selection_count(self.numel - self.zeros, self.topk)
+            self.nothing = keep == 0
+            if not self.nothing:
+                self.bucket, self.wanted = _kth_from_top(self.high_counts, keep)
+            else:
+                self.highs.clear()
+            return
+        if self.select and step == 1:
+            if not self.nothing:
+                self.cut, _ = _kth_from_top(self.low_counts, self.wanted)
             return
         sums = [0.0] * self.count
         for _, part in sorted(self.parts.items()):
@@ -189,4 +233,17 @@ class SceKernel(Kernel):
 
     def apply(self, base: Tensor | None, inputs: Sequence[Tensor], offset: int) -> Tensor:
         assert base is not None
-        return erase_and_mix(base, self._selected(base, inputs, offset, last=True), self.weights)
+        return erase_and_mix(base, self._selected(base, inputs, offset), self.weights)
+
+
+HIGH_BUCKETS = 1 << 15  # high halves of non-negative float32 bit patterns (NaN included)
+LOW_BUCKETS = 1 << 16
+
+
+def _kth_from_top(counts: Tensor, k: int) -> tuple[int, int]:
+    """(the bucket holding the k-th largest element, that element's rank within the bucket
+    from its top) for a histogram ``counts`` and 1 ≤ k ≤ counts.sum()."""
+    above = counts.flip(0).cumsum(0).flip(0)  # above[b] = #elements in buckets ≥ b
+    bucket = int((above >= k).nonzero().max())
+    higher = int(above[bucket + 1]) if bucket + 1 < len(counts) else 0
+    return bucket, k - higher

@@ -97,3 +97,17 @@ def test_kernel_selection_is_exact_with_tied_variances(data, chunk, select_topk)
     got = chunked("sce", base, inputs, chunk=chunk, select_topk=select_topk)
     torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
     assert torch.equal(got == base, expected == base)
+
+
+@pytest.mark.parametrize("select_topk", [0.37, 0.9, 0.001])
+def test_kernel_threshold_bucket_is_resolved_by_its_low_bits(select_topk):
+    """Variances in a narrow range share their high 16 bits: the threshold is then decided by
+    the low bits of the few gathered candidates, exactly as the function's k-th value."""
+    torch.manual_seed(7)
+    base = torch.randn(80, 50)
+    inputs = [base + 0.01 * (1 + 1e-3 * torch.rand(80, 50)) * torch.sign(torch.randn(80, 50))
+              for _ in range(2)]  # fmt: skip
+    expected = pure("sce", base, inputs, select_topk=select_topk)
+    got = chunked("sce", base, inputs, chunk=333, threads=3, select_topk=select_topk)
+    assert torch.equal(got == base, expected == base)
+    torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
