@@ -273,7 +273,13 @@ class HarnessRunner:
         options, manager = self._options(spec)
         started = time.perf_counter()
         self.evaluator.apply(recipe)
-        results = run_harness(self.lm, options, task_manager=manager)
+        harness_log = logging.getLogger("lm_eval")  # a line per task and run: too many here
+        level = harness_log.level
+        harness_log.setLevel(max(level, logging.WARNING))
+        try:
+            results = run_harness(self.lm, options, task_manager=manager)
+        finally:
+            harness_log.setLevel(level)
         return harness_score(results, spec.tasks, seconds=time.perf_counter() - started)
 
 
