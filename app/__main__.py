@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from app.settings import Settings, read_settings
+from app.warmup import quiet_monitoring, warm_up
 
 logger = logging.getLogger("hubmerge.app")
 
@@ -29,6 +30,8 @@ def run(settings: Settings) -> None:
         from app.ui import build_demo
 
         demo = build_demo(settings)
+        quiet_monitoring()  # before queue(), which reads it
+        warm_up()  # the evaluation stack imported and the heap frozen before the first user
         demo.queue(default_concurrency_limit=settings.concurrency)
         logger.info(
             "hubmerge on http://%s:%d (data in %s, Hub %s)",
