@@ -47,13 +47,19 @@ def contributions(deltas: Sequence[Tensor], epsilon: float) -> tuple[list[Tensor
     return masks, counts
 
 
-def ram_mix(deltas: Sequence[Tensor], epsilon: float, lambdas: Sequence[float] | None) -> Tensor:
+def ram_mix(
+    deltas: Sequence[Tensor],
+    epsilon: float,
+    lambdas: Sequence[float] | None,
+    known: tuple[list[Tensor], Tensor] | None = None,
+) -> Tensor:
     """Σᵢ (zᵢ·[c = 1]·λᵢ + zᵢ·[c > 1] / max(c, 1)), zᵢ = [|δᵢ| > ε]·δᵢ (``ram``: no λ).
 
     Computed as Σᵢ zᵢ/max(c, 1) (``ram``) or Σᵢ where(c = 1, zᵢ·λᵢ, zᵢ/max(c, 1)): one of the
     two terms of mergekit's sum is always an exact zero, so these round the same (bit-equal).
+    ``known``: the `contributions` already computed (masks, counts), else computed here.
     """
-    masks, counts = contributions(deltas, epsilon)
+    masks, counts = known if known is not None else contributions(deltas, epsilon)
     divisor = counts.clamp_(min=1).float()
     unique = None if lambdas is None else counts == 1
     out = torch.zeros_like(deltas[0])
@@ -77,9 +83,33 @@ def ramplus_lambdas(shared: Sequence[int], unique: Sequence[int], p: RamPlusPara
 def ramplus_counts(deltas: Sequence[Tensor], epsilon: float) -> tuple[list[int], list[int]]:
     """Per model, (#entries it shares with another model, #entries only it changes)."""
     masks, counts = contributions(deltas, epsilon)
-    shared = [int((m & (counts > 1)).sum()) for m in masks]
-    unique = [int((m & (counts == 1)).sum()) for m in masks]
+    return contribution_counts(masks, counts)
+
+
+def contribution_counts(masks: Sequence[Tensor], counts: Tensor) -> tuple[list[int], list[int]]:
+    """(#shared, #unique) per model from its mask and the per-element counts: unique entries
+    are where the count is 1, shared ones the rest of the model's entries (exact integers)."""
+    alone = counts == 1
+    unique = [int((m & alone).sum()) for m in masks]
+    shared = [int(m.sum()) - u for m, u in zip(masks, unique, strict=True)]
     return shared, unique
+
+
+def encode(masks: Sequence[Tensor]) -> Tensor:
+    """The masks of ≤ 8 models in one byte per element (bit i: model i contributes)."""
+    code = masks[0].view(torch.uint8).clone()
+    for i, mask in enumerate(masks[1:], start=1):
+        code.bitwise_or_(mask.view(torch.uint8) << i)
+    return code
+
+
+def decode(code: Tensor, count: int) -> tuple[list[Tensor], Tensor]:
+    """`contributions`' (masks, counts) back from `encode`'s byte per element."""
+    bits = [(code >> i) & 1 for i in range(count)]
+    counts = bits[0].clone()  # uint8: at most 8, and `ram_mix` only compares and divides by it
+    for bit in bits[1:]:
+        counts.add_(bit)
+    return [bit.view(torch.bool) for bit in bits], counts
 
 
 @register(
@@ -135,7 +165,9 @@ def ramplus_tl(
 
 class RamKernel(Kernel):
     """``ram``: elementwise. ``ramplus_tl``: one pass counting each model's shared and unique
-    entries (integers, so the sum is exact in any order), then elementwise."""
+    entries (integers, so the sum is exact in any order) that keeps which models contribute
+    to each element (one byte per element, up to 8 models) for the output pass, which then
+    mixes without recomputing the masks."""
 
     def __init__(self, params: RamParams, count: int, *, plus: bool) -> None:
         super().__init__()
@@ -145,13 +177,18 @@ class RamKernel(Kernel):
         self.unique = [0] * count
         self.plus = plus
         self.lambdas: list[float] | None = None
+        self.codes: dict[int, Tensor] = {}  # offset → contributing models, a bit each
 
     def reduce(self, step: int, base: Tensor | None, inputs: Sequence[Tensor], offset: int) -> None:
         assert base is not None
-        shared, unique = ramplus_counts(task_vectors(base, inputs), self.params.epsilon)
+        masks, counts = contributions(task_vectors(base, inputs), self.params.epsilon)
+        shared, unique = contribution_counts(masks, counts)
+        code = encode(masks) if len(masks) <= 8 else None
         with self.lock:
             self.shared = [a + b for a, b in zip(self.shared, shared, strict=True)]
             self.unique = [a + b for a, b in zip(self.unique, unique, strict=True)]
+            if code is not None:
+                self.codes[offset] = code
 
     def end_pass(self, step: int) -> None:
         assert isinstance(self.params, RamPlusParams)
@@ -159,4 +196,8 @@ class RamKernel(Kernel):
 
     def apply(self, base: Tensor | None, inputs: Sequence[Tensor], offset: int) -> Tensor:
         assert base is not None
-        return ram_mix(task_vectors(base, inputs), self.params.epsilon, self.lambdas).add_(base)
+        with self.lock:
+            code = self.codes.pop(offset, None)
+        known = None if code is None else decode(code, len(inputs))
+        deltas = task_vectors(base, inputs)
+        return ram_mix(deltas, self.params.epsilon, self.lambdas, known).add_(base)

@@ -7,6 +7,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
+from merging.methods.ram import contributions, decode, encode
 from tests.merging.kernel_helpers import chunked, pure
 from tests.merging.method_helpers import GRID, SETTINGS, models
 
@@ -55,3 +56,24 @@ def test_kernel_matches_the_function(data, name, chunk, threads):
     base, inputs = data
     assert torch.equal(chunked(name, base, inputs, chunk=chunk, threads=threads),
                        pure(name, base, inputs))  # fmt: skip
+
+
+@pytest.mark.parametrize("count", [1, 3, 8])
+def test_kept_contribution_bytes_give_back_the_masks_and_counts(count):
+    torch.manual_seed(count)
+    deltas = [torch.where(torch.rand(500) < 0.5, 0.0, torch.randn(500)) for _ in range(count)]
+    masks, counts = contributions(deltas, 1e-5)
+    again, again_counts = decode(encode(masks), count)
+    assert all(torch.equal(a, m) for a, m in zip(again, masks, strict=True))
+    assert torch.equal(again_counts.int(), counts)
+
+
+@pytest.mark.parametrize("count", [2, 9])  # 9 models: more than a byte holds, recomputed
+def test_ramplus_kernel_with_kept_bytes_is_the_function_bit_for_bit(count):
+    torch.manual_seed(count)
+    base = torch.randn(40, 33)
+    inputs = [base + torch.where(torch.rand(40, 33) < 0.4, 0.0, 0.01 * torch.randn(40, 33))
+              for _ in range(count)]  # fmt: skip
+    expected = pure("ramplus_tl", base, inputs, r=0.3, alpha=0.9)
+    got = chunked("ramplus_tl", base, inputs, chunk=101, threads=3, r=0.3, alpha=0.9)
+    assert torch.equal(got, expected)
