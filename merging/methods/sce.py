@@ -28,6 +28,13 @@ from pydantic import Field
 from torch import Tensor
 
 from merging.methods._base import MethodParams, SourceParams, register
+from merging.methods._bit_select import (
+    HIGH_BUCKETS,
+    LOW_BUCKETS,
+    high_half,
+    kth_from_top,
+    low_half,
+)
 from merging.methods._kernels import Kernel
 from merging.methods._ops import RandomStream, agreement, as_float, elect_sign, task_vectors
 
@@ -173,7 +180,7 @@ class SceKernel(Kernel):
         assert base is not None
         if self.select and step == 0:
             spread = variance(task_vectors(base, inputs))
-            high = (spread.view(torch.int32) >> 16) & 0x7FFF  # a NaN's sign bit aside
+            high = high_half(spread)
             counts = torch.bincount(high, minlength=HIGH_BUCKETS).cpu()
             zeros = int((spread == 0).sum())
             with self.lock:
@@ -192,7 +199,7 @@ class SceKernel(Kernel):
                 return
             gathered = [x[positions] for x in inputs]
             spread = variance(task_vectors(base[positions], gathered))
-            low = spread.view(torch.int32) & 0xFFFF
+            low = low_half(spread)
             counts = torch.bincount(low, minlength=LOW_BUCKETS).cpu()
             with self.lock:
                 self.low_counts += counts
@@ -217,13 +224,13 @@ class SceKernel(Kernel):
             keep = selection_count(self.numel - self.zeros, self.topk)
             self.nothing = keep == 0
             if not self.nothing:
-                self.bucket, self.wanted = _kth_from_top(self.high_counts, keep)
+                self.bucket, self.wanted = kth_from_top(self.high_counts, keep)
             else:
                 self.highs.clear()
             return
         if self.select and step == 1:
             if not self.nothing:
-                self.cut, _ = _kth_from_top(self.low_counts, self.wanted)
+                self.cut, _ = kth_from_top(self.low_counts, self.wanted)
             return
         sums = [0.0] * self.count
         for _, part in sorted(self.parts.items()):
@@ -234,16 +241,3 @@ class SceKernel(Kernel):
     def apply(self, base: Tensor | None, inputs: Sequence[Tensor], offset: int) -> Tensor:
         assert base is not None
         return erase_and_mix(base, self._selected(base, inputs, offset), self.weights)
-
-
-HIGH_BUCKETS = 1 << 15  # high halves of non-negative float32 bit patterns (NaN included)
-LOW_BUCKETS = 1 << 16
-
-
-def _kth_from_top(counts: Tensor, k: int) -> tuple[int, int]:
-    """(the bucket holding the k-th largest element, that element's rank within the bucket
-    from its top) for a histogram ``counts`` and 1 ≤ k ≤ counts.sum()."""
-    above = counts.flip(0).cumsum(0).flip(0)  # above[b] = #elements in buckets ≥ b
-    bucket = int((above >= k).nonzero().max())
-    higher = int(above[bucket + 1]) if bucket + 1 < len(counts) else 0
-    return bucket, k - higher
