@@ -203,3 +203,18 @@ def test_the_offline_mmlu_guards(zoo):
     assert not own.excluded
     assert rescored.reference.tasks["hubmerge_mmlu_marketing"]["metric"] == "acc"
     assert rescored.reference.stderr > 0
+
+
+@pytest.mark.slow
+def test_an_unknown_task_fails_before_the_search(zoo):
+    """Checked before any candidate is scored (indexing the harness's ~10k built-in tasks to
+    be sure takes a while), with the harness's close matches."""
+    from app.search import search
+    from evaluation import UnknownTaskError
+
+    recipe, math = zoo
+    scored = []
+    with pytest.raises(UnknownTaskError, match="hubmerge_demo_math"):
+        search(recipe, math, budget=4, tasks=TaskSpec(("hubmerge_demo_maths",), 4),
+               on_candidate=lambda c, state: scored.append(c))  # fmt: skip
+    assert scored == []
