@@ -141,6 +141,10 @@ class _WarmUpStream:
     def block_seed(source: int, block: int) -> int:
         return 0
 
+    @staticmethod
+    def block_digest(source: int, block: int) -> bytes:
+        return bytes(16)
+
 
 def _warm_up(base_dtype: torch.dtype, input_dtype: torch.dtype, models: int) -> None:
     base = torch.zeros(4, dtype=base_dtype)
@@ -186,7 +190,7 @@ def _warm_up(base_dtype: torch.dtype, input_dtype: torch.dtype, models: int) -> 
 def keep_mask(rng: Any, source: int, offset: int, length: int, density: float) -> Tensor:
     """`RandomStream.mask` (the same draws, bit for bit) with the generator in compiled code:
     each block's stream starts where NumPy's seeding puts it, split into four runs."""
-    states, incs = block_streams(rng, source, offset, length)
+    states, incs = block_streams(rng, source, offset, length, _dare_loops.seed_streams)
     out = np.empty(length, dtype=np.bool_)
     start = offset - offset // BLOCK * BLOCK
     _loops.keep_mask(states, incs, start, keep_threshold(density), out.view(np.uint8))
@@ -210,7 +214,7 @@ def dare_observe(
     the mask as 0/1 floats; the two float views are this thread's scratch, valid until its
     next call."""
     length = x.numel()
-    states, incs = block_streams(rng, source, offset, length)
+    states, incs = block_streams(rng, source, offset, length, _dare_loops.seed_streams)
     keep = np.empty(length, dtype=np.bool_)
     magnitudes, kept = _buffers(length)
     start = offset - offset // BLOCK * BLOCK

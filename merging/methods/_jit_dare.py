@@ -1,6 +1,7 @@
 # mypy: disable-error-code="call-arg"
-"""The numba loop behind DARE's compiled reduction pass (`_compiled.dare_observe`): the
-chunk's keep-mask, |δ| and the mask as 0/1 floats in one call, for torch's own sum and dot.
+"""The numba loops behind DARE's compiled passes: the reduction step (`_compiled.dare_observe`:
+the chunk's keep-mask, |δ| and the mask as 0/1 floats in one call, for torch's own sum and
+dot), and the seeding of each mask block's generator stream as NumPy seeds it.
 
 Like `_jit_loops` (whose generator and element helpers it uses), imported lazily.
 """
@@ -11,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from merging.methods._jit_loops import _jit, _value, keep_mask
+from merging.methods._jit_loops import _jit, _mul_high, _value, keep_mask
 
 
 @_jit
@@ -25,3 +26,77 @@ def dare_observe(
     for j in range(keep.size):
         magnitudes[j] = abs(_value(x, j) - _value(base, j))
         kept[j] = one if keep[j] != 0 else zero
+
+
+_M32 = np.uint64(0xFFFFFFFF)
+_INIT_A, _MULT_A = np.uint64(0x43B0D7E5), np.uint64(0x931E8875)
+_INIT_B, _MULT_B = np.uint64(0x8B51F9DD), np.uint64(0x58F38DED)
+_MIX_L, _MIX_R = np.uint64(0xCA01F9DD), np.uint64(0x4973F715)
+# PCG's 128-bit multiplier (NumPy seeds every PCG64 variant with it)
+_SEED_HIGH, _SEED_LOW = np.uint64(2549297995355413924), np.uint64(4865540595714422341)
+
+
+@_jit
+def _mul128(ah: Any, al: Any, bh: Any, bl: Any) -> Any:
+    return _mul_high(al, bl) + al * bh + ah * bl, al * bl
+
+
+@_jit
+def _add128(ah: Any, al: Any, bh: Any, bl: Any) -> Any:
+    low = al + bl
+    return ah + bh + (np.uint64(1) if low < al else np.uint64(0)), low
+
+
+@_jit
+def _hashmix(value: Any, constant: Any) -> Any:
+    """NumPy SeedSequence's hashmix on 32-bit words (held in uint64): (value, new constant)."""
+    value = value ^ constant
+    constant = (constant * _MULT_A) & _M32
+    value = (value * constant) & _M32
+    return value ^ (value >> np.uint64(16)), constant
+
+
+@_jit
+def _mix(x: Any, y: Any) -> Any:
+    result = (_MIX_L * x - _MIX_R * y) & _M32
+    return result ^ (result >> np.uint64(16))
+
+
+@_jit
+def seed_streams(words: Any, lengths: Any, jumps: Any, states: Any, incs: Any) -> None:
+    """NumPy's ``PCG64DXSM(seed).state`` for each block's 128-bit seed (its little-endian
+    32-bit ``words``, ``lengths`` of them: NumPy drops high zero words), computed as NumPy's
+    SeedSequence (pool of 4, hashmix / mix) and PCG seeding do, then each block's four runs:
+    states[b, q] = a_q·s + g_q·inc (mod 2¹²⁸) for jumps[q] = (a_q high, low, g_q high, low)."""
+    pool = np.empty(4, dtype=np.uint64)
+    state = np.empty(8, dtype=np.uint64)
+    for b in range(words.shape[0]):
+        count = lengths[b]
+        constant = _INIT_A
+        for i in range(4):
+            pool[i], constant = _hashmix(words[b, i] if i < count else np.uint64(0), constant)
+        for source in range(4):
+            for target in range(4):
+                if source != target:
+                    mixed, constant = _hashmix(pool[source], constant)
+                    pool[target] = _mix(pool[target], mixed)
+        constant = _INIT_B
+        for i in range(8):
+            value = pool[i % 4] ^ constant
+            constant = (constant * _MULT_B) & _M32
+            value = (value * constant) & _M32
+            state[i] = value ^ (value >> np.uint64(16))
+        s32 = np.uint64(32)
+        seed_high, seed_low = state[0] | (state[1] << s32), state[2] | (state[3] << s32)
+        seq_high, seq_low = state[4] | (state[5] << s32), state[6] | (state[7] << s32)
+        inc_high = (seq_high << np.uint64(1)) | (seq_low >> np.uint64(63))
+        inc_low = (seq_low << np.uint64(1)) | np.uint64(1)
+        # s = 0; step; s += initstate; step (step: s·m + inc)
+        high, low = _add128(inc_high, inc_low, seed_high, seed_low)
+        high, low = _mul128(high, low, _SEED_HIGH, _SEED_LOW)
+        high, low = _add128(high, low, inc_high, inc_low)
+        incs[b, 0], incs[b, 1] = inc_high, inc_low
+        for q in range(4):
+            ah, al = _mul128(jumps[q, 0], jumps[q, 1], high, low)
+            gh, gl = _mul128(jumps[q, 2], jumps[q, 3], inc_high, inc_low)
+            states[b, q, 0], states[b, q, 1] = _add128(ah, al, gh, gl)

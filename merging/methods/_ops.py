@@ -116,10 +116,14 @@ class RandomStream:
         self.seed = seed
         self.tensor_name = tensor_name
 
-    def block_seed(self, source: int, block: int) -> int:
-        """The 128-bit seed of one block's PCG64DXSM stream."""
+    def block_digest(self, source: int, block: int) -> bytes:
+        """The 16 bytes of one block's seed: a SHA-256 of the key."""
         key = f"{self.seed}\x00{self.tensor_name}\x00{source}\x00{block}".encode()
-        return int.from_bytes(hashlib.sha256(key).digest()[:16], "little")
+        return hashlib.sha256(key).digest()[:16]
+
+    def block_seed(self, source: int, block: int) -> int:
+        """The 128-bit seed of one block's PCG64DXSM stream (its digest, little-endian)."""
+        return int.from_bytes(self.block_digest(source, block), "little")
 
     def _draws(self, source: int, block: int) -> np.ndarray:
         raw = np.random.PCG64DXSM(self.block_seed(source, block)).random_raw(BLOCK // 4)
