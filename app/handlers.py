@@ -309,8 +309,11 @@ class Handlers(RecipeHandlers):
         owner = self.caller(token, oauth_token, request)
         rows = []
         for record in self.store.list(limit=min(int(limit or 50), 500), owner=owner):
-            data = public(record)
-            data["created"] = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.created))
+            seconds = record.seconds  # only the columns: no copy of results and logs
+            data = {"id": record.id, "kind": record.kind, "state": record.state,
+                    "created": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.created)),
+                    "seconds": None if seconds is None else round(seconds, 3),
+                    "output": record.output, "error": record.error}  # fmt: skip
             rows.append([data[c] if data[c] is not None else "" for c in JOB_COLUMNS])
         return rows
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import struct
+import threading
+from collections import OrderedDict
 from typing import Any
 
 import yaml
@@ -14,6 +16,10 @@ from .storage import Commit, RepoStore
 logger = logging.getLogger(__name__)
 
 MAX_HEADER_BYTES = 100_000_000
+MAX_REMEMBERED = 4096  # commits whose derived metadata is kept (`commit_metadata`)
+Metadata = tuple[dict[str, Any] | None, dict[str, Any] | None, dict[str, Any] | None]
+_remembered: OrderedDict[tuple[str, str, bool], Metadata] = OrderedDict()
+_lock = threading.Lock()
 
 
 def parse_front_matter(text: str) -> dict[str, Any] | None:
@@ -107,3 +113,24 @@ def safetensors_summary(store: RepoStore, commit: Commit) -> dict[str, Any] | No
     if not counts:
         return None
     return {"parameters": counts, "total": sum(counts.values())}
+
+
+def commit_metadata(store: RepoStore, commit: Commit, *, model: bool) -> Metadata:
+    """(`card_data`, `config_summary`, `safetensors_summary`) of a commit, computed once per
+    commit (a commit never changes; the last two only for models): every model_info and
+    every search hit needs them, and the summary reads each shard's header. Read-only.
+    """
+    key = (str(store.root), commit.sha, model)
+    with _lock:
+        known = _remembered.get(key)
+        if known is not None:
+            _remembered.move_to_end(key)
+            return known
+    card = card_data(store, commit)
+    metadata = (card, config_summary(store, commit), safetensors_summary(store, commit)) \
+        if model else (card, None, None)  # fmt: skip
+    with _lock:
+        _remembered[key] = metadata
+        while len(_remembered) > MAX_REMEMBERED:
+            _remembered.popitem(last=False)
+    return metadata

@@ -131,9 +131,7 @@ def repo_info_json(
     """The `/api/models/{id}` document of `meta` at commit `sha`."""
     store = hub(request).store
     commit = store.get_commit(meta.repo_type, meta.repo_id, sha)
-    card = _cards.card_data(store, commit)
-    config = _cards.config_summary(store, commit) if meta.repo_type == "model" else None
-    summary = _cards.safetensors_summary(store, commit) if meta.repo_type == "model" else None
+    card, config, summary = _cards.commit_metadata(store, commit, model=meta.repo_type == "model")
     library = (card or {}).get("library_name")
     if library is None and "config.json" in commit.files:
         library = "transformers"

@@ -248,3 +248,31 @@ def test_listening_socket_is_tcp_so_answers_are_not_held_back() -> None:
         assert sock.proto == socket.IPPROTO_TCP
     finally:
         sock.close()
+
+
+def test_commit_metadata_is_derived_once_per_commit(
+    local_hub: LocalHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from app.hub_server import _cards
+
+    reads: list[str] = []
+    real = _cards.safetensors_summary
+
+    def counting(store, commit):  # type: ignore[no-untyped-def]
+        reads.append(commit.sha)
+        return real(store, commit)
+
+    monkeypatch.setattr(_cards, "safetensors_summary", counting)
+    api = _api(local_hub, local_hub.alice)
+    api.create_repo("alice/meta")
+    folder = _folder(tmp_path / "src", text="one")
+    first = api.upload_folder(folder_path=folder, repo_id="alice/meta").oid
+    for _ in range(3):
+        assert api.model_info("alice/meta").card_data.license == "mit"
+    assert {s.id for s in api.list_models(search="meta")} == {"alice/meta"}
+    assert reads == [first]
+    (folder / "README.md").write_text("---\nlicense: apache-2.0\n---\n# Changed\n")
+    second = api.upload_folder(folder_path=folder, repo_id="alice/meta").oid
+    assert api.model_info("alice/meta").card_data.license == "apache-2.0"  # a new commit
+    assert api.model_info("alice/meta", revision=first).card_data.license == "mit"
+    assert reads == [first, second]
