@@ -143,7 +143,7 @@ def run_kernel(
     engine runs torch single-threaded per op and parallelises across chunks instead).
     """
     numel = out.numel()
-    kernel.dtype = dtype
+    kernel.dtype, kernel.device = dtype, device
     if has_base:
         kernel.prepare(flats[0], flats[1:])
     else:

@@ -101,7 +101,9 @@ class FamilyKernel(Kernel):
         """On the compiled path, propose each trim threshold from a sample of |δ| (a small
         tensor is selected whole here, with no pass at all)."""
         trimmed = [i for i, s in enumerate(self.selectors) if s is not None]
-        if base is None or not trimmed or not self._compiled(base, inputs):
+        if base is None or not trimmed or self.device.type != "cpu":
+            return  # (the whole inputs are on CPU; an accelerator's chunks are not)
+        if not self._compiled(base, inputs):
             return
         index = SampledSelect.sample_index(self.numel)
         sample = base if index is None else base.index_select(0, index)

@@ -40,6 +40,7 @@ class Kernel:
     reductions = 0
     raw_inputs = False
     dtype = torch.float32
+    device = torch.device("cpu")  # where the chunks are computed (set by the driver)
     max_chunk = 0  # > 0: results do not depend on the chunking; chunks of up to this many
 
     def __init__(self) -> None:
