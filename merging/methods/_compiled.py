@@ -147,44 +147,28 @@ class _WarmUpStream:
 
 
 def _warm_up(base_dtype: torch.dtype, input_dtype: torch.dtype, models: int) -> None:
+    """Load (or compile) the loops a TIES, DARE-TIES or task-arithmetic merge into bf16 runs
+    through. The rest — the radix fallback, DARE's draws without its L1 pass, the block loops
+    for other sign rules, float32 outputs — compiles where it is first called (cached after)."""
     base = torch.zeros(4, dtype=base_dtype)
     inputs = [torch.zeros(4, dtype=input_dtype) for _ in range(models)]
-    for step in (0, 1):
-        magnitude_histograms(step, base, inputs, [True] * models, [0] * models,
-                             histogram_buffer(step, models))  # fmt: skip
     magnitudes(base, inputs[0])
     bounds = np.zeros((models, 4), dtype=np.int64)
     bound_counts(base, inputs, [True] * models, bounds, np.zeros(bounds.shape, dtype=np.int64))
     gather_between(base, inputs[0], 0, 1 << 31, 4)
-    keep_mask(_WarmUpStream(), 0, 0, 4, 0.5)
     dare_observe(_WarmUpStream(), 0, 0, 0.5, base, inputs[0])
+    out = torch.empty(4, dtype=torch.bfloat16)
+    linear_apply(base, inputs, base_scale=1.0, alphas=[1.0] * models, divisor=None, out=out)
+    together = [inputs[0], *inputs]  # `linear`: no base, one more input of the same dtype
+    linear_apply(None, together, base_scale=1.0, alphas=[1.0] * (models + 1), divisor=2.0,
+                 out=out)  # fmt: skip
     keep = np.ones(4, dtype=np.bool_)
-    family_apply(
-        base,
-        inputs,
-        modes=[MASK] * models,
-        thresholds=[0.0] * models,
-        keeps=[keep] * models,
-        rescales=[RESCALE_NONE] * models,
-        scales=[1.0] * models,
-        weights=[1.0] * models,
-        divisor_weights=[1.0] * models,
-        sign_method="count",
-        normalize=True,
-        lambda_=1.0,
-    )  # fmt: skip (the block loops; "sum" takes the per-element ones)
-    for dtype in OUTPUT_DTYPES:
-        out = torch.empty(4, dtype=dtype)
-        linear_apply(base, inputs, base_scale=1.0, alphas=[1.0] * models, divisor=None, out=out)
-        together = [inputs[0], *inputs]  # `linear`: no base, one more input of the same dtype
-        linear_apply(None, together, base_scale=1.0, alphas=[1.0] * (models + 1), divisor=2.0,
-                     out=out)  # fmt: skip
-    for dtype, mode in [(d, m) for d in OUTPUT_DTYPES for m in (DENSE, TRIM, MASK)]:
+    for mode in (TRIM, MASK):
         family_apply(base, inputs, modes=[mode] * models, thresholds=[0.0] * models,
                      keeps=[keep] * models, rescales=[RESCALE_NONE] * models,
                      scales=[1.0] * models, weights=[1.0] * models,
                      divisor_weights=[1.0] * models, sign_method="sum", normalize=True,
-                     lambda_=1.0, out=torch.empty(4, dtype=dtype))  # fmt: skip
+                     lambda_=1.0, out=out)  # fmt: skip
 
 
 def keep_mask(rng: Any, source: int, offset: int, length: int, density: float) -> Tensor:
