@@ -36,6 +36,10 @@ COPY --chown=user:user merging ./merging
 COPY --chown=user:user evaluation ./evaluation
 COPY --chown=user:user app ./app
 RUN pip install ".[app,eval]"
+# Compile the numba merge loops once, into the package's cache (read by every later start;
+# numba recompiles by itself on a CPU that the cached code does not fit): the first TIES or
+# DARE merge of a fresh container would otherwise wait ~15-30 s for them.
+RUN python -m merging.warm_loops
 
 USER user
 ENV HOME=/home/user \
