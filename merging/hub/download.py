@@ -11,7 +11,7 @@ import huggingface_hub.utils as hf_utils
 
 from merging.errors import CheckpointError, HubError, UnsafeCheckpointError
 from merging.hub._calls import call, download_one, hub_api
-from merging.hub.pinned import pin
+from merging.hub.pinned import pin, require_file_access
 
 logger = logging.getLogger(__name__)
 Progress = Callable[[int, int], None]
@@ -116,6 +116,7 @@ def download_model(
                 f"{repo_id}@{sha[:8]} has only pickle (.bin) weights; opt in with allow_pickle"
             )
         raise CheckpointError(f"{repo_id}@{sha[:8]} has no safetensors weights to merge")
+    require_file_access(pinned, weights[0], token=token)  # gated: cached files only if allowed
     total, done = sum(files[n] for n in wanted), 0
     kwargs = {"cache_dir": cache_dir, "endpoint": endpoint}
     with ThreadPoolExecutor(max_workers=4) as pool:

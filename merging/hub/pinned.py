@@ -25,10 +25,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from huggingface_hub import constants
+import huggingface_hub.utils as hf_utils
+from huggingface_hub import constants, hf_hub_url
 
 from merging.errors import HubError
-from merging.hub._calls import call, hub_api
+from merging.hub._calls import auth_token, call, hub_api
 
 MAX_CACHE_BYTES = 64 * 2**20  # a 70B model's shard headers are ~2 MB in all
 MAX_CACHE_ENTRIES = 4096
@@ -84,6 +85,26 @@ def pin(
     files = {s.rfilename: s.size or 0 for s in info.siblings or []}
     gated = bool(info.gated)  # False, or "auto" / "manual"
     return PinnedRepo(repo_id, info.sha, endpoint_url(endpoint), MappingProxyType(files), gated)
+
+
+def require_file_access(pinned: PinnedRepo, filename: str, *, token: str | None) -> None:
+    """Ask the Hub (a HEAD of `filename`, with `token`) whether this caller may read the
+    files of a gated repo: pinning succeeds for every token there, and the HF disk cache
+    answers a pinned sha without asking. Nothing to ask for a repo that is not gated.
+
+    Raises:
+        `GatedRepoAccessError`, `AuthError`, `NotFoundError`, `HubError`
+    """
+    if not pinned.gated:
+        return
+    url = hf_hub_url(pinned.repo_id, filename, revision=pinned.sha, endpoint=pinned.endpoint)
+    headers = hf_utils.build_hf_headers(token=auth_token(token))
+
+    def head() -> None:
+        response = hf_utils.get_session().head(url, headers=headers, follow_redirects=False)
+        hf_utils.hf_raise_for_status(response)
+
+    call(head, action=f"reading {filename} from", repo_id=pinned.repo_id, revision=pinned.sha)
 
 
 class ByteCache:
@@ -149,4 +170,12 @@ def read_pinned(
     return value
 
 
-__all__ = ["PINNED_CACHE", "ByteCache", "PinnedRepo", "endpoint_url", "pin", "read_pinned"]
+__all__ = [
+    "PINNED_CACHE",
+    "ByteCache",
+    "PinnedRepo",
+    "endpoint_url",
+    "pin",
+    "read_pinned",
+    "require_file_access",
+]

@@ -157,3 +157,17 @@ def test_byte_cache_is_bounded_and_least_recently_used() -> None:
         cache.put(key(name), b"1")
     assert len(cache) == 3
     assert cache.nbytes <= 10
+
+
+def test_gated_download_is_refused_even_when_the_files_are_on_disk(
+    local_hub: LocalHub, tiny_llama_dir: Path
+) -> None:
+    _push(local_hub, tiny_llama_dir, "alice/gated-weights")
+    url, alice, bob = local_hub.url, local_hub.alice, local_hub.bob
+    HfApi(endpoint=url, token=alice).update_repo_settings("alice/gated-weights", gated="auto")
+    path = hub.download_model("alice/gated-weights", token=alice, endpoint=url)
+    assert (path / "config.json").is_file()  # the snapshot is in the shared HF cache now
+    for token in (bob, None):
+        with pytest.raises((GatedRepoAccessError, AuthError)):
+            hub.download_model("alice/gated-weights", token=token, endpoint=url)
+    assert hub.download_model("alice/gated-weights", token=alice, endpoint=url) == path
