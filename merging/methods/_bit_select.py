@@ -2,7 +2,7 @@
 
 Non-negative floats order like their bits, so the k-th largest value is found by a histogram
 of the high 16 bits (which bucket holds it) and one of the low 16 bits of that bucket's
-elements. The SCE and Arcee Fusion kernels keep each element's high half (two bytes) from the
+elements. The SCE kernel keeps each element's high half (two bytes) from the
 first pass, so the later passes recompute their values only for the few elements of the
 buckets that matter.
 """

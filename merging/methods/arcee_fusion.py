@@ -27,21 +27,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from merging.methods._base import MethodParams, SourceParams, register
-from merging.methods._bit_select import (
-    HIGH_BUCKETS,
-    LOW_BUCKETS,
-    from_halves,
-    high_half,
-    kth_from_top,
-    low_half,
-)
 from merging.methods._kernels import Kernel
 from merging.methods._ops import RandomStream
-from merging.methods._vectors import CutRows, Layout, vectors_of
+from merging.methods._vectors import CutRows, Layout, OrderStatistics, vectors_of
 
 PROBABILITY_FLOOR = 1e-8
 QUANTILES = (0.25, 0.5, 0.75)
-NON_FINITE = 0x7F80  # high halves of inf and NaN
 
 
 def quantile_ranks(numel: int) -> list[int]:
@@ -100,11 +91,8 @@ def arcee_fusion(
 
 class ArceeFusionKernel(Kernel):
     """Pass 0: KL per row, on each chunk's complete rows and, at the end of the pass, on the
-    rows cut by chunk boundaries (kept aside meanwhile). Passes 1–2: exact radix selects of the
-    three quantiles of the importance (`_bit_select`): pass 1 histograms the high 16 bits of
-    the importances and keeps them (two bytes per element); pass 2 recomputes the importance
-    only of the elements in the quantiles' high buckets, for their low bits. Output pass: the
-    mask [importance ≥ τ] from the kept high halves, recomputing only τ's high bucket."""
+    rows cut by chunk boundaries (kept aside meanwhile); passes 1–2: exact radix selects of the
+    three quantiles of the importance; output pass: the masked change, elementwise."""
 
     reductions = 3
 
@@ -113,24 +101,13 @@ class ArceeFusionKernel(Kernel):
         self.layout = Layout(shape, "last")
         self.cut = CutRows(self.layout.size)
         numel = max(1, math.prod(shape))
-        self.ks = [numel - r for r in quantile_ranks(numel)]  # ranks from the top
+        self.quantiles = OrderStatistics([numel - r for r in quantile_ranks(numel)])
         self.kl = torch.zeros(self.layout.count)
-        self.high_counts = torch.zeros(HIGH_BUCKETS, dtype=torch.int64)
-        self.targets: list[tuple[int, int]] = []  # per quantile: (high bucket, rank in it)
-        self.low_counts: dict[int, Tensor] = {}  # high bucket → histogram of low halves
-        self.highs: dict[int, Tensor] = {}  # offset → high halves of the importances (int16)
         self.threshold = torch.tensor(0.0)
-        self.threshold_high = 0
 
     def _importance(self, base: Tensor, other: Tensor, offset: int) -> Tensor:
         kl = self.layout.gather(self.kl.to(base.device), offset, base.numel())
         return (other - base).abs_().mul_(kl)
-
-    def _importance_at(self, base: Tensor, other: Tensor, offset: int, positions: Tensor) -> Tensor:
-        """The importances of the chunk's elements at ``positions`` (the same values)."""
-        rows = (positions + offset) // self.layout.size
-        kl = self.kl.to(base.device)[rows]
-        return (other[positions] - base[positions]).abs_().mul_(kl)
 
     def reduce(self, step: int, base: Tensor | None, inputs: Sequence[Tensor], offset: int) -> None:
         assert base is not None
@@ -143,54 +120,20 @@ class ArceeFusionKernel(Kernel):
                 kl = row_kl(other[inner].reshape(-1, cols), base[inner].reshape(-1, cols))
                 self.kl[first // cols : last // cols] = kl.cpu()  # disjoint rows: no lock
             self.cut.keep(offset, [base, other])
-        elif step == 1:
-            high = high_half(self._importance(base, other, offset))
-            counts = torch.bincount(high, minlength=HIGH_BUCKETS).cpu()
-            with self.lock:
-                self.high_counts += counts
-                self.highs[offset] = high.to(torch.int16)
         else:
-            with self.lock:
-                high = self.highs[offset]
-            buckets = list(self.low_counts)
-            inside = high == buckets[0]
-            for bucket in buckets[1:]:
-                inside |= high == bucket
-            positions = inside.nonzero().squeeze(1)
-            if positions.numel() == 0:
-                return
-            low = low_half(self._importance_at(base, other, offset, positions))
-            found = high[positions]
-            for bucket in buckets:
-                counts = torch.bincount(low[found == bucket], minlength=LOW_BUCKETS).cpu()
-                with self.lock:
-                    self.low_counts[bucket] += counts
+            self.quantiles.observe(step - 1, self._importance(base, other, offset))
 
     def end_pass(self, step: int) -> None:
         if step == 0:
             for row, (base_row, other_row) in self.cut.rows():
                 self.kl[row] = row_kl(other_row.unsqueeze(0), base_row.unsqueeze(0))[0].cpu()
-        elif step == 1:
-            self.targets = [kth_from_top(self.high_counts, k) for k in self.ks]
-            self.low_counts = {b: torch.zeros(LOW_BUCKETS, dtype=torch.int64)
-                               for b, _ in self.targets}  # fmt: skip
-        else:
-            values = [
-                from_halves(bucket, kth_from_top(self.low_counts[bucket], need)[0])
-                for bucket, need in self.targets
-            ]
-            self.threshold = fusion_threshold(*values)
-            self.threshold_high = int(high_half(self.threshold.reshape(1))[0])
+            return
+        self.quantiles.end_pass(step - 1)
+        if step == 2:
+            self.threshold = fusion_threshold(*self.quantiles.values)
 
     def apply(self, base: Tensor | None, inputs: Sequence[Tensor], offset: int) -> Tensor:
         assert base is not None
         other = inputs[0]
-        with self.lock:
-            high = self.highs.pop(offset)
-        keep = high > self.threshold_high
-        undecided = (high == self.threshold_high) | (high >= NON_FINITE)  # NaN ≥ τ is false
-        positions = undecided.nonzero().squeeze(1)
-        if positions.numel():
-            importance = self._importance_at(base, other, offset, positions)
-            keep[positions] = importance >= self.threshold.to(base.device)
+        keep = self._importance(base, other, offset) >= self.threshold.to(base.device)
         return (other - base).mul_(keep).add_(base)
