@@ -23,7 +23,7 @@ from typing import Any
 
 import gradio as gr
 
-from app import forms, workflows
+from app import forms, push, workflows
 from app.handler_support import _token, as_gr_error, public, user_errors, user_facing
 from app.handlers_recipe import RecipeHandlers
 from app.identity import Identities
@@ -175,7 +175,7 @@ class Handlers(RecipeHandlers):
         """
         try:
             owner = self.caller(token, oauth_token, request)
-            return workflows.card_text(self.store, (merge_job or "").strip(), owner=owner)
+            return push.card_text(self.store, (merge_job or "").strip(), owner=owner)
         except Exception as err:
             if isinstance(err, user_errors()):
                 return f"⚠️ {err}"
@@ -193,7 +193,7 @@ class Handlers(RecipeHandlers):
         request: gr.Request | None = None,
     ) -> None:
         with user_facing():
-            workflows.validate_push(
+            push.validate_push(
                 self.store, self.settings, (merge_job or "").strip(), (repo_id or "").strip(),
                 token=_token(token, oauth_token), exist_ok=bool(exist_ok),
                 owner=self.caller(token, oauth_token, request),
@@ -225,11 +225,11 @@ class Handlers(RecipeHandlers):
         user_token = _token(token, oauth_token)
         owner = self.caller(token, oauth_token, request)
         with user_facing():
-            workflows.validate_push(
+            push.validate_push(
                 self.store, self.settings, (merge_job or "").strip(), (repo_id or "").strip(),
                 token=user_token, exist_ok=bool(exist_ok), owner=owner,
             )  # fmt: skip
-            job_id = workflows.submit_push(
+            job_id = push.submit_push(
                 self.runner, self.settings, merge_job.strip(), repo_id.strip(),
                 private=bool(private), exist_ok=bool(exist_ok), token=user_token, owner=owner,
             )  # fmt: skip
