@@ -53,7 +53,7 @@ def multislerp_coefficients(
     norms = gram.diagonal().clamp(min=0).sqrt()
     unit = torch.diag(1 / (norms + eps))  # column i: uᵢ in the v basis
     mean = unit @ w
-    mean_norm = float(mean @ gram @ mean) ** 0.5
+    mean_norm = max(float(mean @ gram @ mean), 0.0) ** 0.5  # ≥ 0 up to rounding
     if float(norms.max()) == 0:  # every input is zero (e.g. a tensor no fine-tune changed)
         return torch.zeros(len(weights), dtype=torch.float64)
     if mean_norm < eps:
