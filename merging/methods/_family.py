@@ -94,8 +94,10 @@ class FamilyKernel(Kernel):
 
     def _compiled(self, base: Tensor, inputs: Sequence[Tensor], *, linear: bool = False) -> bool:
         """Whether this chunk goes to the compiled loops (``linear``: task arithmetic's)."""
-        large = self.numel >= WAIT_FOR_LOOPS  # worth waiting for the compiled loops to load
-        return (self.fusable or linear) and _compiled.wants(base, inputs, self.dtype, wait=large)
+        # worth waiting for the compiled loops to load: TIES / DARE on a large tensor (task
+        # arithmetic gains less than the wait: its chunks take torch's kernels meanwhile)
+        wait = self.numel >= WAIT_FOR_LOOPS and not linear
+        return (self.fusable or linear) and _compiled.wants(base, inputs, self.dtype, wait=wait)
 
     def prepare(self, base: Tensor | None, inputs: Sequence[Tensor]) -> None:
         """On the compiled path, propose each trim threshold from a sample of |δ| (a small
