@@ -46,9 +46,6 @@ from merging.validate import recipe_warnings
 logger = logging.getLogger(__name__)
 
 
-
-
-
 @dataclass
 class MergeOptions:
     """How to run a merge (the recipe says *what* to merge).
@@ -161,6 +158,7 @@ def merge(
         prefetch=options.prefetch, vocab_rows=vocab.rows if vocab else None,
     )  # fmt: skip
     report.warnings[:0] = list(recipe.warnings)
+    report.warnings += vocab.warnings if vocab else []  # tokens beyond a model's vocab_size
     report.raise_for_errors()
     device = pick_device(options.device)
     compute = TORCH_DTYPES[recipe.compute_dtype]

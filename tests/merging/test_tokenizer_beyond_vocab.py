@@ -72,7 +72,10 @@ def test_base_source_strips_the_base_tokens_without_rows(pair, tmp_path, caplog)
     original = ids(pair["a"])
     kept = {t: i for t, i in original.items() if i < size}
     with caplog.at_level(logging.WARNING, logger="merging.tokenizer"):
-        out = merge(recipe(pair, tokenizer_source="base"), tmp_path / "out", options=CPU).output
+        result = merge(recipe(pair, tokenizer_source="base"), tmp_path / "out", options=CPU)
+    out = result.output
+    assert any("vocab_size" in w for w in result.report.warnings)  # the report, so the card
+    assert "vocab_size" in (out / "README.md").read_text()
     assert ids(out) == kept
     assert len(original) == size + 4
     assert state_dict(out)["model.embed_tokens.weight"].shape[0] == rows_of(out) == size
