@@ -10,7 +10,7 @@ import time
 
 import torch
 
-from merging.methods import _compiled
+from merging.methods import _compiled, _della_fast
 
 
 def main() -> None:
@@ -21,6 +21,9 @@ def main() -> None:
     for base, inputs in ((torch.bfloat16, torch.bfloat16), (torch.float32, torch.float32)):
         for models in (1, 2, 3):
             _compiled.prepare(base, inputs, models, wait=True)
+    magnitudes = torch.rand(2, 8)  # DELLA's ranked keep masks
+    _della_fast.keep_mask(magnitudes, torch.zeros(2, 8, dtype=torch.int32),
+                          lambda n: torch.arange(n, dtype=torch.int32))  # fmt: skip
     print(f"merge loops ready in {time.perf_counter() - started:.1f} s")
 
 
