@@ -27,6 +27,7 @@ from app.search.errors import SearchError
 from merging import Recipe, get_method
 from merging.engine import TORCH_DTYPES, layer_position
 from merging.methods import random_stream, resolve_params
+from merging.plan import merge_inputs, takes_base
 from merging.sources import ResolvedModel, open_source, resolve_model
 
 logger = logging.getLogger(__name__)
@@ -147,9 +148,10 @@ class InMemoryEvaluator:
         """Write the merge of `recipe` into the resident model; returns the seconds it took."""
         started = time.perf_counter()
         method = get_method(recipe.merge_method)
-        specs = recipe.inputs() if method.needs_base else list(recipe.models)
+        specs = merge_inputs(method, recipe)  # as the engine's plan: karcher counts a base
+        with_base = takes_base(method, recipe.base_model)
         keys = [source_key(s.model, s.adapter) for s in specs]
-        missing = [k for k in [*keys, *([recipe.base_model] if method.needs_base else [])]
+        missing = [k for k in [*keys, *([recipe.base_model] if with_base else [])]
                    if k not in self.tensors]  # fmt: skip
         if missing:
             raise SearchError(f"candidate uses {missing[0]}, which the evaluator did not load")
@@ -161,7 +163,7 @@ class InMemoryEvaluator:
                 params, per_source = resolve_params(method, recipe, specs, name, t)
                 inputs = [self.tensors[k][name].to(compute) for k in keys]
                 base = self.tensors[str(recipe.base_model)][name].to(compute) \
-                    if method.needs_base else None  # fmt: skip
+                    if with_base else None  # fmt: skip
                 merged = method.fn(base, inputs, per_source, params,
                                    random_stream(recipe.seed, name))  # fmt: skip
                 target.copy_(merged.to(out_dtype).to(target.dtype))

@@ -46,9 +46,10 @@ _PROBES = [("model.layers.0.self_attn.q_proj.weight", 0.0),
 def _effective(recipe: Recipe) -> Any:
     """What a recipe does, defaults filled in (so ``lambda: 1`` equals no ``lambda``)."""
     from merging.methods import resolve_params
+    from merging.plan import merge_inputs
 
     method = get_method(recipe.merge_method)
-    specs = recipe.inputs() if method.needs_base else list(recipe.models)
+    specs = merge_inputs(method, recipe)
     resolved = []
     for name, t in _PROBES:
         params, per_source = resolve_params(method, recipe, specs, name, t)

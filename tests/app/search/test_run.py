@@ -8,6 +8,7 @@ import json
 import threading
 
 import pytest
+import torch
 
 from app.search import InMemoryEvaluator, search, search_and_merge
 from app.search.evaluator import score_folder
@@ -161,3 +162,23 @@ def test_example_loss_weighs_every_example_the_same(zoo):
     result = search(recipe, rows, budget=4, seed=0, metric="example_loss")
     assert not result.state.higher_is_better
     assert result.best.score == min(c.score for c in result.candidates)
+
+
+def test_in_memory_merge_takes_the_inputs_the_engine_takes(zoo, tmp_path):
+    """karcher with an unlisted base_model averages the base as one more point (mergekit's
+    planner): the resident model equals the streamed merge, base included."""
+    from merging import merge
+
+    models, rows = zoo
+    recipe = parse_recipe({"merge_method": "karcher", "base_model": models["tiny-base"],
+                           "models": [{"model": models["tiny-math"]},
+                                      {"model": models["tiny-animals"]}]})  # fmt: skip
+    evaluator = InMemoryEvaluator(recipe, rows)
+    evaluator.apply(recipe)
+    folder = merge(recipe, tmp_path / "karcher").output
+    from safetensors.torch import load_file
+
+    streamed = {k: v for f in folder.glob("*.safetensors") for k, v in load_file(f).items()}
+    for name, target in evaluator.targets.items():  # (the function vs the chunked kernel)
+        torch.testing.assert_close(target.to(streamed[name].dtype), streamed[name],
+                                   rtol=1e-4, atol=1e-5, msg=name)  # fmt: skip
