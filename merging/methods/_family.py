@@ -22,11 +22,11 @@ from merging.methods._kernels import Kernel
 from merging.methods._ops import (
     RandomStream,
     as_float,
-    combine_deltas,
     crumb_counts,
     delta_of,
     keep_count,
     keep_where,
+    mix_deltas,
 )
 from merging.methods._select import BandSelect, RadixSelect, SampledSelect
 
@@ -283,14 +283,7 @@ class FamilyKernel(Kernel):
             return self._apply_compiled(base, inputs, offset)
         base = base.to(self.dtype)
         deltas = [self._sparsified(i, delta_of(x, base), offset) for i, x in enumerate(inputs)]
-        mixed = combine_deltas(
-            deltas,
-            [s.weight for s in self.sources],
-            consensus=self.consensus,
-            normalize=self.params.normalize,
-            divide_by=self.params.divide_by,
-            sign_method=getattr(self.params, "sign_method", "sum"),
-        )
+        mixed = mix_deltas(deltas, self.sources, self.params, consensus=self.consensus)
         return mixed.mul_(self.params.lambda_).add_(base)  # = base + λ·mixed, in place
 
     def apply_into(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -193,6 +193,20 @@ def agreement(vote: Tensor, sign: Tensor) -> Tensor:
 def _zero_to_one(divisor: Tensor) -> Tensor:
     """``divisor`` with exact zeros replaced by 1 (adds 1 − |sign(d)|, which is 1 only at 0)."""
     return divisor.sign().abs_().neg_().add_(1).add_(divisor)
+
+
+def mix_deltas(deltas: Sequence[Tensor], sources: Sequence[Any], params: Any, *,
+               consensus: bool) -> Tensor:  # fmt: skip
+    """`combine_deltas` with the sources' weights and the task-vector family's parameters
+    (``normalize``, ``divide_by``, ``sign_method``: ``sum`` where a method has none)."""
+    return combine_deltas(
+        deltas,
+        [s.weight for s in sources],
+        consensus=consensus,
+        normalize=params.normalize,
+        divide_by=params.divide_by,
+        sign_method=getattr(params, "sign_method", "sum"),
+    )
 
 
 def combine_deltas(

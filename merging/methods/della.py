@@ -37,7 +37,7 @@ from merging.errors import RecipeError
 from merging.methods._base import MethodParams, SourceParams, register
 from merging.methods._della_fast import keep_mask
 from merging.methods._kernels import Kernel
-from merging.methods._ops import BLOCK, RandomStream, as_float, combine_deltas, task_vectors
+from merging.methods._ops import BLOCK, RandomStream, as_float, mix_deltas, task_vectors
 from merging.methods.task_arithmetic import TaskArithmeticParams, TiesParams
 
 DellaRescale = Literal["none", "l1", "probability"]
@@ -163,14 +163,7 @@ def _family(consensus: bool) -> Callable[..., Tensor]:
                 zip(task_vectors(base, inputs), sources, strict=True)
             )
         ]
-        mixed = combine_deltas(
-            deltas,
-            [s.weight for s in sources],
-            consensus=consensus,
-            normalize=params.normalize,
-            divide_by=params.divide_by,
-            sign_method=getattr(params, "sign_method", "sum"),
-        )
+        mixed = mix_deltas(deltas, sources, params, consensus=consensus)
         return base + params.lambda_ * mixed
 
     return merge
@@ -299,14 +292,7 @@ class DellaKernel(Kernel):
                 if self.scales[index] != 1.0:
                     delta.mul_(self.scales[index])
             deltas.append(delta)
-        mixed = combine_deltas(
-            deltas,
-            [s.weight for s in self.sources],
-            consensus=self.consensus,
-            normalize=self.params.normalize,
-            divide_by=self.params.divide_by,
-            sign_method=getattr(self.params, "sign_method", "sum"),
-        )
+        mixed = mix_deltas(deltas, self.sources, self.params, consensus=self.consensus)
         return mixed.mul_(self.params.lambda_).add_(base)
 
 

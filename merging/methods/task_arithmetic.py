@@ -22,7 +22,7 @@ from merging.methods._kernels import Kernel
 from merging.methods._ops import (
     RandomStream,
     Rescale,
-    combine_deltas,
+    mix_deltas,
     prune_magnitude,
     prune_magnitude_outliers,
     prune_random,
@@ -103,14 +103,7 @@ def _family(sparsify: Sparsifier, consensus: bool) -> Callable[..., Tensor]:
                 zip(task_vectors(base, inputs), sources, strict=True)
             )
         ]
-        mixed = combine_deltas(
-            deltas,
-            [s.weight for s in sources],
-            consensus=consensus,
-            normalize=params.normalize,
-            divide_by=params.divide_by,
-            sign_method=getattr(params, "sign_method", "sum"),
-        )
+        mixed = mix_deltas(deltas, sources, params, consensus=consensus)
         return base + params.lambda_ * mixed
 
     return merge
