@@ -35,6 +35,12 @@ def _push(local_hub: LocalHub, folder: Path, repo_id: str, *, private: bool = Fa
     return result.commit_sha
 
 
+def _gated(local_hub: LocalHub, folder: Path, repo_id: str) -> None:
+    """alice's repo, gated (anyone may see its metadata; its files need access)."""
+    _push(local_hub, folder, repo_id)
+    HfApi(endpoint=local_hub.url, token=local_hub.alice).update_repo_settings(repo_id, gated="auto")
+
+
 def _file_requests(local_hub: LocalHub) -> dict[str, int]:
     """Requests for file contents (``/resolve/``) the server answered since the last reset."""
     requests = local_hub.control.requests  # type: ignore[attr-defined]
@@ -122,9 +128,8 @@ def test_private_headers_are_not_served_to_a_caller_without_access(
 def test_gated_repo_files_are_asked_for_with_each_callers_token(
     local_hub: LocalHub, tiny_llama_dir: Path
 ) -> None:
-    _push(local_hub, tiny_llama_dir, "alice/gated")
+    _gated(local_hub, tiny_llama_dir, "alice/gated")
     url, alice, bob = local_hub.url, local_hub.alice, local_hub.bob
-    HfApi(endpoint=url, token=alice).update_repo_settings("alice/gated", gated="auto")
     mine = hub.remote_model("alice/gated", token=alice, endpoint=url)
     assert mine.headers
     # a gated repo's metadata is visible to bob: pinning succeeds, its files are refused
@@ -162,9 +167,8 @@ def test_byte_cache_is_bounded_and_least_recently_used() -> None:
 def test_gated_download_is_refused_even_when_the_files_are_on_disk(
     local_hub: LocalHub, tiny_llama_dir: Path
 ) -> None:
-    _push(local_hub, tiny_llama_dir, "alice/gated-weights")
+    _gated(local_hub, tiny_llama_dir, "alice/gated-weights")
     url, alice, bob = local_hub.url, local_hub.alice, local_hub.bob
-    HfApi(endpoint=url, token=alice).update_repo_settings("alice/gated-weights", gated="auto")
     path = hub.download_model("alice/gated-weights", token=alice, endpoint=url)
     assert (path / "config.json").is_file()  # the snapshot is in the shared HF cache now
     for token in (bob, None):
