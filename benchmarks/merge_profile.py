@@ -23,7 +23,7 @@ from collections import defaultdict
 from typing import Any
 
 from merging import MergeOptions, load_recipe, merge
-from merging.methods import _family, _kernels
+from merging.methods import _kernels
 
 _totals: dict[str, float] = defaultdict(float)
 _lock = threading.Lock()
@@ -43,12 +43,19 @@ def _timed(stage: str, fn: Any, *, by_step: bool = False) -> Any:
     return wrapper
 
 
+def _subclasses(cls: type) -> list[type]:
+    return [cls] + [s for sub in cls.__subclasses__() for s in _subclasses(sub)]
+
+
 def _instrument() -> None:
-    for cls in (_family.FamilyKernel, _kernels.LinearKernel, _kernels.SlerpKernel):
-        cls.reduce = _timed("reduce", cls.reduce, by_step=True)  # type: ignore[method-assign]
-        cls.end_pass = _timed("end_pass", cls.end_pass)  # type: ignore[method-assign]
-        cls.apply = _timed("apply", cls.apply)  # type: ignore[method-assign]
-        cls.apply_into = _timed("apply", cls.apply_into)  # type: ignore[method-assign]
+    """Wrap the stages of every kernel class (the methods each class defines itself, so an
+    inherited stage is timed once)."""
+    stages = {"reduce": "reduce", "end_pass": "end_pass", "apply": "apply", "apply_into": "apply"}
+    for cls in _subclasses(_kernels.Kernel):
+        for attr, stage in stages.items():
+            if attr in vars(cls):
+                wrapped = _timed(stage, vars(cls)[attr], by_step=attr == "reduce")
+                setattr(cls, attr, wrapped)
 
 
 def main() -> None:
