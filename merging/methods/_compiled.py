@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from merging.methods._numba_start import import_loops
 from merging.methods._ops import BLOCK, keep_threshold
 from merging.methods._streams import block_streams
 
@@ -121,9 +122,9 @@ def _load() -> None:
         kind = pending[0]
         try:
             if _loops is None:
-                _loops = importlib.import_module("merging.methods._jit_loops")
-                _select_loops = importlib.import_module("merging.methods._jit_select")
-                _dare_loops = importlib.import_module("merging.methods._jit_dare")
+                _loops = import_loops("merging.methods._jit_loops")
+                _select_loops = import_loops("merging.methods._jit_select")
+                _dare_loops = import_loops("merging.methods._jit_dare")
             _warm_up(*kind)
         except Exception:  # pragma: no cover - a broken numba install: torch kernels only
             logger.warning("compiled merge loops unavailable; using torch kernels", exc_info=True)

@@ -1,0 +1,49 @@
+"""One way in for every module of numba loops: `import_loops(name)`.
+
+The first call starts numba (its import, and the loading of its CPU target's typing and
+lowering registries, which every first compile or cache load does) without one of its costs:
+those registries probe for SciPy's BLAS (``import scipy.linalg.cython_blas``, about 0.25 s of
+imports holding the GIL, on the critical path of the first large tensor) to decide whether
+``np.vdot``-style inner products inside compiled code may call BLAS. None of the merge loops
+uses them (and ``np.dot`` / ``np.linalg`` probe again, lazily, where they are compiled), so
+the probe is answered "absent" while the registries load, when SciPy's linear algebra is not
+imported yet — and only then: the entry is removed right after, so that any later
+``import scipy.linalg`` works as usual.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import threading
+from types import ModuleType
+
+_PROBES = ("scipy.linalg.cython_blas", "scipy.linalg.cython_lapack")
+_lock = threading.Lock()
+_started = False
+
+
+def _start() -> None:
+    global _started
+    with _lock:
+        if _started:
+            return
+        loaded = "scipy.linalg" in sys.modules
+        blocked = [] if loaded else [p for p in _PROBES if p not in sys.modules]
+        for name in blocked:
+            sys.modules[name] = None  # type: ignore[assignment]  # "import halted": ImportError
+        try:
+            from numba.core.registry import cpu_target
+
+            cpu_target.target_context.refresh()  # the registries, loaded once per process
+        finally:
+            for name in blocked:
+                if sys.modules.get(name, False) is None:
+                    del sys.modules[name]
+        _started = True
+
+
+def import_loops(name: str) -> ModuleType:
+    """``importlib.import_module(name)`` for a module of numba loops, numba started first."""
+    _start()
+    return importlib.import_module(name)

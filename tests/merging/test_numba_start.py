@@ -1,0 +1,38 @@
+"""Starting numba for the merge loops skips SciPy's BLAS probe and leaves SciPy importable."""
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+pytest.importorskip("numba")
+
+SCRIPT = textwrap.dedent(
+    """
+    import sys
+    import numpy as np
+    from merging.methods._numba_start import import_loops
+
+    assert "scipy.linalg" not in sys.modules
+    loops = import_loops("merging.methods._jit_loops")
+    out = np.zeros(3, dtype=np.float32)
+    base = np.array([1, 2, 3], dtype=np.float32)
+    loops.magnitudes(base, np.array([2, 0, 3], dtype=np.float32), out)
+    assert out.tolist() == [1.0, 2.0, 0.0], out
+    print("scipy.linalg loaded by the start:", "scipy.linalg" in sys.modules)
+    import scipy.linalg
+    from scipy.linalg import cython_blas
+    assert cython_blas is sys.modules["scipy.linalg.cython_blas"]
+    print(float(scipy.linalg.norm(np.ones(4))))
+    """
+)
+
+
+def test_start_skips_the_blas_probe_and_scipy_still_imports():
+    done = subprocess.run(
+        [sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "scipy.linalg loaded by the start: False" in done.stdout
+    assert done.stdout.strip().endswith("2.0")
