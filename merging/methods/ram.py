@@ -20,12 +20,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from pydantic import Field
 from torch import Tensor
 
+from merging.methods import _method_loops
 from merging.methods._base import MethodParams, SourceParams, register
 from merging.methods._kernels import Kernel
+from merging.methods._method_loops import as_array
 from merging.methods._ops import RandomStream, as_float, task_vectors
 
 
@@ -165,9 +168,13 @@ def ramplus_tl(
 
 class RamKernel(Kernel):
     """``ram``: elementwise. ``ramplus_tl``: one pass counting each model's shared and unique
-    entries (integers, so the sum is exact in any order) that keeps which models contribute
-    to each element (one byte per element, up to 8 models) for the output pass, which then
-    mixes without recomputing the masks."""
+    entries (integers, so the sum is exact in any order), then the output pass.
+
+    On CPU with numba (bf16 or float32 inputs) each pass is one compiled loop per chunk
+    (`_jit_ram`) that reads the stored inputs and writes the output dtype itself, with the
+    torch path's values bit for bit. Otherwise the torch path's counting pass keeps which models
+    contribute to each element (one byte per element, up to 8 models) for the output pass, which
+    then mixes without recomputing the masks."""
 
     def __init__(self, params: RamParams, count: int, *, plus: bool) -> None:
         super().__init__()
@@ -178,15 +185,35 @@ class RamKernel(Kernel):
         self.plus = plus
         self.lambdas: list[float] | None = None
         self.codes: dict[int, Tensor] = {}  # offset → contributing models, a bit each
+        self.fast = False  # the compiled loops (set by `prepare`)
+
+    def prepare(self, base: Tensor | None, inputs: Sequence[Tensor]) -> None:
+        assert base is not None
+        self.fast = _method_loops.takes([base, *inputs], self.dtype)
+        if self.fast:  # counts and outputs do not depend on the chunking
+            self.raw_inputs, self.max_chunk = True, 1 << 22
+
+    def _lambdas(self, count: int) -> np.ndarray:
+        return np.asarray(self.lambdas or [1.0] * count, dtype=np.float32)
 
     def reduce(self, step: int, base: Tensor | None, inputs: Sequence[Tensor], offset: int) -> None:
         assert base is not None
+        if self.fast:
+            shared, unique = np.zeros((2, len(inputs)), dtype=np.int64)
+            _method_loops.loops("_jit_ram").ram_counts(
+                as_array(base), tuple(as_array(x) for x in inputs),
+                np.float32(self.params.epsilon), shared, unique,
+            )  # fmt: skip
+            with self.lock:
+                self.shared = [a + int(b) for a, b in zip(self.shared, shared, strict=True)]
+                self.unique = [a + int(b) for a, b in zip(self.unique, unique, strict=True)]
+            return
         masks, counts = contributions(task_vectors(base, inputs), self.params.epsilon)
-        shared, unique = contribution_counts(masks, counts)
+        shared_counts, unique_counts = contribution_counts(masks, counts)
         code = encode(masks) if len(masks) <= 8 else None
         with self.lock:
-            self.shared = [a + b for a, b in zip(self.shared, shared, strict=True)]
-            self.unique = [a + b for a, b in zip(self.unique, unique, strict=True)]
+            self.shared = [a + b for a, b in zip(self.shared, shared_counts, strict=True)]
+            self.unique = [a + b for a, b in zip(self.unique, unique_counts, strict=True)]
             if code is not None:
                 self.codes[offset] = code
 
@@ -194,8 +221,27 @@ class RamKernel(Kernel):
         assert isinstance(self.params, RamPlusParams)
         self.lambdas = ramplus_lambdas(self.shared, self.unique, self.params)
 
+    def _mix_into(self, base: Tensor, inputs: Sequence[Tensor], out: Tensor) -> None:
+        _method_loops.loops("_jit_ram").ram_apply(
+            as_array(base), tuple(as_array(x) for x in inputs), np.float32(self.params.epsilon),
+            self.plus, self._lambdas(len(inputs)), as_array(out),
+        )  # fmt: skip
+
+    def apply_into(
+        self, base: Tensor | None, inputs: Sequence[Tensor], offset: int, out: Tensor
+    ) -> bool:
+        if not self.fast or out.dtype not in _method_loops.STORED or not out.is_contiguous():
+            return False
+        assert base is not None
+        self._mix_into(base, inputs, out)
+        return True
+
     def apply(self, base: Tensor | None, inputs: Sequence[Tensor], offset: int) -> Tensor:
         assert base is not None
+        if self.fast:
+            out = torch.empty(base.numel(), dtype=torch.float32)
+            self._mix_into(base, inputs, out)
+            return out
         with self.lock:
             code = self.codes.pop(offset, None)
         known = None if code is None else decode(code, len(inputs))

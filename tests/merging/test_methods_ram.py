@@ -7,9 +7,11 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
+from merging.methods import _compiled
 from merging.methods.ram import contributions, decode, encode
 from tests.merging.kernel_helpers import chunked, pure
 from tests.merging.method_helpers import GRID, SETTINGS, models
+from tests.merging.stored_kernel import same_bits, stored_kernel
 
 
 def test_ram_keeps_unique_changes_and_averages_shared_ones():
@@ -77,3 +79,32 @@ def test_ramplus_kernel_with_kept_bytes_is_the_function_bit_for_bit(count):
     expected = pure("ramplus_tl", base, inputs, r=0.3, alpha=0.9)
     got = chunked("ramplus_tl", base, inputs, chunk=101, threads=3, r=0.3, alpha=0.9)
     assert torch.equal(got, expected)
+
+
+def _stored_models(count: int, seed: int, shape=(37, 129)):
+    """bf16 fine-tunes of a bf16 base: small changes, exact zeros and changes near ε."""
+    torch.manual_seed(seed)
+    base = (0.02 * torch.randn(shape)).bfloat16()
+    inputs = []
+    for _ in range(count):
+        change = 0.002 * torch.randn(shape)
+        change = torch.where(torch.rand(shape) < 0.3, 0.0, change)
+        change = torch.where(torch.rand(shape) < 0.05, 1e-5 * torch.randn(shape), change)
+        inputs.append((base.float() + change).bfloat16())
+    return base, inputs
+
+
+@pytest.mark.skipif(not _compiled.available, reason="numba missing or HUBMERGE_NO_JIT set")
+@pytest.mark.parametrize("name", ["ram", "ramplus_tl"])
+@pytest.mark.parametrize("count", [1, 2, 3, 9])
+@pytest.mark.parametrize("out_dtype", [torch.bfloat16, torch.float32])
+def test_compiled_loops_equal_the_torch_path(monkeypatch, name, count, out_dtype):
+    base, inputs = _stored_models(count, count)
+    extra = {"r": 0.3, "alpha": 0.9} if name == "ramplus_tl" else {}
+    expected = stored_kernel(name, base, inputs, compiled=False, monkeypatch=monkeypatch,
+                             out_dtype=out_dtype, epsilon=1e-5, **extra)  # fmt: skip
+    for chunk, threads in ((1 << 18, None), (1000, 3), (4096, 2)):  # chunking changes nothing
+        got = stored_kernel(name, base, inputs, compiled=True, monkeypatch=monkeypatch,
+                            chunk=chunk, threads=threads, out_dtype=out_dtype, epsilon=1e-5,
+                            **extra)  # fmt: skip
+        assert same_bits(got, expected)

@@ -1,0 +1,64 @@
+"""Lazy access to the compiled loops of single methods (`_jit_ram`, `_jit_sce`).
+
+`loops` answers the loop module for a kernel's chunks, or ``None`` where the torch path runs
+instead: numba missing or ``HUBMERGE_NO_JIT=1`` (as for `_compiled`), a chunk off the CPU, a
+compute dtype other than float32, or stored inputs that are neither bf16 nor float32. The
+module is imported the first time a kernel asks (importing numba and loading the cached machine
+code takes a second or so; ``python -m merging.warm_loops`` compiles it ahead of time).
+"""
+
+from __future__ import annotations
+
+import importlib
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from merging.methods import _compiled
+
+_lock = threading.Lock()
+_modules: dict[str, Any] = {}
+STORED = (torch.bfloat16, torch.float32)
+
+
+def takes(tensors: Sequence[Tensor], dtype: torch.dtype) -> bool:
+    """Whether compiled loops can read these whole flat tensors (CPU, contiguous, bf16 or
+    float32, the inputs in one dtype) for float32 compute."""
+    return (
+        _compiled.available
+        and dtype == torch.float32
+        and all(t.device.type == "cpu" and t.is_contiguous() for t in tensors)
+        and all(t.dtype in STORED for t in tensors)
+        and len({t.dtype for t in tensors[1:]}) <= 1
+    )
+
+
+def loops(name: str) -> Any:
+    """The loop module ``merging.methods.<name>``, imported once."""
+    module = _modules.get(name)
+    if module is None:
+        with _lock:
+            module = _modules.get(name)
+            if module is None:
+                module = _modules[name] = importlib.import_module(f"merging.methods.{name}")
+    return module
+
+
+def as_array(x: Tensor) -> np.ndarray:
+    """A CPU chunk as the array the loops read: bf16 as its uint16 bit patterns."""
+    if x.dtype == torch.bfloat16:
+        return x.view(torch.int16).numpy().view(np.uint16)
+    return x.numpy()
+
+
+MODULES = ("_jit_ram",)
+
+
+def warm_up() -> None:
+    """Compile (or load from numba's cache) every module's loops (`merging.warm_loops`)."""
+    for name in MODULES:
+        loops(name).warm_up()
