@@ -15,9 +15,10 @@ genome into a copy of the user's recipe, so every candidate is an ordinary recip
 The number of genes follows the budget (about one gene per 8 candidates): a small budget
 searches ``lambda`` (and a global density) only, a larger one per-model weights and
 densities, the next per-model weights for two layer groups (a two-point gradient,
-early → late layers, interpolated across the layer stack as recipes do), and the largest
-those weights for attention and MLP tensors apart (``{filter, value}`` entries; the other
-tensors take their mean).
+early → late layers, interpolated across the layer stack as recipes do), then those weights
+for attention and MLP tensors apart (``{filter, value}`` entries; the other tensors take
+their mean), then the other tensors (embeddings, norms, the output head) with a weight of
+their own, and the largest four layer groups (a four-point gradient) of those three parts.
 
 >>> from merging import load_recipe
 >>> space = space_from_recipe(load_recipe("examples/ties.yaml"), budget=32)  # doctest: +SKIP
@@ -41,7 +42,10 @@ DENSITY_BOUNDS = (0.1, 1.0)
 UNIT = (0.0, 1.0)
 DECIMALS = 4  # genomes are rounded to this many decimals (the memo key; what is decoded)
 GENES_PER_BUDGET = 8
+RICHER = ((2, 2), (2, 3), (4, 3))  # (layer groups, parts) of the richest weight layouts
 PARTS = ("attn", "mlp")  # tensor-name filters of the attention / MLP parts (Llama, GPT-2, …)
+REST = "rest"  # the third part: every tensor neither filter matches (embeddings, norms, head)
+GROUP_NAMES = {1: ("",), 2: ("@early", "@late")}  # more groups: @g0, @g1, …
 
 
 @dataclass(frozen=True)
@@ -64,8 +68,8 @@ class Layout:
     lambda_: bool = False
     density: Literal["none", "global", "per_model"] = "none"
     t: bool = False
-    groups: int = 1  # 1: one value per parameter; 2: early / late layer groups
-    parts: int = 1  # 1: one weight per model; 2: attention / MLP tensors apart (filters)
+    groups: int = 1  # 1: one value per parameter; 2: early / late; k: a k-point gradient
+    parts: int = 1  # 1: one weight per model; 2: attention / MLP apart (filters); 3: + the rest
 
 
 def stick_breaking(genes: Sequence[float]) -> list[float]:
@@ -115,10 +119,12 @@ class SearchSpace:
                 for j in self.positions]  # fmt: skip
 
     def _suffixes(self) -> list[str]:
-        return [""] if self.layout.groups == 1 else ["@early", "@late"]
+        groups = self.layout.groups
+        return list(GROUP_NAMES.get(groups, [f"@g{k}" for k in range(groups)]))
 
     def _parts(self) -> list[str]:
-        return [""] if self.layout.parts == 1 else [f"@{p}" for p in PARTS]
+        names = [*PARTS, REST][: self.layout.parts] if self.layout.parts > 1 else []
+        return [f"@{p}" for p in names] or [""]
 
     def _genes(self) -> list[Gene]:
         n, layout, genes = len(self.positions), self.layout, []
@@ -195,8 +201,12 @@ class SearchSpace:
                 if len(parts) == 1:
                     models[j]["parameters"]["weight"] = parts[0]
                     continue
-                rest = ([(x + y) / 2 for x, y in zip(*parts, strict=True)]
-                        if isinstance(parts[0], list) else (parts[0] + parts[1]) / 2)  # fmt: skip
+                if len(parts) == 3:
+                    rest = parts.pop()
+                elif isinstance(parts[0], list):  # the other tensors take the parts' mean
+                    rest = [(x + y) / 2 for x, y in zip(*parts, strict=True)]
+                else:
+                    rest = (parts[0] + parts[1]) / 2
                 models[j]["parameters"]["weight"] = [
                     *({"filter": f, "value": v} for f, v in zip(PARTS, parts, strict=True)),
                     {"value": rest}]  # fmt: skip
@@ -245,8 +255,7 @@ class SearchSpace:
         if layout.weights != "none":
             weights = [self._weight(recipe, i, j) for i, j in enumerate(self.positions)]
             for g, suffix in enumerate(groups):
-                column = [w[min(g, len(w) - 1)] if len(groups) == 2 else (w[0] + w[-1]) / 2
-                          for w in weights]  # fmt: skip
+                column = [_at(w, g, len(groups)) for w in weights]
                 if layout.weights == "simplex":
                     genes = inverse_stick_breaking(column)
                     if genes is None:
@@ -262,8 +271,7 @@ class SearchSpace:
         if layout.t:
             t = _gradient(recipe.parameters.get("t", 0.5))
             for g, suffix in enumerate(groups):
-                both = (t[0] + t[-1]) / 2
-                values[f"t{suffix}"] = t[min(g, len(t) - 1)] if len(groups) == 2 else both
+                values[f"t{suffix}"] = _at(t, g, len(groups))
         if layout.lambda_:
             values["lambda"] = lam
         if layout.density != "none":
@@ -306,6 +314,14 @@ def _gradient(value: Any) -> list[float]:
     return [_number(value)]
 
 
+def _at(gradient: list[float], group: int, groups: int) -> float:
+    """A two-point gradient's value for layer group `group` of `groups` (one group: the
+    mean)."""
+    if groups == 1:
+        return (gradient[0] + gradient[-1]) / 2
+    return gradient[0] + (gradient[-1] - gradient[0]) * group / (groups - 1)
+
+
 def _default(method: Any, name: str, fallback: float) -> float:
     field = method.params.model_fields.get(name)
     return float(field.default) if field is not None and not field.is_required() else fallback
@@ -339,11 +355,12 @@ def layouts(recipe: Recipe) -> list[Layout]:
             out += [Layout(weights="free", lambda_=normalized, density="global"),
                     Layout(weights="free", lambda_=normalized, density="per_model"),
                     Layout(weights="free", lambda_=normalized, density="per_model", groups=2),
-                    Layout(weights="free", lambda_=normalized, density="per_model", groups=2,
-                           parts=2)]  # fmt: skip
+                    *(Layout(weights="free", lambda_=normalized, density="per_model",
+                             groups=groups, parts=parts) for groups, parts in RICHER)]  # fmt: skip
         else:
             out += [Layout(weights="free", lambda_=normalized, groups=2),
-                    Layout(weights="free", lambda_=normalized, groups=2, parts=2)]
+                    *(Layout(weights="free", lambda_=normalized, groups=groups, parts=parts)
+                      for groups, parts in RICHER)]  # fmt: skip
         return out
     if "weight" in source_fields and len(recipe.models) > 1 and method.max_inputs != 0:
         return [Layout(weights="free")]

@@ -114,7 +114,7 @@ def test_the_largest_space_weighs_attention_and_mlp_apart():
     from merging.methods import resolve_params
 
     recipe = _recipe("ties", n=2, density=0.5)
-    space = space_from_recipe(recipe, budget=200)
+    space = space_from_recipe(recipe, budget=88)  # 11 genes
     names = [g.name for g in space.genes]
     assert space.layout.parts == 2
     assert names[:4] == ["weight[0]@early@attn", "weight[1]@early@attn",
@@ -133,6 +133,41 @@ def test_the_largest_space_weighs_attention_and_mlp_apart():
     assert weight_of("model.norm.weight", 0.0) == pytest.approx(0.2)  # the parts' mean
     assert space.encode(decoded) is None  # filtered weights are not read back
     assert space.encode(recipe) is not None  # the scalar start recipe is
+
+
+def test_richer_spaces_give_the_other_tensors_and_four_layer_groups_their_own_weights():
+    from merging import get_method
+    from merging.methods import resolve_params
+
+    recipe = _recipe("task_arithmetic", n=2)
+    three = space_from_recipe(recipe, budget=12 * 8)  # 2 groups x 3 parts x 2 models
+    assert (three.layout.groups, three.layout.parts, len(three)) == (2, 3, 12)
+    four = space_from_recipe(recipe, budget=24 * 8)
+    assert (four.layout.groups, four.layout.parts, len(four)) == (4, 3, 24)
+    names = [g.name for g in four.genes]
+    assert names[:3] == ["weight[0]@g0@attn", "weight[1]@g0@attn", "weight[0]@g0@mlp"]
+    assert "weight[1]@g3@rest" in names
+    genome = [0.05 * (k + 1) for k in range(len(names))]
+    decoded = four.decode(genome)
+    method = get_method("task_arithmetic")
+    value = dict(zip(names, genome, strict=True))
+
+    def weight_of(tensor: str, t: float) -> float:
+        _, per_source = resolve_params(method, decoded, decoded.inputs(), tensor, t)
+        return per_source[1].weight
+
+    for group in range(4):  # a four-point gradient: layer group k of 4 at t = k / 3
+        t = group / 3
+        assert weight_of("model.layers.1.self_attn.q_proj.weight", t) == pytest.approx(
+            value[f"weight[1]@g{group}@attn"])  # fmt: skip
+        assert weight_of("model.layers.1.mlp.up_proj.weight", t) == pytest.approx(
+            value[f"weight[1]@g{group}@mlp"])  # fmt: skip
+        assert weight_of("model.layers.1.input_layernorm.weight", t) == pytest.approx(
+            value[f"weight[1]@g{group}@rest"])  # its own, not the parts' mean  # fmt: skip
+    assert weight_of("lm_head.weight", 0.0) == pytest.approx(value["weight[1]@g0@rest"])
+    start = four.encode(recipe)  # a scalar weight reads back into every group and part
+    assert start is not None
+    assert set(start) == {1.0}
 
 
 def _merged(recipe):
