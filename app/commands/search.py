@@ -1,4 +1,5 @@
-"""``hubmerge search RECIPE --examples F.jsonl -o OUT``: find the recipe's parameters by
+"""``hubmerge search RECIPE --examples F.jsonl -o OUT`` (or ``--tasks T --limit N`` without
+``--examples``: the tasks' documents are the examples): find the recipe's parameters by
 scoring candidates in memory, then merge the winner (see `app.search`)."""
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
         "search", help="search a recipe's weights / densities / λ on examples, merge the best"
     )
     p.add_argument("recipe", help="starting recipe YAML (its method and models set the space)")
-    p.add_argument("--examples", required=True,
-                   help='selection examples, JSON lines {"input": …, "output": …}')  # fmt: skip
+    p.add_argument("--examples",
+                   help='selection examples, JSON lines {"input": …, "output": …} (without: '
+                        "the documents of --tasks, --limit of each)")  # fmt: skip
     p.add_argument("--test", help="held-out examples: reported, never used to choose")
     p.add_argument("-o", "--output", required=True, help="output folder of the best merge")
     p.add_argument("--budget", type=int, default=32,
@@ -37,7 +39,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
         "harness re-scoring", "after the search, the top candidates and your recipe are scored "
         "by lm-evaluation-harness, in memory")  # fmt: skip
     harness.add_argument("--tasks", help="harness tasks (comma-separated) or a suite name; "
-                         "the best score on them chooses the winner")  # fmt: skip
+                         "the best score on them chooses the winner; without --examples "
+                         "their documents are the selection examples too")  # fmt: skip
     harness.add_argument("--limit", type=int, help="items per task of --tasks (default: all)")
     harness.add_argument("--rescore", type=int, default=3,
                          help="how many of the best distinct candidates to re-score")  # fmt: skip
@@ -71,10 +74,12 @@ def run(args: argparse.Namespace) -> int:
         raise SearchError("--limit applies to --tasks; name the tasks")
     if args.guard_limit is not None and not args.guard:
         raise SearchError("--guard-limit applies to --guard; name the guard")
+    if not args.examples and not args.tasks:
+        raise SearchError("give --examples, or --tasks (with --limit) to take them from")
     tasks = resolve_tasks(args.tasks, args.limit) if args.tasks else None
     guard = resolve_tasks(args.guard, args.guard_limit) if args.guard else None
     recipe = load_recipe(args.recipe)
-    examples = load_search_examples(args.examples)
+    examples = load_search_examples(args.examples) if args.examples else None
     test = load_search_examples(args.test) if args.test else None
     update, close = tqdm_progress()
     try:

@@ -149,7 +149,7 @@ def pin_recipe(recipe: Recipe, *, token: str | None, endpoint: str | None) -> Re
 
 def search(
     recipe: Recipe,
-    examples: Sequence[Any],
+    examples: Sequence[Any] | None,
     *,
     budget: int = 32,
     seed: int = 0,
@@ -174,7 +174,8 @@ def search(
 
     Args:
         recipe (`Recipe`): the starting recipe; its method and models define the space.
-        examples: selection examples (``{"input", "output"}`` rows or `Example`s).
+        examples: selection examples (``{"input", "output"}`` rows or `Example`s); `None`
+            or empty: the documents of `tasks` (`app.search.tasks.examples_from_tasks`).
         budget (`int`): candidates in all, the initial ones included; exact.
         seed (`int`): seeds the optimiser (same seed, same candidates, in process).
         timeout (`float`, *optional*): seconds after which no new candidate is asked.
@@ -198,10 +199,10 @@ def search(
         `SearchError`: nothing to search, no examples, a backend failure.
     """
     from app.search.evaluator import higher_is_better
-    from app.search.tasks import split_tasks
+    from app.search.tasks import selection_rows, split_tasks
 
     started = time.perf_counter()
-    rows = list(examples)
+    rows = selection_rows(examples, tasks)
     if not split_tasks(rows)[0]:
         raise SearchError("the search needs at least one example")
     # imported here, so that their import (cmaes pulls in scipy.stats: seconds) counts as
@@ -257,7 +258,7 @@ def search(
 
 def search_and_merge(
     recipe: Recipe,
-    examples: Sequence[Any],
+    examples: Sequence[Any] | None,
     output: str | Path,
     *,
     test: Sequence[Any] | None = None,
@@ -274,6 +275,9 @@ def search_and_merge(
     Raises:
         `SearchError`: the written merge does not reproduce the in-memory score.
     """
+    from app.search.tasks import selection_rows
+
+    examples = selection_rows(examples, options.get("tasks"))
     result = search(recipe, examples, **options)
     if result.stopped == "cancelled":
         return result

@@ -10,6 +10,11 @@ scores a merge by the task that lost most of its gain::
 where loss_t is the mean output-token loss on task t's examples, "best input" is the input
 model (alone) that scores best on t (its specialist) and "base" the recipe's base model. The
 references are measured once, on the same examples, before the search starts.
+
+Examples come from a file (`load_search_examples`) or, with harness tasks and no file, from
+the tasks' own documents (`examples_from_tasks`: the items the harness scores with that
+``--limit``, each tagged with its task), so the in-memory loss is the inner loop's fitness
+and lm-eval only re-scores the top candidates afterwards.
 """
 
 from __future__ import annotations
@@ -18,9 +23,12 @@ import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from app.search.errors import SearchError
+
+if TYPE_CHECKING:
+    from app.search.rescore import TaskSpec
 
 TASK_KEY = "task"
 
@@ -58,6 +66,35 @@ def load_search_examples(path: str | Path) -> list[dict[str, Any]]:
         raise SearchError(f"{path} holds no examples")
     split_tasks(rows)  # validates every row
     return rows
+
+
+def examples_from_tasks(spec: TaskSpec) -> list[dict[str, Any]]:
+    """The documents the harness scores for `spec` (the first ``limit`` of each task, its
+    prompt and few-shot context, seeded as the re-scoring runs it) as selection examples
+    tagged with their task (`evaluation.task_examples`); the harness itself is not run."""
+    from evaluation.harness import EvalOptions
+    from evaluation.suites import DEFAULT_SEED
+    from evaluation.task_examples import task_examples
+
+    options = EvalOptions(tasks=spec.tasks, limit=spec.limit, seed=DEFAULT_SEED,
+                          num_fewshot=spec.num_fewshot)  # fmt: skip
+    return task_examples(options)
+
+
+def selection_rows(examples: Iterable[Any] | None, tasks: TaskSpec | None) -> list[Any]:
+    """The search's selection examples: `examples` when given, else the documents of the
+    harness `tasks`.
+
+    Raises:
+        `SearchError`: neither.
+    """
+    rows = list(examples) if examples is not None else []
+    if rows:
+        return rows
+    if tasks is None:
+        raise SearchError("the search needs selection examples, or harness tasks to take "
+                          "them from (--tasks with --limit)")  # fmt: skip
+    return examples_from_tasks(tasks)
 
 
 def task_losses(scorer: Any, rows: Sequence[Any], tasks: Sequence[str]) -> dict[str, float]:

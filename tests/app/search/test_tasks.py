@@ -77,3 +77,48 @@ def test_tasks_on_some_examples_only_is_an_error():
     rows = [{"input": "a", "output": " b", "task": "x"}, {"input": "c", "output": " d"}]
     with pytest.raises(SearchError, match="every example"):
         split_tasks(rows)
+
+
+def test_harness_tasks_give_the_examples_and_lm_eval_only_rescores(tagged, monkeypatch):
+    """``--tasks`` without examples: the selection examples are the tasks' documents, the
+    inner loop scores them in memory, and lm-eval runs only for the re-scored candidates."""
+    import evaluation.harness as harness
+    from app.search import examples_hash, search
+    from app.search.rescore import TaskSpec
+    from app.search.tasks import examples_from_tasks
+    from merging import load_recipe
+
+    recipe, _, _, models = tagged
+    runs: list[int] = []
+    real = harness.run_harness
+    monkeypatch.setattr(harness, "run_harness",
+                        lambda *a, **k: runs.append(1) or real(*a, **k))  # fmt: skip
+    spec = TaskSpec(("hubmerge_demo_math",), 12)
+    during: list[int] = []
+    result = search(recipe, None, tasks=spec, budget=10, seed=0, max_genes=2, rescore=2,
+                    on_candidate=lambda c, state: during.append(len(runs)))  # fmt: skip
+    expected = examples_from_tasks(spec)
+    assert [r["input"] for r in expected[:2]] == ["double 0 is", "double 1 is"]
+    assert (result.examples, result.examples_hash) == (12, examples_hash(expected))
+    assert len(during) == 10
+    assert set(during) == {0}  # no harness run inside the loop
+    assert len(runs) == len(result.rescored.rescored) == 3  # the best 2 and your recipe
+    weights = {s.model: s.parameters["weight"] for s in load_recipe(result.best.recipe).models}
+    assert weights[models["tiny-math"]] > weights[models["tiny-animals"]]  # math examples
+
+
+def test_search_cli_takes_examples_from_tasks(tagged, tmp_path, capsys):
+    from app.cli import main
+
+    recipe, *_ = tagged
+    (tmp_path / "r.yaml").write_text(recipe.to_yaml())
+    assert main(["search", str(tmp_path / "r.yaml"), "-o", str(tmp_path / "none")]) != 0
+    assert "give --examples, or --tasks" in capsys.readouterr().err
+    code = main(["search", str(tmp_path / "r.yaml"), "--tasks", "hubmerge_demo_math",
+                 "--limit", "8", "--budget", "6", "--genes", "2", "--rescore", "1",
+                 "-o", str(tmp_path / "out")])  # fmt: skip
+    assert code == 0
+    record = json.loads((tmp_path / "out" / "search.json").read_text())
+    assert record["examples"] == 8
+    assert record["rescore"]["tasks"] == {"tasks": ["hubmerge_demo_math"], "limit": 8,
+                                          "num_fewshot": None}  # fmt: skip
