@@ -176,8 +176,15 @@ def results_to_model_result(
     return ModelResult(label=label, path=path, results=tuple(rows))
 
 
-def run_harness(lm: LM, options: EvalOptions, *, task_manager: TaskManager | None = None) -> dict:
-    """`lm_eval.simple_evaluate` on a built LM with `options`' tasks, items and seeds."""
+def run_harness(
+    lm: LM,
+    options: EvalOptions,
+    *,
+    task_manager: TaskManager | None = None,
+    log_samples: bool = False,
+) -> dict:
+    """`lm_eval.simple_evaluate` on a built LM with `options`' tasks, items and seeds;
+    `log_samples` keeps every document's metrics under ``results["samples"]`` (paired tests)."""
     import lm_eval
 
     manager = task_manager if task_manager is not None else build_task_manager(options)
@@ -188,7 +195,7 @@ def run_harness(lm: LM, options: EvalOptions, *, task_manager: TaskManager | Non
             num_fewshot=options.num_fewshot,
             limit=options.limit,
             task_manager=manager,
-            log_samples=False,
+            log_samples=log_samples,
             bootstrap_iters=1000,
             random_seed=options.seed,
             numpy_random_seed=options.seed,

@@ -82,19 +82,23 @@ def rescore_section(rescored: RescoreResult) -> list[str]:
         lines.append(f"- Damage guard: {_spec(rescored.guard)}; reference: "
                      f"{'the base model' if rescored.guard_reference == 'base' else 'your recipe'}"
                      f" at {_score(rescored.reference)}; a candidate more than {GUARD_SES:g} "
-                     "standard errors below it is not chosen")  # fmt: skip
+                     "standard errors below it is not chosen (the standard error of the "
+                     "per-document differences on the same documents where the harness "
+                     "logged them: paired; else the reference's)")  # fmt: skip
         excluded = [str(r.index) for r in rescored.rescored if r.excluded]
         lines.append(f"- Excluded by the guard: {', '.join(excluded) if excluded else 'none'}")
     if rescored.fallback:
         lines.append("- The guard excluded every re-scored candidate; the least damaging won")
-    lines += ["", "| # | origin | selection | tasks | guard | guard drop | chosen |",
-              "|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines += ["", "| # | origin | selection | tasks | guard | guard drop | SE used | chosen |",
+              "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in rescored.rescored:
         drop = "–" if r.guard_drop is None else f"{r.guard_drop:.4f}"
+        se = "–" if r.guard_stderr is None else (
+            f"{r.guard_stderr:.4f}" + (" (paired)" if r.paired else ""))  # fmt: skip
         chosen = "**winner**" if r.index == rescored.winner else (
             "excluded" if r.excluded else "")  # fmt: skip
         lines.append(f"| {r.index} | {r.origin} | {_fmt(r.selection)} | {_score(r.tasks)} | "
-                     f"{_score(r.guard)} | {drop} | {chosen} |")  # fmt: skip
+                     f"{_score(r.guard)} | {drop} | {se} | {chosen} |")  # fmt: skip
     return lines
 
 

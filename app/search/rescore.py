@@ -9,12 +9,11 @@ resident model in place (nothing goes to disk), by lm-evaluation-harness:
 * on ``--guard`` (``mmlu``: the offline MMLU of `evaluation.ensure_mmlu`, a suite name, or
   harness tasks; ``--guard-limit`` items each): a candidate whose guard score is more than
   two standard errors below the reference's is not chosen. The reference is the user's
-  recipe (default) or the base model alone; the standard error is the harness's for the
-  reference's score on the same items.
+  recipe (default) or the base model alone; both run on the same documents, and the
+  standard error is that of the per-document differences (a paired test, `app.search.guard`;
+  the harness logs its samples for it), or the reference's own where those are not known.
 
-A task's score is the first metric the harness reports for it (``acc`` for MMLU,
-``exact_match`` for the demo skills); several tasks are averaged, with the standard error
-``sqrt(Σ se²) / n``.
+A task's score is the first metric the harness reports for it (`app.search.guard`).
 """
 
 from __future__ import annotations
@@ -22,36 +21,29 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from app.search.errors import SearchError
+from app.search.guard import (
+    GUARD_SES,
+    HarnessScore,
+    guard_drop,
+    guard_excludes,
+    guard_stderr,
+    harness_score,
+)
 from evaluation.suites import DEFAULT_SEED
+
+__all__ = ["GUARD_SES", "HarnessScore", "guard_drop", "guard_excludes", "harness_score"]
 
 logger = logging.getLogger(__name__)
 
-GUARD_SES = 2.0  # a drop of more than this many standard errors excludes a candidate
 DEFAULT_RESCORE = 3
 GUARD_REFERENCES = ("recipe", "base")
 # named guards: the offline MMLU (all 57 subjects, 5 questions each unless --guard-limit)
 ALIASES: dict[str, tuple[tuple[str, ...], int | None]] = {"mmlu": (("hubmerge_mmlu",), 5)}
-
-
-@dataclass(frozen=True)
-class HarnessScore:
-    """One model's score on a set of harness tasks (and each task's own)."""
-
-    score: float
-    stderr: float | None
-    higher_is_better: bool
-    tasks: dict[str, dict[str, Any]]  # task -> {"metric", "value", "stderr"}
-    seconds: float = 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"score": self.score, "stderr": self.stderr,
-                "higher_is_better": self.higher_is_better, "tasks": self.tasks,
-                "seconds": round(self.seconds, 3)}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -94,75 +86,6 @@ def check_tasks(spec: TaskSpec) -> None:
     build_task_manager(EvalOptions(tasks=spec.tasks, limit=spec.limit))
 
 
-def harness_score(results: Mapping[str, Any], tasks: Sequence[str], *,
-                  seconds: float = 0.0) -> HarnessScore:  # fmt: skip
-    """The score of `simple_evaluate`'s `results` on the named `tasks` (or groups)."""
-    rows: dict[str, dict[str, Any]] = {}
-    directions = set()
-    for task in tasks:
-        metrics = results.get("results", {}).get(task)
-        if not metrics:
-            raise SearchError(f"the harness reported nothing for {task!r} (a tag? name its "
-                              "tasks or a group with an aggregate)")  # fmt: skip
-        key = next((k for k, v in metrics.items() if "," in k and "_stderr," not in k
-                    and _finite(v) is not None), None)  # fmt: skip
-        if key is None:
-            raise SearchError(f"the harness reported no metric for {task!r}")
-        metric, filter_ = key.split(",", 1)
-        higher = _higher_is_better(results, task, metric)
-        directions.add(higher)
-        rows[task] = {"metric": metric, "filter": filter_, "value": float(metrics[key]),
-                      "stderr": _finite(metrics.get(f"{metric}_stderr,{filter_}"))}  # fmt: skip
-    if len(directions) > 1:
-        raise SearchError("the tasks' metrics disagree on whether higher is better; "
-                          "re-score on tasks of one kind")  # fmt: skip
-    values = [row["value"] for row in rows.values()]
-    errors = [row["stderr"] for row in rows.values()]
-    stderr = None if None in errors else math.sqrt(sum(e * e for e in errors)) / len(errors)
-    return HarnessScore(sum(values) / len(values), stderr, directions.pop(), rows, seconds)
-
-
-def _finite(value: Any) -> float | None:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
-
-
-def _higher_is_better(results: Mapping[str, Any], task: str, metric: str) -> bool:
-    value = results.get("higher_is_better", {}).get(task, {}).get(metric)
-    if value is None:  # groups: the first subtask that says
-        for flags in results.get("higher_is_better", {}).values():
-            if metric in flags:
-                return bool(flags[metric])
-        return True
-    return bool(value)
-
-
-def guard_drop(reference: HarnessScore, candidate: HarnessScore) -> float:
-    """How much worse `candidate` is than `reference` (positive: worse)."""
-    difference = reference.score - candidate.score
-    return difference if reference.higher_is_better else -difference
-
-
-def guard_excludes(reference: HarnessScore, candidate: HarnessScore, *,
-                   ses: float = GUARD_SES) -> bool:  # fmt: skip
-    """Whether `candidate` drops the guard by more than `ses` of the reference's standard
-    errors (a reference without a standard error cannot guard).
-
-    >>> ref = HarnessScore(0.40, 0.02, True, {})
-    >>> guard_excludes(ref, HarnessScore(0.37, 0.02, True, {}))
-    False
-    >>> guard_excludes(ref, HarnessScore(0.35, 0.02, True, {}))
-    True
-    """
-    if reference.stderr is None:
-        raise SearchError("the guard's harness run reports no standard error; raise "
-                          "--guard-limit (or guard on a task with several items)")  # fmt: skip
-    return guard_drop(reference, candidate) > ses * reference.stderr
-
-
 @dataclass
 class Rescored:
     """One re-scored candidate: its selection rank and score, harness and guard scores."""
@@ -174,13 +97,16 @@ class Rescored:
     tasks: HarnessScore | None = None
     guard: HarnessScore | None = None
     guard_drop: float | None = None
+    guard_stderr: float | None = None  # the standard error the guard compared the drop with
+    paired: bool = False  # ... that of the per-document differences (else the reference's)
     excluded: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {"index": self.index, "origin": self.origin, "selection": self.selection,
                 "rank": self.rank, "tasks": self.tasks.to_dict() if self.tasks else None,
                 "guard": self.guard.to_dict() if self.guard else None,
-                "guard_drop": self.guard_drop, "excluded": self.excluded}  # fmt: skip
+                "guard_drop": self.guard_drop, "guard_stderr": self.guard_stderr,
+                "paired": self.paired, "excluded": self.excluded}  # fmt: skip
 
 
 def top_candidates(candidates: Sequence[Any], k: int, *, higher_is_better: bool) -> list[Any]:
@@ -277,7 +203,7 @@ class HarnessRunner:
         level = harness_log.level
         harness_log.setLevel(max(level, logging.WARNING))
         try:
-            results = run_harness(self.lm, options, task_manager=manager)
+            results = run_harness(self.lm, options, task_manager=manager, log_samples=True)
         finally:
             harness_log.setLevel(level)
         return harness_score(results, spec.tasks, seconds=time.perf_counter() - started)
@@ -337,6 +263,7 @@ def rescore(
             if item.guard is None:
                 item.guard = runner.score(recipe, guard)
             item.guard_drop = guard_drop(out.reference, item.guard)
+            item.guard_stderr, item.paired = guard_stderr(out.reference, item.guard)
             item.excluded = guard_excludes(out.reference, item.guard)
         logger.info("re-scored candidate %d (%s): tasks %s, guard %s%s", item.index,
                     item.origin, _short(item.tasks), _short(item.guard),
@@ -363,6 +290,9 @@ def summary_lines(rescored: RescoreResult) -> list[str]:
         lines.append(f"guard reference ({rescored.guard_reference}): {_short(rescored.reference)}")
     for item in rescored.rescored:
         flag = "  EXCLUDED by the guard" if item.excluded else ""
+        if item.guard_stderr is not None:
+            flag = (f", drop {item.guard_drop:.4f} vs 2 x SE {item.guard_stderr:.4f}"
+                    f"{' (paired)' if item.paired else ''}{flag}")  # fmt: skip
         lines.append(f"re-scored candidate {item.index} ({item.origin}): tasks "
                      f"{_short(item.tasks)}, guard {_short(item.guard)}{flag}")  # fmt: skip
     if rescored.fallback:

@@ -142,8 +142,15 @@ def test_the_guard_keeps_a_merge_that_forgets_a_skill_from_winning(zoo, tmp_path
     assert top.index == result.state.best.index  # the best selection score ...
     assert top.excluded  # ... forgot the animals: excluded
     reference = rescored.reference
-    for item in rescored.rescored:  # excluded exactly when more than 2 SE below
-        assert item.excluded == (reference.score - item.guard.score > 2 * reference.stderr)
+    for item in rescored.rescored:  # excluded exactly when more than 2 paired SE below
+        differences = [item.guard.samples[t][d] - reference.samples[t][d]
+                       for t in reference.samples for d in reference.samples[t]]  # fmt: skip
+        assert len(differences) == ANIMALS.limit  # the same documents, every one logged
+        mean = sum(differences) / len(differences)
+        spread = sum((d - mean) ** 2 for d in differences) / (len(differences) - 1)
+        assert item.paired
+        assert item.guard_stderr == pytest.approx((spread / len(differences)) ** 0.5)
+        assert item.excluded == (reference.score - item.guard.score > 2 * item.guard_stderr)
     winner = next(r for r in rescored.rescored if r.index == rescored.winner)
     assert not winner.excluded
     kept = [r.tasks.score for r in rescored.rescored if not r.excluded]
