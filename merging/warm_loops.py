@@ -24,7 +24,7 @@ def main() -> None:
     magnitudes = torch.rand(2, 8)  # DELLA's ranked keep masks
     _della_fast.keep_mask(magnitudes, torch.zeros(2, 8, dtype=torch.int32),
                           lambda n: torch.arange(n, dtype=torch.int32))  # fmt: skip
-    _method_loops.warm_up()  # single methods' loops: RAM / RAM+
+    _method_loops.warm_up()  # single methods' loops: RAM / RAM+, SCE
     print(f"merge loops ready in {time.perf_counter() - started:.1f} s")
 
 

@@ -13,7 +13,11 @@ Ties rule of the selection: every element whose variance equals the k_sel-th lar
 (mergekit's ``topk`` keeps exactly k_sel, an arbitrary subset of the ties), so the result never
 depends on element order. The kernel finds that threshold exactly by radix select over chunks,
 computing the variance once per element (again only for the few elements of the threshold's
-high bucket).
+high bucket). On CPU with numba (bf16 or float32 inputs) compiled loops run instead
+(`_FastSelect`): the same threshold, from a sample verified by a counting pass, usually two
+passes over the inputs in all; their float64 sums of δᵢ² are added in another order (eight
+lanes per chunk), which can change a sum by float64 rounding (~1e-16 relative) and so, very
+rarely, a weight's float32 rounding.
 Per-model weights are not used (as in mergekit).
 """
 
@@ -23,10 +27,12 @@ import math
 import threading
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from pydantic import Field
 from torch import Tensor
 
+from merging.methods import _method_loops
 from merging.methods._base import MethodParams, SourceParams, register
 from merging.methods._bit_select import (
     HIGH_BUCKETS,
@@ -36,7 +42,9 @@ from merging.methods._bit_select import (
     low_half,
 )
 from merging.methods._kernels import Kernel
+from merging.methods._method_loops import as_array
 from merging.methods._ops import RandomStream, agreement, as_float, elect_sign, task_vectors
+from merging.methods._select import SampledSelect
 
 WEIGHT_FLOOR = 1e-6
 
@@ -154,6 +162,7 @@ class SceKernel(Kernel):
         self.weights: list[float] = []
         self.masks: dict[int, Tensor] = {}
         self.parts_lock = threading.Lock()
+        self.fast: _FastSelect | None = None  # the compiled path (set by `prepare`)
 
     def _mask(self, offset: int) -> Tensor:
         """[Var ≥ t] of a chunk, from its kept high halves and its candidates' low halves."""
@@ -176,8 +185,17 @@ class SceKernel(Kernel):
         weights = as_float(keep)
         return [d.mul_(weights) for d in deltas]
 
+    def prepare(self, base: Tensor | None, inputs: Sequence[Tensor]) -> None:
+        assert base is not None
+        if _method_loops.takes([base, *inputs], self.dtype) and len(inputs) > 1:
+            self.fast = _FastSelect(self, base, inputs)
+            self.raw_inputs, self.reductions = True, 1
+
     def reduce(self, step: int, base: Tensor | None, inputs: Sequence[Tensor], offset: int) -> None:
         assert base is not None
+        if self.fast is not None:
+            self.fast.reduce(step, base, inputs, offset)
+            return
         if self.select and step == 0:
             spread = variance(task_vectors(base, inputs))
             high = high_half(spread)
@@ -220,6 +238,9 @@ class SceKernel(Kernel):
             self.parts[offset] = squares
 
     def end_pass(self, step: int) -> None:
+        if self.fast is not None:
+            self.fast.end_pass(step)
+            return
         if self.select and step == 0:
             keep = selection_count(self.numel - self.zeros, self.topk)
             self.nothing = keep == 0
@@ -238,6 +259,133 @@ class SceKernel(Kernel):
         self.parts.clear()
         self.weights = sce_weights([s / self.numel for s in sums])
 
+    def apply_into(
+        self, base: Tensor | None, inputs: Sequence[Tensor], offset: int, out: Tensor
+    ) -> bool:
+        if self.fast is None or out.dtype not in _method_loops.STORED or not out.is_contiguous():
+            return False
+        assert base is not None
+        self.fast.apply(base, inputs, out)
+        return True
+
     def apply(self, base: Tensor | None, inputs: Sequence[Tensor], offset: int) -> Tensor:
         assert base is not None
+        if self.fast is not None:
+            out = torch.empty(base.numel(), dtype=torch.float32)
+            self.fast.apply(base, inputs, out)
+            return out
         return erase_and_mix(base, self._selected(base, inputs, offset), self.weights)
+
+
+NOTHING = (1 << 32) - 1  # a Var bit threshold that keeps no element (k_sel = 0)
+
+
+class _FastSelect:
+    """SCE's compiled path (`_jit_sce`): the selection threshold t from a fixed sample of the
+    variance verified by one counting pass (`SampledSelect`, as TIES's trim threshold), which
+    also counts the zero variances (for k_sel) and sums each model's δᵢ² over the elements at or
+    above the sample's candidate; when t is that candidate (the usual case: bf16 task vectors'
+    variances repeat a few values many times) the weights are known after this one pass, else a
+    pass gathers the few variances near it (rarely) and one more sums the squares at t. The
+    output pass recomputes the variance per element (cheaper than keeping a mask).
+
+    The float64 sums of δᵢ² are added in another order than the torch path's (eight lanes per
+    chunk, `_jit_sce.LANES`), so they can differ from it by float64 rounding (~1e-16
+    relative); the float32 weights the mix uses are then the same unless a weight lies that
+    close to a float32 rounding boundary."""
+
+    def __init__(self, kernel: SceKernel, base: Tensor, inputs: Sequence[Tensor]) -> None:
+        self.kernel = kernel
+        self.loops = _method_loops.loops("_jit_sce")
+        self.selector: SampledSelect | None = None
+        self.bounds = np.zeros(SampledSelect.BOUNDS, dtype=np.int64)
+        self.threshold = 0  # Var bits ≥ this are selected
+        self.sum_from = 0  # the threshold the running pass sums the squares at
+        self.known = False  # t is found (`threshold`)
+        self.gathering = False  # the running pass gathers the variances near t
+        self.parts: dict[int, tuple[int, np.ndarray, int, np.ndarray]] = {}
+        self.lock = threading.Lock()
+        if kernel.select:
+            self._propose(base, inputs)
+        else:
+            self.known = True
+
+    def _propose(self, base: Tensor, inputs: Sequence[Tensor]) -> None:
+        numel = self.kernel.numel
+        index = SampledSelect.sample_index(numel)
+        pick = (lambda x: x) if index is None else (lambda x: x.index_select(0, index))
+        sample_base = pick(base).float()
+        spread = variance(task_vectors(sample_base, [pick(x) for x in inputs]))
+        bits = spread.view(torch.int32).numpy().view(np.uint32)
+        share = int(np.count_nonzero(bits)) / max(1, bits.size)
+        if index is None:  # the whole tensor: t here
+            keep = selection_count(int(np.count_nonzero(bits)), self.kernel.topk)
+            self.known = True
+            self.threshold = NOTHING if keep == 0 else int(np.sort(bits)[bits.size - keep])
+            self.sum_from = self.threshold
+            return
+        guess = min(numel, max(1, round(self.kernel.topk * share * numel)))
+        self.selector = SampledSelect(guess, numel)
+        self.selector.propose(bits, whole=False)
+        self.bounds[:] = self.selector.bounds
+        self.sum_from = int(self.bounds[1])  # the sample's candidate
+
+    def reduce(self, step: int, base: Tensor, inputs: Sequence[Tensor], offset: int) -> None:
+        xs = tuple(as_array(x) for x in inputs)
+        if self.gathering:  # the variances in the interval around t
+            assert self.selector is not None
+            low, high = self.selector.interval
+            found = np.empty(self.selector.chunk_inside(offset) + 1, dtype=np.uint32)
+            size = self.loops.sce_gather(as_array(base), xs, low, high, found)
+            with self.lock:
+                self.selector.gathered[offset] = found[:size]
+            return
+        counts = np.zeros(SampledSelect.BOUNDS, dtype=np.int64)
+        sums = np.zeros(len(inputs), dtype=np.float64)
+        zeros = self.loops.sce_observe(as_array(base), xs, self.bounds, counts, self.sum_from, sums)
+        with self.lock:
+            self.parts[offset] = (base.numel(), counts, zeros, sums)
+
+    def _found(self, bits: int) -> None:
+        self.known, self.threshold = True, bits
+
+    def end_pass(self, step: int) -> None:
+        kernel, selector = self.kernel, self.selector
+        if self.gathering:
+            assert selector is not None
+            selector.finish_gather()
+            self._found(int(selector.threshold.view(torch.int32)) & NOTHING)
+            self.gathering = False
+        elif not self.known:  # the counting pass: k_sel, then t or the interval holding it
+            assert selector is not None
+            zeros = sum(part[2] for part in self.parts.values())
+            keep = selection_count(kernel.numel - zeros, kernel.topk)
+            if keep == 0:
+                self._found(NOTHING)
+            else:
+                selector.k = keep
+                for offset, (length, counts, _, _) in self.parts.items():
+                    selector.add_chunk(offset, length, counts)
+                selector.decide()
+                if selector.pending == 0:
+                    self._found(int(selector.threshold.view(torch.int32)) & NOTHING)
+                else:  # (a wide interval, from an unlucky sample, is gathered all the same)
+                    selector.gathered = {}
+                    self.gathering = True
+        if self.threshold == NOTHING and self.known:  # every task vector is zeroed
+            kernel.weights = sce_weights([0.0] * kernel.count)
+        elif self.known and self.sum_from == self.threshold and not self.gathering:
+            totals = [0.0] * kernel.count
+            for _, (_, _, _, sums) in sorted(self.parts.items()):
+                totals = [a + float(b) for a, b in zip(totals, sums, strict=True)]
+            kernel.weights = sce_weights([s / kernel.numel for s in totals])
+        else:  # one more pass: the gather, or the squares at t
+            self.sum_from = self.threshold
+            kernel.reductions = step + 2
+        self.parts.clear()
+
+    def apply(self, base: Tensor, inputs: Sequence[Tensor], out: Tensor) -> None:
+        weights = np.asarray(self.kernel.weights, dtype=np.float32)
+        self.loops.sce_apply(as_array(base), tuple(as_array(x) for x in inputs),
+                             self.kernel.select, self.threshold, weights,
+                             as_array(out))  # fmt: skip

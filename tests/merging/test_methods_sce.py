@@ -7,8 +7,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from merging.methods import _compiled
 from tests.merging.kernel_helpers import chunked, pure
 from tests.merging.method_helpers import GRID, SETTINGS, models
+from tests.merging.stored_kernel import same_bits, stored_kernel
 
 
 def by_hand(base, inputs, select_topk):
@@ -111,3 +113,45 @@ def test_kernel_threshold_bucket_is_resolved_by_its_low_bits(select_topk):
     got = chunked("sce", base, inputs, chunk=333, threads=3, select_topk=select_topk)
     assert torch.equal(got == base, expected == base)
     torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
+
+
+def _fine_tunes(dtype, count, seed, shape=(300, 400)):
+    """A base and ``count`` fine-tunes (small changes, some exact zeros) stored as ``dtype``;
+    300 × 400 elements: the compiled path samples the variance (bf16: ties, found at once;
+    float32: distinct variances, gathered near the threshold)."""
+    torch.manual_seed(seed)
+    base = (0.02 * torch.randn(shape)).to(dtype)
+    inputs = []
+    for _ in range(count):
+        change = torch.where(torch.rand(shape) < 0.1, 0.0, 0.002 * torch.randn(shape))
+        inputs.append((base.float() + change).to(dtype))
+    return base, inputs
+
+
+@pytest.mark.skipif(not _compiled.available, reason="numba missing or HUBMERGE_NO_JIT set")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("count", [2, 3])
+@pytest.mark.parametrize("select_topk", [0.5, 0.1, 1.0, 0.0])
+def test_compiled_path_equals_the_torch_path(monkeypatch, dtype, count, select_topk):
+    base, inputs = _fine_tunes(dtype, count, seed=count)
+    expected = stored_kernel("sce", base, inputs, compiled=False, monkeypatch=monkeypatch,
+                             select_topk=select_topk)  # fmt: skip
+    for chunk, threads in ((1 << 18, None), (5000, 3), (1 << 14, 2)):  # chunking: the same
+        got = stored_kernel("sce", base, inputs, compiled=True, monkeypatch=monkeypatch,
+                            chunk=chunk, threads=threads, select_topk=select_topk)  # fmt: skip
+        assert same_bits(got, expected)
+
+
+@pytest.mark.skipif(not _compiled.available, reason="numba missing or HUBMERGE_NO_JIT set")
+def test_compiled_path_of_a_model_with_itself_and_small_tensors(monkeypatch):
+    base, (model,) = _fine_tunes(torch.bfloat16, 1, seed=5)
+    for topk in (1.0, 0.5):  # no selection: the model; zero variance everywhere: the base
+        got = stored_kernel("sce", base, [model, model.clone()], compiled=True,
+                            monkeypatch=monkeypatch, select_topk=topk)  # fmt: skip
+        assert same_bits(got, model if topk == 1.0 else base)
+    small, inputs = _fine_tunes(torch.bfloat16, 2, seed=6, shape=(7, 33))  # selected whole
+    expected = stored_kernel("sce", small, inputs, compiled=False, monkeypatch=monkeypatch,
+                             select_topk=0.3)  # fmt: skip
+    got = stored_kernel("sce", small, inputs, compiled=True, monkeypatch=monkeypatch, chunk=10,
+                        threads=2, select_topk=0.3)  # fmt: skip
+    assert same_bits(got, expected)
