@@ -55,7 +55,7 @@ def as_array(x: Tensor) -> np.ndarray:
     return x.numpy()
 
 
-MODULES = ("_jit_ram", "_jit_sce")
+MODULES = ("_jit_ram", "_jit_sce", "_jit_fusion")
 
 
 def warm_up() -> None:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from merging.methods import _compiled
 from tests.merging.kernel_helpers import chunked, pure
 from tests.merging.method_helpers import GRID, models
+from tests.merging.stored_kernel import same_bits, stored_kernel
 
 
 def by_hand(base, other):
@@ -74,3 +77,24 @@ def test_kernel_matches_the_function_with_tied_importances(data, chunk):
     base, inputs = data
     assert torch.equal(chunked("arcee_fusion", base, inputs, chunk=chunk),
                        pure("arcee_fusion", base, inputs))  # fmt: skip
+
+
+@pytest.mark.skipif(not _compiled.available, reason="numba missing or HUBMERGE_NO_JIT set")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("shape", [(90, 700), (5000,), (3, 40000)])
+def test_compiled_passes_equal_the_torch_path(monkeypatch, dtype, shape):
+    """Rows within chunks and rows cut by them (longer than a chunk, a vector: one row)."""
+    torch.manual_seed(len(shape))
+    base = (0.02 * torch.randn(shape)).to(dtype)
+    scale = torch.linspace(1e-4, 1e-2, shape[0]).reshape(-1, *[1] * (len(shape) - 1))
+    other = (base.float() + scale * torch.randn(shape)).to(dtype)
+    expected = stored_kernel("arcee_fusion", base, [other], compiled=False,
+                             monkeypatch=monkeypatch)  # fmt: skip
+    assert not same_bits(expected, base)  # some changes taken
+    for chunk, threads in ((1 << 18, None), (999, 3), (4096, 2)):
+        got = stored_kernel("arcee_fusion", base, [other], compiled=True,
+                            monkeypatch=monkeypatch, chunk=chunk, threads=threads)  # fmt: skip
+        assert same_bits(got, expected)
+    itself = stored_kernel("arcee_fusion", base, [base.clone()], compiled=True,
+                           monkeypatch=monkeypatch, chunk=999, threads=2)  # fmt: skip
+    assert same_bits(itself, base)
