@@ -149,3 +149,24 @@ def test_the_optimizer_can_be_chosen():
     with pytest.raises(ValueError, match="unknown optimizer"):
         run_loop(space, fixed_recipes(recipe), QuadraticBackend(space), budget=6, seed=0,
                  higher_is_better=False, optimizer="annealing")  # fmt: skip
+
+
+def test_cma_es_takes_a_small_first_step_from_the_start():
+    """Started from a recipe, CMA-ES's first genomes spread about `CMA_ES_SIGMA0` of each
+    gene's range around it (Optuna's default, 1/6, would spread them wider)."""
+    import statistics
+
+    from app.search.proposers import CMA_ES_SIGMA0, make_proposer
+
+    space = space_from_recipe(_recipe(), budget=40, max_genes=5)
+    start = [(g.low + g.high) / 2 for g in space.genes]
+    proposer = make_proposer("cmaes", space, [], seed=0, higher_is_better=False, x0=start,
+                             budget=40, workers=1)  # fmt: skip
+    steps = []
+    for _ in range(12):  # about one generation
+        handle, genome = proposer.ask()
+        steps += [(v - s) / (g.high - g.low) for v, s, g in zip(genome, start, space.genes,
+                                                                strict=True)]  # fmt: skip
+        proposer.tell(handle, 1.0)
+    spread = statistics.pstdev(steps)
+    assert 0.6 * CMA_ES_SIGMA0 < spread < 1.35 * CMA_ES_SIGMA0 < 1 / 6
