@@ -11,10 +11,12 @@ apart they are the more of the base is kept. Elementwise: the kernel needs no re
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 from torch import Tensor
 
+from merging.methods import _spherical_fast as fast
 from merging.methods._base import MethodParams, SourceParams, register
 from merging.methods._kernels import Kernel
 from merging.methods._ops import RandomStream
@@ -33,13 +35,26 @@ def near_swap(t: float, a: Tensor, b: Tensor) -> Tensor:
 
 
 class NearSwapKernel(Kernel):
-    def __init__(self, params: NearSwapParams) -> None:
+    """`near_swap` per chunk: in a compiled loop on CPU straight into the output
+    (`_spherical_fast.near_swap_into`: the same operations, the same values), else in torch."""
+
+    raw_inputs = True  # bf16 chunks are read as they are stored
+
+    def __init__(self, params: NearSwapParams, shape: tuple[int, ...]) -> None:
         super().__init__()
         self.t = params.t
+        self.wait = math.prod(shape) >= fast.WAIT_FOR_LOOPS
+
+    def apply_into(
+        self, base: Tensor | None, inputs: Sequence[Tensor], offset: int, out: Tensor
+    ) -> bool:
+        assert base is not None
+        return fast.near_swap_into(self.t, base, inputs[0], out, dtype=self.dtype,
+                                   wait=self.wait)  # fmt: skip
 
     def apply(self, base: Tensor | None, inputs: Sequence[Tensor], offset: int) -> Tensor:
         assert base is not None
-        return near_swap(self.t, base, inputs[0])
+        return near_swap(self.t, base.to(self.dtype), inputs[0].to(self.dtype))
 
 
 @register(
@@ -49,7 +64,7 @@ class NearSwapKernel(Kernel):
     paper="https://huggingface.co/alchemonaut/QuartetAnemoi-70B-t0.0001",
     min_inputs=1,
     max_inputs=1,
-    kernel=lambda p, s, rng, shape: NearSwapKernel(p),
+    kernel=lambda p, s, rng, shape: NearSwapKernel(p, shape),
     semantics=lambda p: (
         f"Elements within t = {p.t} of the base take the other model's value; further apart, "
         "the weight of the other model falls as t/|difference| (difference floored at 1e-6)."

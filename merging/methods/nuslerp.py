@@ -21,10 +21,11 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from merging.methods import _spherical_fast as fast
 from merging.methods._base import MethodParams, SourceParams, register
 from merging.methods._kernels import Kernel
 from merging.methods._ops import RandomStream
-from merging.methods._vectors import Along, Layout, VectorSums, from_vectors, vectors_of
+from merging.methods._vectors import Along, Layout, from_vectors, vectors_of
 
 NORM_FLOOR = 1e-7  # mergekit's normalisation clamp
 COLINEAR = 1e-8  # sin Ω at or below this: linear interpolation
@@ -109,35 +110,48 @@ def nuslerp(
 
 
 class NuSlerpKernel(Kernel):
-    """One reduction pass gathers ‖v₀‖², ‖v₁‖², v₀·v₁ per vector (float64, offset order); the
-    output pass is s₀·v₀ + s₁·v₁ with each element's vector's coefficients."""
+    """One reduction pass gathers ‖v₀‖², ‖v₁‖², v₀·v₁ per vector (float64), the output pass is
+    s₀·v₀ + s₁·v₁ with each element's vector's coefficients (`_spherical_fast`: compiled loops
+    on CPU, the same values in torch elsewhere). Rows and columns add their elements in
+    element order (as ``index_add_``); a flat tensor adds each chunk in 8 lanes, folded
+    pairwise (`_spherical_fast.chunk_sums`) — before, a chunk's flat sums were torch's
+    ``sum()``, whose order differs in the last bits of the float64 statistics."""
 
     reductions = 1
+    raw_inputs = True  # bf16 chunks are read as they are stored
+    PAIRS = ((0, 0), (1, 1), (0, 1))
 
     def __init__(self, t: float, layout: Layout) -> None:
         super().__init__()
         self.t = t
         self.layout = layout
-        self.sums = VectorSums(layout, 3)
-        self.s0 = self.s1 = torch.zeros(0)
-
-    @staticmethod
-    def _vectors(base: Tensor | None, inputs: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
-        first, second = inputs
-        return (first, second) if base is None else (first - base, second - base)
+        self.sums = fast.ChunkSums(layout, 3)
+        self.wait = layout.numel >= fast.WAIT_FOR_LOOPS
+        self.s0 = self.s1 = self.coefficients = torch.zeros(0)
 
     def reduce(self, step: int, base: Tensor | None, inputs: Sequence[Tensor], offset: int) -> None:
-        v0, v1 = (v.double() for v in self._vectors(base, inputs))
-        self.sums.add([v0 * v0, v1 * v1, v0 * v1], offset)
+        part = fast.chunk_sums(self.layout, base, inputs, self.PAIRS, offset, dtype=self.dtype,
+                               wait=self.wait)  # fmt: skip
+        self.sums.put(offset, part)
 
     def end_pass(self, step: int) -> None:
         self.s0, self.s1 = slerp_coefficients(self.t, self.sums.total())
+        self.coefficients = torch.stack([self.s0, self.s1])
+
+    def apply_into(
+        self, base: Tensor | None, inputs: Sequence[Tensor], offset: int, out: Tensor
+    ) -> bool:
+        return fast.combine_into(self.layout, base, inputs, self.coefficients, offset, out,
+                                 dtype=self.dtype, wait=self.wait)  # fmt: skip
 
     def apply(self, base: Tensor | None, inputs: Sequence[Tensor], offset: int) -> Tensor:
-        v0, v1 = self._vectors(base, inputs)
-        device = v0.device
-        s0 = self.layout.gather(self.s0.to(device), offset, v0.numel())
-        s1 = self.layout.gather(self.s1.to(device), offset, v0.numel())
-        out = v0.mul_(s0) if base is not None else v0 * s0
-        out.addcmul_(v1, s1)
+        first, second = (x.to(self.dtype) for x in inputs)
+        if base is not None:
+            base = base.to(self.dtype)
+            first, second = first - base, second - base
+        device = first.device
+        s0 = self.layout.gather(self.s0.to(device), offset, first.numel())
+        s1 = self.layout.gather(self.s1.to(device), offset, first.numel())
+        out = first.mul_(s0) if base is not None else first * s0
+        out.addcmul_(second, s1)
         return out if base is None else out.add_(base)

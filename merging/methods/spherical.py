@@ -21,10 +21,11 @@ from pydantic import Field
 from torch import Tensor
 
 from merging.errors import IncompatibleModelsError
+from merging.methods import _spherical_fast as fast
 from merging.methods._base import MethodParams, SourceParams, register
 from merging.methods._kernels import Kernel
 from merging.methods._ops import RandomStream
-from merging.methods._vectors import Layout, VectorSums
+from merging.methods._vectors import Layout
 
 # ---------------------------------------------------------------- Multi-SLERP
 
@@ -257,10 +258,15 @@ def karcher(
 
 
 class GramKernel(Kernel):
-    """One reduction pass for Gᵢⱼ = vᵢ·vⱼ (float64, offset order), then Σᵢ cᵢ·vᵢ per chunk with
-    c = ``coefficients(G)``; vᵢ = θᵢ − θ_base when a base is given, else θᵢ."""
+    """One reduction pass for Gᵢⱼ = vᵢ·vⱼ (float64), then Σᵢ cᵢ·vᵢ per chunk with
+    c = ``coefficients(G)``; vᵢ = θᵢ − θ_base when a base is given, else θᵢ. Both passes run
+    in `_spherical_fast` (compiled loops on CPU, the same values in torch elsewhere): each
+    chunk's products are added in 8 lanes in element order, folded pairwise, and the chunks in
+    offset order — before, a chunk's sums were torch's ``sum()``, whose order differs in the
+    last bits of G."""
 
     reductions = 1
+    raw_inputs = True  # bf16 chunks are read as they are stored
 
     def __init__(
         self, coefficients: Callable[[Tensor], Tensor], count: int, shape: tuple[int, ...]
@@ -269,18 +275,18 @@ class GramKernel(Kernel):
         self.coefficients = coefficients
         self.count = count
         self.pairs = [(i, j) for i in range(count) for j in range(i, count)]
-        self.sums = VectorSums(Layout(shape, "flat"), len(self.pairs))
+        self.layout = Layout(shape, "flat")
+        self.sums = fast.ChunkSums(self.layout, len(self.pairs))
+        self.wait = self.layout.numel >= fast.WAIT_FOR_LOOPS
         self.c: list[float] = []
+        self.table = torch.zeros(0)
         if count == 1:
             self.reductions = 0
 
-    @staticmethod
-    def _vectors(base: Tensor | None, inputs: Sequence[Tensor]) -> list[Tensor]:
-        return list(inputs) if base is None else [x - base for x in inputs]
-
     def reduce(self, step: int, base: Tensor | None, inputs: Sequence[Tensor], offset: int) -> None:
-        vectors = [v.double() for v in self._vectors(base, inputs)]
-        self.sums.add([vectors[i] * vectors[j] for i, j in self.pairs], offset)
+        part = fast.chunk_sums(self.layout, base, inputs, self.pairs, offset, dtype=self.dtype,
+                               wait=self.wait)  # fmt: skip
+        self.sums.put(offset, part)
 
     def end_pass(self, step: int) -> None:
         sums = self.sums.total()[:, 0]
@@ -288,11 +294,23 @@ class GramKernel(Kernel):
         for (i, j), value in zip(self.pairs, sums, strict=True):
             gram[i, j] = gram[j, i] = value
         self.c = [float(x) for x in self.coefficients(gram)]
+        self.table = torch.tensor(self.c, dtype=torch.float32).unsqueeze(1)  # as torch rounds
+
+    def apply_into(
+        self, base: Tensor | None, inputs: Sequence[Tensor], offset: int, out: Tensor
+    ) -> bool:
+        if self.count == 1:
+            return False
+        return fast.combine_into(self.layout, base, inputs, self.table, offset, out,
+                                 dtype=self.dtype, wait=self.wait)  # fmt: skip
 
     def apply(self, base: Tensor | None, inputs: Sequence[Tensor], offset: int) -> Tensor:
         if self.count == 1:
             return inputs[0].clone()
-        vectors = self._vectors(base, inputs)
+        vectors = [x.to(self.dtype) for x in inputs]
+        if base is not None:
+            base = base.to(self.dtype)
+            vectors = [v - base for v in vectors]
         out = vectors[0] * self.c[0]
         for c, v in zip(self.c[1:], vectors[1:], strict=True):
             out.add_(v, alpha=c)
