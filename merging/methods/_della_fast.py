@@ -11,7 +11,6 @@ tests/merging/test_methods_della.py compares the two bit for bit.
 
 from __future__ import annotations
 
-import importlib
 import importlib.util
 import os
 import threading
@@ -22,6 +21,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from merging.methods._numba_start import import_loops
+
 available = not os.environ.get("HUBMERGE_NO_JIT") and importlib.util.find_spec("numba") is not None
 _lock = threading.Lock()
 _loops: Any = None
@@ -31,7 +32,7 @@ def _module() -> Any:
     global _loops
     with _lock:
         if _loops is None:
-            _loops = importlib.import_module("merging.methods._jit_della")
+            _loops = import_loops("merging.methods._jit_della")
     return _loops
 
 
@@ -61,7 +62,8 @@ def keep_mask(
     draws = draw.to(torch.int32).reshape(rows.shape).contiguous().numpy()
     table = thresholds(rows.shape[1]).to(torch.int32).contiguous().numpy()
     out = np.empty(rows.shape, dtype=np.bool_)
-    _module().keep_rows(keys, draws, table, out)
+    loops = _module()
+    loops.keep_rows(keys, draws, table, out, *loops.scratch(rows.shape[1]))
     return torch.from_numpy(out)
 
 

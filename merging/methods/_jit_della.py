@@ -11,120 +11,167 @@ its place inside the bucket. Only the rest (about bucket size × 2ε / n of the 
 their exact rank: it is counted among the members of their bucket (ties by position, as a
 stable sort orders them), or, where many in one bucket need it, read off a stable sort of
 the bucket's members (none needed when they all have one value, as bf16 ties often do).
+
+The buckets cover the row's top `SPAN` binades (bit patterns below go to the first bucket):
+a zero or a tiny magnitude would otherwise stretch the range and crowd the rest into a few
+large buckets. Which bucket an element lands in never changes a decision, only how often its
+exact rank is needed.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import numba
 import numpy as np
 
 _jit = numba.njit(nogil=True, cache=True, boundscheck=False)
 FEW_ASKED = 12  # exact ranks by counting for up to this many in a bucket; a stable sort beyond
+SPAN = np.uint32(6 << 23)  # bit patterns of the top 6 binades: the bucketed range
 
 
 @_jit
-def _bucket_shift(keys, row, n, bins_log2):  # type: ignore[no-untyped-def]
-    low = keys[row, 0]
-    high = low
-    for j in range(1, n):
-        k = keys[row, j]
-        low = min(low, k)
-        high = max(high, k)
-    spread = high - low
-    shift = 0
-    while (spread >> np.uint32(shift)) >= np.uint32(1 << bins_log2):
-        shift += 1
-    return low, np.uint32(shift)
+def bins_log2(n: int) -> int:
+    """log₂ of the buckets for rows of n: about one per two elements, 256 to 8,192."""
+    log2 = 8
+    while (2 << log2) < n and log2 < 13:
+        log2 += 1
+    return log2
+
+
+def scratch(n: int) -> tuple[Any, ...]:
+    """The work arrays of `keep_row` for rows of up to n elements (reused row after row)."""
+    bins = 1 << bins_log2(n)
+    return (
+        np.zeros((6, bins), np.int32),  # count, start, pure, extra, fill, asked
+        np.zeros(bins, np.uint8),  # flagged
+        np.empty((5, n + 1), np.int32),  # pending, bucket, member index, exact rank, within
+        np.empty(max(n, bins), np.uint32),  # member keys (first: the last key per bucket)
+    )
 
 
 @_jit
-def keep_rows(keys, draws, table, out):  # type: ignore[no-untyped-def]
-    """keys: uint32[rows, n] (bit patterns of non-negative float32); draws: int32[rows, n];
-    table: int32[n] (T[rank]); out: bool[rows, n] ← draws < T[stable rank of the key]."""
-    rows, n = keys.shape
-    bins_log2 = 8
-    while (1 << bins_log2) < n and bins_log2 < 13:
-        bins_log2 += 1
-    bins = 1 << bins_log2
-    count = np.zeros(bins, np.int32)
-    start = np.empty(bins, np.int32)
-    low = np.empty(bins, np.int32)
-    high = np.empty(bins, np.int32)
-    fill = np.empty(bins, np.int32)
-    flagged = np.zeros(bins, np.uint8)
-    asked = np.zeros(bins, np.int32)  # pending elements per flagged bucket
-    pending = np.empty(n + 1, np.int32)
-    bucket = np.empty(n, np.int32)
-    member_keys = np.empty(n, np.uint32)
-    member_index = np.empty(n, np.int32)
-    exact = np.empty(n, np.int32)
-    for row in range(rows):
-        base, shift = _bucket_shift(keys, row, n, bins_log2)
-        count[:] = 0
-        for j in range(n):
-            b = (keys[row, j] - base) >> shift
-            bucket[j] = b
-            count[b] += 1
-        total = 0
-        for b in range(bins):
-            c = count[b]
-            start[b] = total
-            if c > 0:
-                low[b] = table[total]
-                high[b] = table[total + c - 1]
-            total += c
-        waiting = 0
-        for j in range(n):  # branch-free: keep/drop is a coin flip the CPU cannot predict
-            b = bucket[j]
-            u = draws[row, j]
-            first = low[b]
-            out[row, j] = u < first
-            pending[waiting] = j
-            waiting += (u >= first) & (u < high[b])
-        if waiting == 0:
-            continue
-        for p in range(waiting):
-            b = bucket[pending[p]]
-            if flagged[b] == 0:
-                flagged[b] = 1
-                fill[b] = start[b]
-                asked[b] = 0
-            asked[b] += 1
-        for j in range(n):  # the flagged buckets' members, grouped by bucket, in position order
-            b = bucket[j]
-            if flagged[b] != 0:
-                slot = fill[b]
-                member_keys[slot] = keys[row, j]
-                member_index[slot] = j
-                fill[b] = slot + 1
-        for p in range(waiting):
-            b = bucket[pending[p]]
-            if flagged[b] == 1 and asked[b] > FEW_ASKED:  # sort it once: ranks of all
-                first = start[b]
-                members = member_keys[first : first + count[b]]
-                same = True
-                for s in range(1, count[b]):
-                    same = same and members[s] == members[0]
-                if same:  # one value (ties are common in bf16 task vectors): position order
-                    for s in range(count[b]):
-                        exact[member_index[first + s]] = first + s
-                else:
-                    order = np.argsort(members, kind="mergesort")
-                    for s in range(count[b]):
-                        exact[member_index[first + order[s]]] = first + s
-                flagged[b] = 2
+def extremes(keys: Any) -> Any:
+    top = keys[0]
+    bottom = keys[0]
+    for j in range(1, keys.size):
+        top = max(top, keys[j])
+        bottom = min(bottom, keys[j])
+    return top, bottom
+
+
+@_jit
+def _scan_rank(keys: Any, j: int) -> int:
+    """The stable rank of keys[j] by comparing it with every key of the row (vectorised)."""
+    k = keys[j]
+    rank = 0
+    for q in range(j):
+        rank += keys[q] <= k
+    for q in range(j + 1, keys.size):
+        rank += keys[q] < k
+    return rank
+
+
+@_jit
+def keep_row(keys: Any, draws: Any, table: Any, out: Any, top: Any, bottom: Any, work: Any,
+             flagged: Any, slots: Any, member_keys: Any) -> None:  # fmt: skip
+    """out[j] ← draws[j] < table[stable rank of keys[j]] for one row (``scratch``'s arrays;
+    ``top``/``bottom``: the largest and smallest key)."""
+    n = keys.size
+    bins = 1 << bins_log2(n)
+    count, start, pure, extra, fill, asked = work[0], work[1], work[2], work[3], work[4], work[5]
+    pending, bucket, member_index, exact, within = slots[0], slots[1], slots[2], slots[3], slots[4]
+    floor = top - SPAN if top - bottom > SPAN else bottom
+    shift = np.uint32(0)
+    while ((top - floor) >> shift) >= np.uint32(bins):
+        shift += np.uint32(1)
+    count[:bins] = 0
+    pure[:bins] = 1
+    last = member_keys  # (its first `bins` slots: the last key seen per bucket)
+    for j in range(n):  # bucket, place among the bucket's members, whether they all agree
+        k = keys[j]
+        b = np.int64((k - floor) >> shift) if k > floor else np.int64(0)
+        bucket[j] = b
+        c = count[b]
+        within[j] = c
+        pure[b] &= np.int32((c == 0) | (last[b] == k))
+        last[b] = k
+        count[b] = c + 1
+    total = 0
+    for b in range(bins):
+        c = count[b]
+        start[b] = total
+        extra[b] = 0 if pure[b] else c - 1
+        total += c
+    waiting = 0
+    for j in range(n):  # branch-free: keep/drop is a coin flip the CPU cannot predict
+        b = bucket[j]
+        lo = start[b] + within[j] * pure[b]  # a bucket of equal keys: the exact rank
+        u = np.int32(draws[j])
+        first = table[lo]
+        out[j] = u < first
+        pending[waiting] = j
+        waiting += (u >= first) & (u < table[lo + extra[b]])
+    if waiting == 0:
+        return
+    if waiting * 512 <= n:  # a few: each compared with the whole row
         for p in range(waiting):
             j = pending[p]
-            k = keys[row, j]
-            b = bucket[j]
-            if flagged[b] == 2:
-                rank = exact[j]
+            out[j] = np.int32(draws[j]) < table[_scan_rank(keys, j)]
+        return
+    for p in range(waiting):
+        b = bucket[pending[p]]
+        if flagged[b] == 0:
+            flagged[b] = 1
+            fill[b] = start[b]
+            asked[b] = 0
+        asked[b] += 1
+    for j in range(n):  # the flagged buckets' members, grouped by bucket, in position order
+        b = bucket[j]
+        if flagged[b] != 0:
+            slot = fill[b]
+            member_keys[slot] = keys[j]
+            member_index[slot] = j
+            fill[b] = slot + 1
+    for p in range(waiting):
+        b = bucket[pending[p]]
+        if flagged[b] == 1 and asked[b] > FEW_ASKED:  # sort it once: ranks of all
+            first = start[b]
+            members = member_keys[first : first + count[b]]
+            same = True
+            for s in range(1, count[b]):
+                same = same and members[s] == members[0]
+            if same:  # one value (ties are common in bf16 task vectors): position order
+                for s in range(count[b]):
+                    exact[member_index[first + s]] = first + s
             else:
-                rank = start[b]
-                for q in range(start[b], start[b] + count[b]):
-                    other = member_keys[q]
-                    if other < k or (other == k and member_index[q] < j):
-                        rank += 1
-            out[row, j] = draws[row, j] < table[rank]
-        for p in range(waiting):
-            flagged[bucket[pending[p]]] = 0
+                order = np.argsort(members, kind="mergesort")
+                for s in range(count[b]):
+                    exact[member_index[first + order[s]]] = first + s
+            flagged[b] = 2
+    for p in range(waiting):
+        j = pending[p]
+        k = keys[j]
+        b = bucket[j]
+        if flagged[b] == 2:
+            rank = exact[j]
+        else:
+            rank = start[b]
+            for q in range(start[b], start[b] + count[b]):
+                other = member_keys[q]
+                if other < k or (other == k and member_index[q] < j):
+                    rank += 1
+        out[j] = np.int32(draws[j]) < table[rank]
+    for p in range(waiting):
+        flagged[bucket[pending[p]]] = 0
+
+
+@_jit
+def keep_rows(keys: Any, draws: Any, table: Any, out: Any, work: Any, flagged: Any,
+              slots: Any, member_keys: Any) -> None:  # fmt: skip
+    """keys: uint32[rows, n] (bit patterns of non-negative float32); draws: int32[rows, n];
+    table: int32[n] (T[rank]); out: bool[rows, n] ← draws < T[stable rank of the key]."""
+    for row in range(keys.shape[0]):
+        top, bottom = extremes(keys[row])
+        keep_row(keys[row], draws[row], table, out[row], top, bottom, work, flagged, slots,
+                 member_keys)  # fmt: skip

@@ -36,6 +36,7 @@ from torch import Tensor
 from merging.errors import RecipeError
 from merging.methods._base import MethodParams, SourceParams, register
 from merging.methods._della_fast import keep_mask
+from merging.methods._della_fused import FusedDella
 from merging.methods._kernels import Kernel
 from merging.methods._ops import BLOCK, RandomStream, as_float, mix_deltas, task_vectors
 from merging.methods.task_arithmetic import TaskArithmeticParams, TiesParams
@@ -175,7 +176,9 @@ class DellaKernel(Kernel):
     ``probability`` rescale); the pieces of rows cut by chunk boundaries (at most two per
     chunk) are kept aside and ranked as whole rows at the end of the pass; the L1 norms before
     and after (float64) are added in position order. The output pass applies the masks, the L1
-    rescale and the TIES or linear fusion elementwise."""
+    rescale and the TIES or linear fusion elementwise. On CPU with numba, `prepare` hands the
+    tensor to the fused compiled loops (`_della_fused`: the same masks and output values; each
+    chunk ranks the whole rows that start in it, so no row is cut)."""
 
     def __init__(
         self,
@@ -202,6 +205,7 @@ class DellaKernel(Kernel):
         self.l1: dict[tuple[int, int], tuple[float, float]] = {}  # (model, position) → sums
         self.scales = [1.0] * len(sources)
         self.tables: dict[tuple[int, int], Tensor] = {}  # (model, row length) → thresholds
+        self.fused: FusedDella | None = None  # the compiled path, chosen by `prepare`
 
     def _mask(self, index: int, magnitudes: Tensor, start: int) -> Tensor:
         """Keep mask (or keep/p) for whole rows starting at flat position ``start``."""
@@ -228,9 +232,21 @@ class DellaKernel(Kernel):
 
         return table
 
+    def prepare(self, base: Tensor | None, inputs: Sequence[Tensor]) -> None:
+        """On CPU with numba, the fused compiled path (`_della_fused`), which reads the stored
+        inputs: whole rows per chunk, no rows cut."""
+        if base is not None and self.reductions:
+            self.fused = FusedDella.create(self, base, inputs)
+            self.raw_inputs = self.fused is not None
+
     def reduce(self, step: int, base: Tensor | None, inputs: Sequence[Tensor], offset: int) -> None:
         assert base is not None
         length = base.numel()
+        if self.fused is not None:
+            for index, sparse in enumerate(self.sparse):
+                if sparse:
+                    self.fused.observe(index, offset, length)
+            return
         end = offset + length
         first = -(-offset // self.cols) * self.cols  # start of the first row inside the chunk
         last = end // self.cols * self.cols  # end of the last complete row
@@ -257,6 +273,13 @@ class DellaKernel(Kernel):
                 self.l1[(index, offset)] = (float(magnitudes.double().sum()), after)
 
     def end_pass(self, step: int) -> None:
+        if self.fused is not None:
+            for index, sparse in enumerate(self.sparse):
+                before, after = self.fused.l1(index)
+                l1 = self.params.rescale == "l1"
+                if sparse and l1 and before >= L1_FLOOR and after >= L1_FLOOR:
+                    self.scales[index] = before / after
+            return
         cut_rows = [0.0] * len(self.sources)  # L1 kept in the rows cut by chunks, in row order
         for (index, row), parts in sorted(self.pieces.items()):
             starts = sorted(parts)
@@ -280,14 +303,25 @@ class DellaKernel(Kernel):
                     self.scales[index] = before / after
         self.l1.clear()
 
+    def apply_into(
+        self, base: Tensor | None, inputs: Sequence[Tensor], offset: int, out: Tensor
+    ) -> bool:
+        assert base is not None
+        return self.fused is not None and self.fused.apply_into(base, inputs, offset, out)
+
     def apply(self, base: Tensor | None, inputs: Sequence[Tensor], offset: int) -> Tensor:
         assert base is not None
+        if self.fused is not None:  # raw inputs, as stored
+            base, inputs = base.to(self.dtype), [x.to(self.dtype) for x in inputs]
         deltas = []
         for index, x in enumerate(inputs):
             delta = x - base
             if self.sparse[index]:
-                with self.lock:
-                    mask = self.masks.pop((index, offset))
+                if self.fused is not None:
+                    mask = self.fused.keep(index, offset, delta.numel())
+                else:
+                    with self.lock:
+                        mask = self.masks.pop((index, offset))
                 delta.mul_(mask if mask.dtype == torch.float32 else as_float(mask))
                 if self.scales[index] != 1.0:
                     delta.mul_(self.scales[index])

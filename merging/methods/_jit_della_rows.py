@@ -1,0 +1,111 @@
+# mypy: disable-error-code="misc, call-arg, var-annotated"
+"""The fused numba loops of DELLA's compiled kernel (`_della_fused.FusedDella`), imported lazily.
+
+`observe_rows` does a chunk's whole reduction step for one model in one call: the 16-bit
+draws (PCG64DXSM per 65,536-element block, as `della.draws` gets them from NumPy), then per
+row |δ| = |x − base| from the stored values (bf16 widened in registers), the ranked keep mask
+(`_jit_della.keep_row`) and the row's L1 norms before and after it, in float64. `linear_apply`
+is DELLA-linear's output pass, each value rounded as the torch kernel rounds it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from merging.methods._jit_della import keep_row
+from merging.methods._jit_loops import (
+    RAWS_PER_BLOCK,
+    _bits_to_float,
+    _float_to_bits,
+    _jit,
+    _pcg_raws,
+    _store,
+)
+from merging.methods._jit_loops import _value as value_at
+
+
+@_jit
+def _keys(x: Any, base: Any, keys: Any) -> Any:
+    """keys ← bit patterns of |x − base|; returns (largest, smallest key, Σ|δ| in float64:
+    four interleaved partial sums)."""
+    top, bottom = np.uint32(0), np.uint32(0xFFFFFFFF)
+    a0, a1, a2, a3 = 0.0, 0.0, 0.0, 0.0
+    n = keys.size
+    for j in range(n):
+        k = _float_to_bits(abs(value_at(x, j) - value_at(base, j)))
+        keys[j] = k
+        top = max(top, k)
+        bottom = min(bottom, k)
+    for j in range(0, n - 3, 4):
+        a0 += np.float64(_bits_to_float(keys[j]))
+        a1 += np.float64(_bits_to_float(keys[j + 1]))
+        a2 += np.float64(_bits_to_float(keys[j + 2]))
+        a3 += np.float64(_bits_to_float(keys[j + 3]))
+    for j in range(n - n % 4, n):
+        a0 += np.float64(_bits_to_float(keys[j]))
+    return top, bottom, (a0 + a1) + (a2 + a3)
+
+
+@_jit
+def _kept_sum(keys: Any, keep: Any) -> Any:
+    """Σ|δ| over the kept elements of a row, in float64 (four interleaved partial sums)."""
+    a0, a1, a2, a3 = 0.0, 0.0, 0.0, 0.0
+    n = keys.size
+    for j in range(0, n - 3, 4):
+        a0 += np.float64(_bits_to_float(keys[j])) if keep[j] else 0.0
+        a1 += np.float64(_bits_to_float(keys[j + 1])) if keep[j + 1] else 0.0
+        a2 += np.float64(_bits_to_float(keys[j + 2])) if keep[j + 2] else 0.0
+        a3 += np.float64(_bits_to_float(keys[j + 3])) if keep[j + 3] else 0.0
+    for j in range(n - n % 4, n):
+        a0 += np.float64(_bits_to_float(keys[j])) if keep[j] else 0.0
+    return (a0 + a1) + (a2 + a3)
+
+
+@_jit
+def observe_rows(
+    base: Any, x: Any, cols: int, states: Any, incs: Any, draw_start: int, table: Any,
+    keep: Any, raws: Any, keys: Any, work: Any, flagged: Any, slots: Any, member_keys: Any,
+) -> Any:  # fmt: skip
+    """keep (bool, the rows' elements) ← DELLA's keep mask of consecutive whole rows of
+    ``cols``; ``base``/``x`` hold those rows, the draws start at ``draw_start`` in the first
+    of the blocks ``states``/``incs`` seed. Returns the L1 norms (before, after) in float64,
+    summed row by row."""
+    for b in range(states.shape[0]):
+        _pcg_raws(states[b], incs[b], raws[b * RAWS_PER_BLOCK : (b + 1) * RAWS_PER_BLOCK])
+    draws = raws.view(np.uint16)[draw_start:]
+    row_keys = keys[:cols]
+    before, after = 0.0, 0.0
+    for row in range(x.size // cols):
+        lo = row * cols
+        top, bottom, total = _keys(x[lo : lo + cols], base[lo : lo + cols], row_keys)
+        row_keep = keep[lo : lo + cols]
+        keep_row(row_keys, draws[lo : lo + cols], table, row_keep, top, bottom, work, flagged,
+                 slots, member_keys)  # fmt: skip
+        before += total
+        after += _kept_sum(row_keys, row_keep)
+    return before, after
+
+
+@_jit
+def linear_apply(
+    base: Any, xs: Any, keeps: Any, masked: Any, scales: Any, weights: Any, divisor: Any,
+    divide: bool, lambda_: Any, out: Any,
+) -> None:  # fmt: skip
+    """out = (Σᵢ ((δᵢ·kᵢ)·cᵢ)·wᵢ [÷ d])·λ + base, per element in registers: kᵢ the keep mask
+    (where ``masked[i]``), cᵢ the rescale; each product and sum rounded to float32 in the
+    torch kernel's order (`mix_deltas` without consensus, then ``mul_(λ).add_(base)``)."""
+    zero, one = np.float32(0.0), np.float32(1.0)
+    for j in range(base.size):
+        b = value_at(base, j)
+        total = zero
+        for m in range(len(xs)):
+            s = value_at(xs[m], j) - b
+            if masked[m]:
+                s = (s * (one if keeps[m][j] else zero)) * scales[m]
+            term = s * weights[m]
+            total = term if m == 0 else total + term
+        if divide:
+            total = total / divisor
+        _store(out, j, total * lambda_ + b)
