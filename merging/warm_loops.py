@@ -10,7 +10,7 @@ import time
 
 import torch
 
-from merging.methods import _compiled, _della_fast, _method_loops
+from merging.methods import _compiled, _della_fast, _method_loops, _spherical_fast
 
 
 def main() -> None:
@@ -24,6 +24,7 @@ def main() -> None:
     magnitudes = torch.rand(2, 8)  # DELLA's ranked keep masks
     _della_fast.keep_mask(magnitudes, torch.zeros(2, 8, dtype=torch.int32),
                           lambda n: torch.arange(n, dtype=torch.int32))  # fmt: skip
+    _spherical_fast.warm_up()  # NuSLERP, Multi-SLERP, Karcher, NearSwap
     _method_loops.warm_up()  # single methods' loops: RAM / RAM+, SCE
     print(f"merge loops ready in {time.perf_counter() - started:.1f} s")
 
