@@ -15,7 +15,11 @@ the bucket's members (none needed when they all have one value, as bf16 ties oft
 The buckets cover the row's top `SPAN` binades (bit patterns below go to the first bucket):
 a zero or a tiny magnitude would otherwise stretch the range and crowd the rest into a few
 large buckets. Which bucket an element lands in never changes a decision, only how often its
-exact rank is needed.
+exact rank is needed. A draw below T[0] keeps and one from T[n − 1] on drops whatever the
+rank, so only the others (2ε of them) look at their bucket; in a bucket whose keys are all
+equal the place among its members (counted in position order) is the exact rank; and a few
+pending elements are ranked by comparing them with the whole row instead of grouping the
+buckets' members.
 """
 
 from __future__ import annotations
@@ -88,6 +92,9 @@ def keep_row(keys: Any, draws: Any, table: Any, out: Any, top: Any, bottom: Any,
     count[:bins] = 0
     pure[:bins] = 1
     last = member_keys  # (its first `bins` slots: the last key seen per bucket)
+    candidates = exact  # (until the decisions: the elements whose rank decides)
+    t_low, t_high = table[0], table[n - 1]
+    waiting = 0
     for j in range(n):  # bucket, place among the bucket's members, whether they all agree
         k = keys[j]
         b = np.int64((k - floor) >> shift) if k > floor else np.int64(0)
@@ -97,14 +104,20 @@ def keep_row(keys: Any, draws: Any, table: Any, out: Any, top: Any, bottom: Any,
         pure[b] &= np.int32((c == 0) | (last[b] == k))
         last[b] = k
         count[b] = c + 1
+        u = np.int32(draws[j])  # below T[0]: kept, from T[n − 1] on: dropped, whatever the rank
+        out[j] = u < t_low
+        candidates[waiting] = j
+        waiting += (u >= t_low) & (u < t_high)
     total = 0
     for b in range(bins):
         c = count[b]
         start[b] = total
         extra[b] = 0 if pure[b] else c - 1
         total += c
+    asked_for = waiting
     waiting = 0
-    for j in range(n):  # branch-free: keep/drop is a coin flip the CPU cannot predict
+    for p in range(asked_for):  # branch-free: keep/drop is a coin flip the CPU cannot predict
+        j = candidates[p]
         b = bucket[j]
         lo = start[b] + within[j] * pure[b]  # a bucket of equal keys: the exact rank
         u = np.int32(draws[j])
