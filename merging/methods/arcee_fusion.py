@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import threading
+import weakref
 from collections.abc import Sequence
 
 import numpy as np
@@ -54,9 +55,10 @@ def fusion_threshold(q1: Tensor, median: Tensor, q3: Tensor) -> Tensor:
 def row_kl(b_rows: Tensor, a_rows: Tensor) -> Tensor:
     """KL_row = Σⱼ pⱼ·log(pⱼ/qⱼ) per row (float32, mergekit's operations), clamped at 0 as +0.0
     (negative only by rounding; importances must be non-negative floats for the radix select)."""
-    p = F.softmax(b_rows, dim=-1) + PROBABILITY_FLOOR
-    q = F.softmax(a_rows, dim=-1) + PROBABILITY_FLOOR
-    return torch.sum(p * torch.log(p / q), dim=-1).clamp(min=0).add_(0.0)
+    p = F.softmax(b_rows, dim=-1).add_(PROBABILITY_FLOOR)  # (in place: the same values)
+    q = F.softmax(a_rows, dim=-1).add_(PROBABILITY_FLOOR)
+    terms = torch.div(p, q, out=q)  # log(p/q)·p: the same products as p·log(p/q)
+    return torch.sum(terms.log_().mul_(p), dim=-1).clamp(min=0).add_(0.0)
 
 
 def importance_of(a: Tensor, b: Tensor) -> Tensor:
@@ -182,6 +184,9 @@ class ArceeFusionKernel(Kernel):
         return (other - base).mul_(keep).add_(base)
 
 
+_scratch = threading.local()  # per thread: the float32 chunks `_FastFusion._widened` fills
+
+
 class _FastFusion:
     """The compiled passes (`_jit_fusion`), two over the inputs and the output pass: pass 0
     computes each row's KL (torch, as above) and, in the same pass, histograms the high 16 bits
@@ -191,14 +196,13 @@ class _FastFusion:
     outputs as the torch path (bit for bit), which takes one more pass and torch's histograms."""
 
     def __init__(self, kernel: ArceeFusionKernel) -> None:
-        self.kernel = kernel
+        self.kernel = weakref.proxy(kernel)  # (no cycle: the kernel's memory goes with it)
         self.loops = _method_loops.loops("_jit_fusion")
         self.cols = kernel.layout.size
         self.counts: dict[int, np.ndarray] = {}  # thread → its two sub-histograms
         self.wanted = np.zeros(HIGH_BUCKETS, dtype=np.uint8)
         self.gathered: dict[int, np.ndarray] = {}
         self.lock = threading.Lock()
-        self.scratch = threading.local()
         self.widen = _method_loops.loops("_jit_loops")._decode
 
     def _span(self, offset: int, length: int) -> tuple[np.ndarray, int]:
@@ -221,9 +225,9 @@ class _FastFusion:
         ~10x faster than torch's conversion; the same values)."""
         if base.dtype == other.dtype == torch.float32:
             return [base, other]
-        buffers = getattr(self.scratch, "buffers", None)
+        buffers = getattr(_scratch, "buffers", None)
         if buffers is None or buffers[0].numel() < base.numel():
-            buffers = self.scratch.buffers = [torch.empty(base.numel()) for _ in range(2)]
+            buffers = _scratch.buffers = [torch.empty(base.numel()) for _ in range(2)]
         widened = []
         for x, buffer in zip((base, other), buffers, strict=True):
             target = buffer[: x.numel()]

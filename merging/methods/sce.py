@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 import threading
+import weakref
 from collections.abc import Sequence
 
 import numpy as np
@@ -295,7 +296,7 @@ class _FastSelect:
     close to a float32 rounding boundary."""
 
     def __init__(self, kernel: SceKernel, base: Tensor, inputs: Sequence[Tensor]) -> None:
-        self.kernel = kernel
+        self.kernel = weakref.proxy(kernel)  # (no cycle: the kernel's memory goes with it)
         self.loops = _method_loops.loops("_jit_sce")
         self.selector: SampledSelect | None = None
         self.bounds = np.zeros(SampledSelect.BOUNDS, dtype=np.int64)
