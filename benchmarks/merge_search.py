@@ -17,7 +17,10 @@ uniform soup) and the searched TIES recipe for each fitness (``loss``, ``example
 ``worst_gap`` with the selection examples tagged by skill) and budget; columns: per-skill retention,
 the minimum over skills, selection and test loss, candidates per minute and the engine's
 overhead per candidate (wall time beyond merging in place + scoring), in process and, with
-``--ray``, on a local Ray (127.0.0.1) with two workers.
+``--ray``, on a local Ray (127.0.0.1) with two workers. ``--seeds`` repeats every search with
+other optimiser seeds (the summary gives the median worst-skill retention); ``--ceiling``
+adds, per budget, a ``worst_gap`` search tuned on the *test* examples themselves: not a
+result, the most the space and the optimiser can reach on those examples at that budget.
 
 Usage (from the repository root; the zoo is cached under ``--zoo-dir``)::
 
@@ -134,7 +137,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budgets", type=int, nargs="+", default=[16, 48, 96])
     parser.add_argument("--metrics", nargs="+", default=["loss", "example_loss", "worst_gap"],
                         help="search fitnesses to compare (each with every budget)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="optimiser seeds")
+    parser.add_argument("--genes", type=int, help="genes to search (default: budget / 8)")
+    parser.add_argument("--ceiling", action="store_true",
+                        help="also tune on the test split (the ceiling, not a result)")
     parser.add_argument("--optimizers", nargs="+", default=["auto"],
                         help="search optimisers to compare (auto, cmaes, tpe, nevergrad)")
     parser.add_argument("--starts", nargs="+", default=["ties"],
@@ -186,19 +192,29 @@ def main(argv: list[str] | None = None) -> int:
                        "recipe": recipe.to_yaml()}  # fmt: skip
     starts = {"ties": start, "task_arithmetic": _recipe("task_arithmetic", folders,
                                                         **{"lambda": 0.5})}  # fmt: skip
-    for method, optimizer, metric, budget in itertools.product(
-            args.starts, args.optimizers, args.metrics, args.budgets):  # fmt: skip
+    runs = [(m, o, f, b, seed, False) for m, o, f, b, seed in itertools.product(
+        args.starts, args.optimizers, args.metrics, args.budgets, args.seeds)]  # fmt: skip
+    if args.ceiling:
+        runs += [(m, o, "worst_gap", b, seed, True) for m, o, b, seed in itertools.product(
+            args.starts, args.optimizers, args.budgets, args.seeds)]  # fmt: skip
+    for method, optimizer, metric, budget, seed, on_test in runs:
         shots = tagged if metric == "worst_gap" else selection
-        result = search(starts[method], shots, budget=budget, seed=args.seed, metric=metric,
-                        optimizer=optimizer)  # fmt: skip
+        if on_test:
+            shots = [{**r, "task": s} for s in SKILLS for r in data[s]["test"]]
+        result = search(starts[method], shots, budget=budget, seed=seed, metric=metric,
+                        optimizer=optimizer, max_genes=args.genes)  # fmt: skip
         evaluated = [c for c in result.candidates if not c.cached]
-        label = f"searched by {metric} (budget {budget})"
+        label = ("ceiling: tuned on the test split" if on_test else f"searched by {metric}") \
+            + f" (budget {budget})"  # fmt: skip
         if (args.starts, args.optimizers) != (["ties"], ["auto"]):
             label += f", from {method}, {optimizer}"
+        if len(args.seeds) > 1:
+            label += f", seed {seed}"
         rows[label] = {
             "test": per_skill(result.recipe), "selection": evaluator.score(result.recipe),
             "genes": len(result.space), "sampler": result.sampler,
-            "candidates": len(result.candidates),
+            "candidates": len(result.candidates), "fitness": result.best.score,
+            "group": [method, optimizer, metric, budget, on_test],
             "candidates_per_minute": 60 * len(result.candidates)
             / max(1e-9, result.seconds - result.load_seconds),
             "eval_seconds": sum(c.seconds for c in evaluated) / max(1, len(evaluated)),
@@ -206,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         }  # fmt: skip
     if args.ray:
         budget = args.budgets[0]
-        result = search(start, selection, budget=budget, seed=args.seed, ray=True, workers=2)
+        result = search(start, selection, budget=budget, seed=args.seeds[0], ray=True, workers=2)
         evaluated = [c for c in result.candidates if not c.cached]
         rows[f"searched by loss on local Ray (budget {budget})"] = {
             "test": per_skill(result.recipe), "selection": evaluator.score(result.recipe),
@@ -228,9 +244,30 @@ def main(argv: list[str] | None = None) -> int:
                       "ft_steps": args.ft_steps, "ft_lr": args.ft_lr,
                       "build_seconds": round(build_seconds, 1)},
               "base_test": base, "specialist_test": specialist, "rows": rows}  # fmt: skip
+    report["medians"] = medians(rows)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(table(report))
+    for label, value in report["medians"].items():
+        print(f"median over seeds, {label}: min ret. {value['test']:.0%} "
+              f"(selection split {value['selection']:.0%}, n={value['n']})")
     return 0
+
+
+def medians(rows: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Per search setting (start, optimiser, metric, budget, tuned on test): the median over
+    seeds of the worst skill's test and selection-split retention."""
+    import statistics
+
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for row in rows.values():
+        if "group" in row:
+            method, optimizer, metric, budget, on_test = row["group"]
+            key = (f"{'ceiling' if on_test else metric}, budget {budget}, from {method}, "
+                   f"{optimizer}")  # fmt: skip
+            groups.setdefault(key, []).append(row)
+    return {key: {"test": statistics.median(r["min_retention"] for r in group),
+                  "selection": statistics.median(r["min_selection_retention"] for r in group),
+                  "n": len(group)} for key, group in groups.items()}  # fmt: skip
 
 
 def table(report: dict[str, Any]) -> str:
