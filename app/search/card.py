@@ -33,7 +33,9 @@ def render_search_section(result: SearchResult) -> str:
         f"memory and scored by **{result.metric}** ({direction} is better) on "
         f"{result.examples} selection example(s).",
         "",
-        f"- Examples (sha256 of the canonical JSON lines): `{result.examples_hash}`",
+        f"- Examples (sha256 of the canonical JSON lines): `{result.examples_hash}`"
+        + (f"; the documents of the harness tasks {_spec(result.examples_from)}"
+           if result.examples_from is not None else ""),
         f"- Budget: {result.budget} candidate(s); scored {len(result.candidates)} "
         f"(stopped by: {result.stopped})",
         f"- Seed: `{result.seed}`; optimiser: `{result.sampler}`; backend: {result.backend} "

@@ -58,6 +58,7 @@ class SearchResult:
     test_hash: str | None = None
     reference: Any = None  # worst_gap: the per-task base / best-input losses
     rescored: Any = None  # `RescoreResult`: harness re-scoring and the guard, if asked
+    examples_from: Any = None  # `TaskSpec` whose documents the examples are, if they are
 
     @property
     def candidates(self) -> list[Candidate]:
@@ -102,7 +103,9 @@ class SearchResult:
             "metric": self.metric, "higher_is_better": self.state.higher_is_better,
             "sampler": self.sampler, "stopped": self.stopped, "backend": self.backend,
             "workers": self.workers, "examples": self.examples,
-            "examples_sha256": self.examples_hash, "seconds": round(self.seconds, 3),
+            "examples_sha256": self.examples_hash,
+            "examples_from": self.examples_from.to_dict() if self.examples_from else None,
+            "seconds": round(self.seconds, 3),
             "load_seconds": round(self.load_seconds, 3),
             "best": best.to_dict() if best else None,
             "best_fixed": fixed.to_dict() if fixed else None,
@@ -202,6 +205,7 @@ def search(
     from app.search.tasks import selection_rows, split_tasks
 
     started = time.perf_counter()
+    from_tasks = tasks if not list(examples or []) else None
     rows = selection_rows(examples, tasks)
     if not split_tasks(rows)[0]:
         raise SearchError("the search needs at least one example")
@@ -243,7 +247,7 @@ def search(
     result = SearchResult(
         space=space, state=state, budget=budget, seed=seed, metric=metric, sampler=sampler,
         stopped=stopped, backend=backend.name, workers=backend.workers,
-        examples_hash=examples_hash(rows), examples=len(rows),
+        examples_hash=examples_hash(rows), examples=len(rows), examples_from=from_tasks,
         seconds=time.perf_counter() - started, load_seconds=load_seconds, reference=reference,
     )  # fmt: skip
     if (tasks or guard) and stopped != "cancelled" and state.candidates:
@@ -277,8 +281,11 @@ def search_and_merge(
     """
     from app.search.tasks import selection_rows
 
-    examples = selection_rows(examples, options.get("tasks"))
+    tasks = options.get("tasks")
+    from_tasks = tasks if not list(examples or []) else None
+    examples = selection_rows(examples, tasks)
     result = search(recipe, examples, **options)
+    result.examples_from = from_tasks
     if result.stopped == "cancelled":
         return result
     device = options.get("device", "cpu")

@@ -100,6 +100,7 @@ def test_harness_tasks_give_the_examples_and_lm_eval_only_rescores(tagged, monke
     expected = examples_from_tasks(spec)
     assert [r["input"] for r in expected[:2]] == ["double 0 is", "double 1 is"]
     assert (result.examples, result.examples_hash) == (12, examples_hash(expected))
+    assert result.examples_from == spec
     assert len(during) == 10
     assert set(during) == {0}  # no harness run inside the loop
     assert len(runs) == len(result.rescored.rescored) == 3  # the best 2 and your recipe
@@ -120,5 +121,7 @@ def test_search_cli_takes_examples_from_tasks(tagged, tmp_path, capsys):
     assert code == 0
     record = json.loads((tmp_path / "out" / "search.json").read_text())
     assert record["examples"] == 8
-    assert record["rescore"]["tasks"] == {"tasks": ["hubmerge_demo_math"], "limit": 8,
-                                          "num_fewshot": None}  # fmt: skip
+    spec = {"tasks": ["hubmerge_demo_math"], "limit": 8, "num_fewshot": None}
+    assert record["rescore"]["tasks"] == record["examples_from"] == spec
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "the documents of the harness tasks `hubmerge_demo_math`, 8 item(s) each" in card
