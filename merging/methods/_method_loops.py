@@ -25,11 +25,12 @@ _modules: dict[str, Any] = {}
 STORED = (torch.bfloat16, torch.float32)
 
 
-def takes(tensors: Sequence[Tensor], dtype: torch.dtype) -> bool:
+def takes(tensors: Sequence[Tensor], dtype: torch.dtype, device: torch.device) -> bool:
     """Whether compiled loops can read these whole flat tensors (CPU, contiguous, bf16 or
-    float32, the inputs in one dtype) for float32 compute."""
+    float32, the inputs in one dtype) for float32 compute on ``device`` (the chunks')."""
     return (
         _compiled.available
+        and device.type == "cpu"
         and dtype == torch.float32
         and all(t.device.type == "cpu" and t.is_contiguous() for t in tensors)
         and all(t.dtype in STORED for t in tensors)

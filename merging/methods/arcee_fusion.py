@@ -120,7 +120,7 @@ class ArceeFusionKernel(Kernel):
 
     def prepare(self, base: Tensor | None, inputs: Sequence[Tensor]) -> None:
         assert base is not None
-        if _method_loops.takes([base, *inputs], self.dtype):
+        if _method_loops.takes([base, *inputs], self.dtype, self.device):
             self.fast = _FastFusion(self)
             self.raw_inputs, self.reductions = True, 2
 

@@ -189,7 +189,7 @@ class RamKernel(Kernel):
 
     def prepare(self, base: Tensor | None, inputs: Sequence[Tensor]) -> None:
         assert base is not None
-        self.fast = _method_loops.takes([base, *inputs], self.dtype)
+        self.fast = _method_loops.takes([base, *inputs], self.dtype, self.device)
         if self.fast:  # counts and outputs do not depend on the chunking
             self.raw_inputs, self.max_chunk = True, 1 << 22
 

@@ -188,7 +188,7 @@ class SceKernel(Kernel):
 
     def prepare(self, base: Tensor | None, inputs: Sequence[Tensor]) -> None:
         assert base is not None
-        if _method_loops.takes([base, *inputs], self.dtype) and len(inputs) > 1:
+        if _method_loops.takes([base, *inputs], self.dtype, self.device) and len(inputs) > 1:
             self.fast = _FastSelect(self, base, inputs)
             self.raw_inputs, self.reductions = True, 1
 
