@@ -10,15 +10,20 @@ import time
 
 import torch
 
-from merging.methods import _compiled, _della_fast, _method_loops, _spherical_fast, random_stream
+from merging.methods import (
+    METHODS,
+    _compiled,
+    _della_fast,
+    _method_loops,
+    _spherical_fast,
+    random_stream,
+)
+from merging.streaming import run_kernel
 
 
 def _warm_della() -> None:
     """DELLA's fused kernel (`_della_fused`): both variants, 1–3 models, bf16 and float32
     inputs, into bf16 and float32 outputs."""
-    from merging import METHODS
-    from merging.streaming import run_kernel
-
     for name in ("della", "della_linear"):
         method = METHODS.get(name)
         for dtype in (torch.bfloat16, torch.float32):
