@@ -9,7 +9,6 @@ code takes a second or so; ``python -m merging.warm_loops`` compiles it ahead of
 
 from __future__ import annotations
 
-import importlib
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -19,6 +18,7 @@ import torch
 from torch import Tensor
 
 from merging.methods import _compiled
+from merging.methods._numba_start import import_loops
 
 _lock = threading.Lock()
 _modules: dict[str, Any] = {}
@@ -39,13 +39,14 @@ def takes(tensors: Sequence[Tensor], dtype: torch.dtype, device: torch.device) -
 
 
 def loops(name: str) -> Any:
-    """The loop module ``merging.methods.<name>``, imported once."""
+    """The loop module ``merging.methods.<name>``, imported once (numba started as
+    `_numba_start` starts it)."""
     module = _modules.get(name)
     if module is None:
         with _lock:
             module = _modules.get(name)
             if module is None:
-                module = _modules[name] = importlib.import_module(f"merging.methods.{name}")
+                module = _modules[name] = import_loops(f"merging.methods.{name}")
     return module
 
 
