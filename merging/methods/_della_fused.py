@@ -80,7 +80,9 @@ class FusedDella:
     """The compiled path of one DELLA kernel's tensor (see the module docstring)."""
 
     def __init__(self, kernel: Any, base: Tensor, inputs: Sequence[Tensor]) -> None:
-        self.kernel = kernel
+        # (no reference to the kernel: a cycle would keep the masks until the next collection)
+        self.lock = kernel.lock
+        self.consensus, self.params, self.sources = kernel.consensus, kernel.params, kernel.sources
         self.base = _compiled._as_array(base)
         self.inputs = [_compiled._as_array(x) for x in inputs]
         self.numel = base.numel()
@@ -128,7 +130,7 @@ class FusedDella:
             start - start // BLOCK * BLOCK, self.tables[index], mask[start:stop], raws, keys,
             *work,
         )  # fmt: skip
-        with self.kernel.lock:
+        with self.lock:
             self.sums[(index, offset)] = (before, after)
 
     def l1(self, index: int) -> tuple[float, float]:
@@ -141,16 +143,19 @@ class FusedDella:
         assert mask is not None
         return torch.from_numpy(mask[offset : offset + length])
 
-    def apply_into(self, base: Tensor, inputs: Sequence[Tensor], offset: int, out: Tensor) -> bool:
-        """The output chunk into ``out`` (bf16 or float32), or False (the torch `apply`)."""
+    def apply_into(
+        self, base: Tensor, inputs: Sequence[Tensor], offset: int, out: Tensor,
+        scales: Sequence[float],
+    ) -> bool:  # fmt: skip
+        """The output chunk into ``out`` (bf16 or float32) with each model's L1 rescale
+        ``scales``, or False (the torch `apply`)."""
         if out.dtype not in _compiled.OUTPUT_DTYPES or not out.is_contiguous():
             return False
-        kernel, length = self.kernel, base.numel()
+        length = base.numel()
         keeps = [None if m is None else m[offset : offset + length] for m in self.masks]
-        scales = [float(s) for s in kernel.scales]
-        weights = [s.weight for s in kernel.sources]
-        params = kernel.params
-        if kernel.consensus:
+        weights = [s.weight for s in self.sources]
+        params = self.params
+        if self.consensus:
             by_weight = params.divide_by == "weights"
             _compiled.family_apply(
                 base, inputs,

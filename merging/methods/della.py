@@ -307,7 +307,8 @@ class DellaKernel(Kernel):
         self, base: Tensor | None, inputs: Sequence[Tensor], offset: int, out: Tensor
     ) -> bool:
         assert base is not None
-        return self.fused is not None and self.fused.apply_into(base, inputs, offset, out)
+        fused = self.fused
+        return fused is not None and fused.apply_into(base, inputs, offset, out, self.scales)
 
     def apply(self, base: Tensor | None, inputs: Sequence[Tensor], offset: int) -> Tensor:
         assert base is not None
