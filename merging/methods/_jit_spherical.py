@@ -61,6 +61,68 @@ def flat_sums(base: Any, has_base: bool, xs: Any, left: Any, right: Any, sums: A
         sums[s] = fold(lanes[s])
 
 
+# Every pair of two or three inputs in one loop per block: the same lanes, the same order of
+# additions, so the same sums as `flat_sums`. ``base`` is None without a base (numba compiles
+# that case apart: no per-element test).
+@_jit
+def gram2(base: Any, x0: Any, x1: Any, sums: Any) -> None:
+    """sums = (Σv₀v₀, Σv₀v₁, Σv₁v₁) over the chunk, as `flat_sums` adds them."""
+    l00, l01, l11 = np.zeros(LANES), np.zeros(LANES), np.zeros(LANES)
+    for start in range(0, x0.size, LANES):
+        count = min(LANES, x0.size - start)
+        a, b = x0[start : start + count], x1[start : start + count]
+        if base is None:
+            for j in range(count):
+                u, v = np.float64(_value(a, j)), np.float64(_value(b, j))
+                l00[j] += u * u
+                l01[j] += u * v
+                l11[j] += v * v
+        else:
+            bb = base[start : start + count]
+            for j in range(count):
+                q = _value(bb, j)
+                u, v = np.float64(_value(a, j) - q), np.float64(_value(b, j) - q)
+                l00[j] += u * u
+                l01[j] += u * v
+                l11[j] += v * v
+    sums[0], sums[1], sums[2] = fold(l00), fold(l01), fold(l11)
+
+
+@numba.njit(inline="always")
+def _add_products3(u: Any, v: Any, w: Any, lanes: Any, j: int) -> None:
+    lanes[0, j] += u * u
+    lanes[1, j] += u * v
+    lanes[2, j] += u * w
+    lanes[3, j] += v * v
+    lanes[4, j] += v * w
+    lanes[5, j] += w * w
+
+
+@_jit
+def gram3(base: Any, x0: Any, x1: Any, x2: Any, sums: Any) -> None:
+    """sums = (Σv₀v₀, Σv₀v₁, Σv₀v₂, Σv₁v₁, Σv₁v₂, Σv₂v₂) over the chunk, as `flat_sums`."""
+    lanes = np.zeros((6, LANES))
+    for start in range(0, x0.size, LANES):
+        count = min(LANES, x0.size - start)
+        a, b, c = x0[start : start + count], x1[start : start + count], x2[start : start + count]
+        if base is None:
+            for j in range(count):
+                u, v, w = (
+                    np.float64(_value(a, j)),
+                    np.float64(_value(b, j)),
+                    np.float64(_value(c, j)),
+                )
+                _add_products3(u, v, w, lanes, j)
+        else:
+            bb = base[start : start + count]
+            for j in range(count):
+                q = _value(bb, j)
+                u, v = np.float64(_value(a, j) - q), np.float64(_value(b, j) - q)
+                _add_products3(u, v, np.float64(_value(c, j) - q), lanes, j)
+    for s in range(6):
+        sums[s] = fold(lanes[s])
+
+
 @_jit
 def fold(lanes: Any) -> float:
     """Lane sums (a power of two of them) added pairwise: (l₀+l₁, l₂+l₃, …), halving until one

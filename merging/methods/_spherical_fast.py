@@ -123,6 +123,32 @@ def _torch_sums(layout: Layout, vectors: Sequence[Tensor], pairs: Sequence[tuple
     return 0, torch.from_numpy(fold_lanes(lanes.cpu().numpy())).unsqueeze(1)
 
 
+def _flat_sums(reference: np.ndarray, has_base: bool, xs: tuple[Any, ...],
+               pairs: tuple[tuple[int, int], ...]) -> np.ndarray:  # fmt: skip
+    """(len(pairs), 1) float64: two or three inputs in one loop over every pair (`gram2`,
+    `gram3`), more in one loop per pair (`flat_sums`); the same sums either way."""
+    picks = _every_pair(len(xs), pairs)
+    if picks is not None:
+        found = np.empty(len(xs) * (len(xs) + 1) // 2, dtype=np.float64)
+        loop = _loops.gram2 if len(xs) == 2 else _loops.gram3
+        loop(reference if has_base else None, *xs, found)
+        return found[picks].reshape(-1, 1)
+    sums = np.empty((len(pairs), 1), dtype=np.float64)
+    left, right = _pair_arrays(pairs)
+    _loops.flat_sums(reference, has_base, xs, left, right, sums[:, 0])
+    return sums
+
+
+@functools.cache
+def _every_pair(count: int, pairs: tuple[tuple[int, int], ...]) -> np.ndarray | None:
+    """Where each of ``pairs`` is in `gram2` / `gram3`'s order of every pair (i ≤ j); None
+    for other numbers of inputs."""
+    every = [(i, j) for i in range(count) for j in range(i, count)]
+    if count not in (2, 3) or not set(pairs) <= set(every):
+        return None
+    return np.asarray([every.index(p) for p in pairs], dtype=np.int64)
+
+
 @functools.cache
 def _pair_arrays(pairs: tuple[tuple[int, int], ...]) -> tuple[np.ndarray, np.ndarray]:
     return (np.asarray([i for i, _ in pairs], dtype=np.int64),
@@ -145,10 +171,7 @@ def chunk_sums(
         return _torch_sums(layout, [v.double() for v in vectors], pairs, offset)
     reference, xs = _arrays(base, inputs)
     if layout.count == 1:
-        sums = np.empty((len(pairs), 1), dtype=np.float64)
-        left, right = _pair_arrays(tuple(pairs))
-        _loops.flat_sums(reference, base is not None, xs, left, right, sums[:, 0])
-        return 0, torch.from_numpy(sums)
+        return 0, torch.from_numpy(_flat_sums(reference, base is not None, xs, tuple(pairs)))
     assert list(pairs) == [(0, 0), (1, 1), (0, 1)]
     assert len(xs) == 2
     first, count = layout.span(offset, length)
