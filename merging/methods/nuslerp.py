@@ -12,6 +12,12 @@ mergekit 0.1.5's ``nuslerp`` (``merge_methods/nuslerp.py``), same parameter name
 
 Unlike ``slerp`` there is no |cos Ω| > 0.9995 cut-off: NuSLERP falls back to linear
 interpolation only where 1 − cos²Ω ≤ 10⁻¹⁶ (sin Ω ≈ 0).
+
+The chunked kernel (`NuSlerpKernel`) runs in compiled loops on CPU (`_spherical_fast`), with
+the torch path's values. Since 2026-12-01 a flat tensor's float64 statistics are added in a
+fixed order (1024 lanes per chunk, folded pairwise) instead of torch's ``sum()``: they can
+differ in their last bits from before, which almost never changes a float32 coefficient (the
+benchmark merges are bit-identical to before).
 """
 
 from __future__ import annotations

@@ -8,6 +8,12 @@ method's algorithm on the k coefficients (the "vectors" in it are coefficient ve
 ‖Σ cᵢvᵢ‖² = cᵀGc), and writes Σᵢ cᵢ·vᵢ chunk by chunk: no tensor-sized temporary, whatever
 the number of Karcher iterations. The pure functions run the same algorithms on the whole
 tensors in float64.
+
+Both passes run in compiled loops on CPU (`_spherical_fast`), with the torch path's values.
+Since 2026-12-01 each chunk's Gram sums are added in a fixed order (1024 lanes, folded
+pairwise) instead of torch's ``sum()``: G can differ in its last float64 bits from before,
+which almost never changes a float32 coefficient (the benchmark merges are bit-identical to
+before).
 """
 
 from __future__ import annotations
