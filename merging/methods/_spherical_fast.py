@@ -12,11 +12,13 @@ Sums run in a fixed order:
 - ``last`` / ``first`` (rows / columns): each vector's elements in element order (as
   ``index_add_`` adds them).
 
-Per-chunk sums are then added in offset order (`VectorSums`). The compiled loops apply on
-CPU, float32 compute, inputs of one storage dtype (bf16 or float32; the base may differ) and
-contiguous chunks; elsewhere (numba missing, ``HUBMERGE_NO_JIT=1``, an accelerator) the torch
-path runs. The loops load in a background thread the first time they are asked for; large
-tensors wait for them (`wants`), small ones take the torch path meanwhile.
+Per-chunk sums are then added in offset order (`VectorSums`). On an accelerator a chunk's
+flat sums are torch's ``sum()`` (a loop over lanes would be thousands of tiny kernels). The
+compiled loops apply on CPU, float32 compute, inputs of one storage dtype (bf16 or float32;
+the base may differ) and contiguous chunks; elsewhere (numba missing, ``HUBMERGE_NO_JIT=1``,
+an accelerator) the torch path runs. The loops load in a background thread the first time
+they are asked for; large tensors wait for them (`wants`), small ones take the torch path
+meanwhile.
 """
 
 from __future__ import annotations
@@ -114,7 +116,7 @@ def fold_lanes(lanes: np.ndarray) -> np.ndarray:
 def _torch_sums(layout: Layout, vectors: Sequence[Tensor], pairs: Sequence[tuple[int, int]],
                 offset: int) -> tuple[int, Tensor]:  # fmt: skip
     products = torch.stack([vectors[i] * vectors[j] for i, j in pairs])
-    if layout.count > 1:
+    if layout.count > 1 or products.device.type != "cpu":  # (accelerators: torch's sum())
         return vector_sums(layout, list(products), offset)
     lanes = torch.zeros(len(pairs), LANES, dtype=torch.float64, device=products.device)
     for start in range(0, products.shape[1], LANES):  # each lane in element order
