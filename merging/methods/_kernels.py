@@ -17,7 +17,6 @@ order at the end of the pass, so results never depend on thread timing.
 
 from __future__ import annotations
 
-import math
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -26,7 +25,6 @@ import torch
 from torch import Tensor
 
 from merging.methods import _compiled
-from merging.methods._ops import PARALLEL_THRESHOLD
 
 
 class Kernel:
@@ -97,47 +95,3 @@ class LinearKernel(Kernel):
         for weight, x in zip(self.weights, inputs, strict=True):
             out.add_(x, alpha=weight)
         return out.div_(self.divisor)
-
-
-class SlerpKernel(Kernel):
-    reductions = 1
-
-    def __init__(self, params: Any) -> None:
-        super().__init__()
-        self.t = params.t
-        self.parts: dict[int, tuple[float, float, float]] = {}  # offset → ‖v0‖², ‖v1‖², v0·v1
-        self.coefficients: tuple[float, float] | None = None
-
-    def reduce(self, step: int, base: Tensor | None, inputs: Sequence[Tensor], offset: int) -> None:
-        assert base is not None
-        v1 = inputs[0]
-        part = (
-            float((base * base).sum()),
-            float((v1 * v1).sum()),
-            float((base * v1).sum()),
-        )
-        with self.lock:
-            self.parts[offset] = part
-
-    def end_pass(self, step: int) -> None:
-        sums = [0.0, 0.0, 0.0]
-        for _, part in sorted(self.parts.items()):
-            sums = [a + b for a, b in zip(sums, part, strict=True)]
-        n0 = max(math.sqrt(sums[0]), 1e-8)
-        n1 = max(math.sqrt(sums[1]), 1e-8)
-        dot = sums[2] / (n0 * n1)
-        if abs(dot) > PARALLEL_THRESHOLD:
-            return
-        omega = math.acos(max(-1.0, min(1.0, dot)))
-        sin_omega = math.sin(omega)
-        self.coefficients = (
-            math.sin((1 - self.t) * omega) / sin_omega,
-            math.sin(self.t * omega) / sin_omega,
-        )
-
-    def apply(self, base: Tensor | None, inputs: Sequence[Tensor], offset: int) -> Tensor:
-        assert base is not None
-        if self.coefficients is None:
-            return torch.lerp(base, inputs[0], self.t)
-        s0, s1 = self.coefficients
-        return base * s0 + inputs[0] * s1

@@ -334,7 +334,8 @@ def test_slerp_of_parallel_vectors_is_lerp(data, scale, t):
     base, _ = data
     assume(float(base.norm()) > 1e-3)
     other = base * scale
-    assert torch.equal(call("slerp", base, [other], t=t), torch.lerp(base, other, t))
+    # mergekit's lerp there: (1 − t)·v0 + t·v1
+    assert torch.equal(call("slerp", base, [other], t=t), base * (1 - t) + other * t)
 
 
 def test_slerp_written_out_for_orthogonal_unit_vectors():

@@ -185,3 +185,30 @@ def test_nearswap_at_t_0_is_the_base_and_of_a_model_with_itself_too():
 def test_warm_up_compiles_the_usual_loops():
     _spherical_fast.warm_up()
     assert _spherical_fast.loaded(wait=False)
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    seed=st.integers(0, 10_000),
+    n=st.sampled_from([1, 300, 5000, 70_000]),
+    t=st.floats(0, 1),
+    parallel=st.booleans(),
+    storage=st.sampled_from([torch.bfloat16, torch.float32]),
+    out_dtype=st.sampled_from([torch.bfloat16, torch.float32]),
+    chunk=st.sampled_from([7, 1024, 5000, 1 << 18]),
+    threads=st.booleans(),
+)
+def test_slerp_runs_nuslerps_passes_bit_for_bit_and_matches_its_function(
+    seed, n, t, parallel, storage, out_dtype, chunk, threads
+):
+    """SLERP's kernel is NuSLERP's over (base, other): compiled == torch path, and both are
+    the function (up to float rounding), the nearly parallel case included."""
+    base, other = (x.to(storage) for x in bf16_models(seed, n, 1, levels=None))
+    if parallel:
+        other = (base.float() * 1.5).to(storage)
+    run = {"out_dtype": out_dtype, "chunk": chunk, "pool": POOL if threads else None, "t": t}
+    expected = merged("slerp", base, [other], compiled=False, **run)
+    assert_bitwise(merged("slerp", base, [other], compiled=True, **run), expected)
+    if out_dtype == torch.float32:
+        function = pure("slerp", base.float(), [other.float()], [1.0], t=t)
+        torch.testing.assert_close(expected, function, rtol=1e-5, atol=1e-6)
