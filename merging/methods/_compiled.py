@@ -18,10 +18,7 @@ with the same results. Methods that never ask never import numba.
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import logging
-import os
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -30,13 +27,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from merging.methods._numba_start import import_loops
+from merging.methods._numba_start import AVAILABLE, import_loops
 from merging.methods._ops import BLOCK, keep_threshold
 from merging.methods._streams import block_streams
 
 logger = logging.getLogger(__name__)
 
-available = not os.environ.get("HUBMERGE_NO_JIT") and importlib.util.find_spec("numba") is not None
+available = AVAILABLE
 HIGH_BUCKETS = 1 << 15
 LOW_BUCKETS = 1 << 16
 SIGN_METHODS = {"sum": 0, "count": 1, "total": 2}
@@ -46,7 +43,7 @@ DENSE, TRIM, MASK = 0, 1, 2
 RESCALE_NONE, RESCALE_MUL, RESCALE_DIV = 0, 1, 2
 
 
-def _as_array(x: Tensor) -> np.ndarray:
+def as_array(x: Tensor) -> np.ndarray:
     """A CPU chunk as the array the loops read: bf16 as its uint16 bit patterns."""
     if x.dtype == torch.bfloat16:
         return x.view(torch.int16).numpy().view(np.uint16)
@@ -203,8 +200,8 @@ def dare_observe(
     keep = np.empty(length, dtype=np.bool_)
     magnitudes, kept = _buffers(length)
     start = offset - offset // BLOCK * BLOCK
-    _dare_loops.dare_observe(states, incs, start, keep_threshold(density), _as_array(base),
-                             _as_array(x), keep.view(np.uint8), magnitudes.numpy(),
+    _dare_loops.dare_observe(states, incs, start, keep_threshold(density), as_array(base),
+                             as_array(x), keep.view(np.uint8), magnitudes.numpy(),
                              kept.numpy())  # fmt: skip
     return torch.from_numpy(keep), magnitudes, kept
 
@@ -251,12 +248,12 @@ def magnitude_histograms(
     pass 0 counts the high 16 bits; pass 1 the low 16 bits of the elements whose high bits
     equal ``highs[i]`` (the bucket that holds the threshold). Inactive rows are untouched.
     ``counts`` (from `histogram_buffer`) must not be shared with a concurrent call."""
-    xs = tuple(_as_array(x) for x in inputs)
+    xs = tuple(as_array(x) for x in inputs)
     flags = np.asarray(active, dtype=np.uint8)
     if step == 0:
-        _loops.high_histograms(_as_array(base), xs, flags, counts)
+        _loops.high_histograms(as_array(base), xs, flags, counts)
     else:
-        _loops.low_histograms(_as_array(base), xs, flags, np.asarray(highs, dtype=np.int64), counts)
+        _loops.low_histograms(as_array(base), xs, flags, np.asarray(highs, dtype=np.int64), counts)
 
 
 def bound_counts(
@@ -265,7 +262,7 @@ def bound_counts(
 ) -> None:  # fmt: skip
     """counts[i, c] += #(|δᵢ| bit patterns ≥ bounds[i, c]) over this chunk, active inputs only."""
     flags = np.asarray(active, dtype=np.uint8)
-    _select_loops.bound_counts(_as_array(base), tuple(_as_array(x) for x in inputs), flags,
+    _select_loops.bound_counts(as_array(base), tuple(as_array(x) for x in inputs), flags,
                                bounds, counts)  # fmt: skip
 
 
@@ -273,7 +270,7 @@ def gather_between(base: Tensor, x: Tensor, low: int, high: int, expected: int) 
     """The |δ| bit patterns of this chunk in [low, high), in element order (``expected`` of
     them, counted before)."""
     out = np.empty(expected + 1, dtype=np.uint32)
-    found = _select_loops.gather_between(_as_array(base), _as_array(x), low, high, out)
+    found = _select_loops.gather_between(as_array(base), as_array(x), low, high, out)
     assert found == expected, (found, expected)
     return out[:found]
 
@@ -281,7 +278,7 @@ def gather_between(base: Tensor, x: Tensor, low: int, high: int, expected: int) 
 def magnitudes(base: Tensor, x: Tensor) -> Tensor:
     """|x − base| in float32 (what ``delta_of(x, base).abs_()`` gives), in one loop."""
     out = np.empty(x.numel(), dtype=np.float32)
-    _loops.magnitudes(_as_array(base), _as_array(x), out)
+    _loops.magnitudes(as_array(base), as_array(x), out)
     return torch.from_numpy(out)
 
 
@@ -317,8 +314,8 @@ def family_apply(
                                             normalize, lambda_, result):  # fmt: skip
         return result
     _loops.family_apply(
-        _as_array(base),
-        tuple(_as_array(x) for x in inputs),
+        as_array(base),
+        tuple(as_array(x) for x in inputs),
         np.asarray(modes, dtype=np.int64),
         np.asarray(thresholds, dtype=np.float32),
         keep_arrays,
@@ -329,7 +326,7 @@ def family_apply(
         SIGN_METHODS[sign_method],
         normalize,
         np.float32(lambda_),
-        _as_array(result),
+        as_array(result),
     )
     return result
 
@@ -342,18 +339,18 @@ def _fast_apply(
 ) -> bool:  # fmt: skip
     """The per-element loops for the usual cases (every sᵢ trimmed or dense; or every sᵢ
     masked, scaled by a multiply or not at all); False for anything else."""
-    xs = tuple(_as_array(x) for x in inputs)
+    xs = tuple(as_array(x) for x in inputs)
     divisors = np.asarray(divisor_weights, dtype=np.float32)
     common = (np.asarray(weights, dtype=np.float32), divisors, normalize, np.float32(lambda_))
     if all(m in (DENSE, TRIM) for m in modes):
         limits = [t if m == TRIM else 0.0 for m, t in zip(modes, thresholds, strict=True)]
-        _loops.trim_apply(_as_array(base), xs, np.asarray(limits, dtype=np.float32), *common,
-                          _as_array(out))  # fmt: skip
+        _loops.trim_apply(as_array(base), xs, np.asarray(limits, dtype=np.float32), *common,
+                          as_array(out))  # fmt: skip
         return True
     if all(m == MASK for m in modes) and all(r != RESCALE_DIV for r in rescales):
         factors = [c if r == RESCALE_MUL else 1.0 for r, c in zip(rescales, scales, strict=True)]
-        _loops.mask_apply(_as_array(base), xs, keeps, np.asarray(factors, dtype=np.float32),
-                          *common, _as_array(out))  # fmt: skip
+        _loops.mask_apply(as_array(base), xs, keeps, np.asarray(factors, dtype=np.float32),
+                          *common, as_array(out))  # fmt: skip
         return True
     return False
 
@@ -364,8 +361,8 @@ def linear_apply(
 ) -> None:  # fmt: skip
     """out = (base·c + Σᵢ aᵢ·xᵢ) [÷ d], each aᵢ·xᵢ a fused multiply-add into the running sum
     (as ``add_(x, alpha=aᵢ)``), the scalars rounded to float32 as torch rounds them."""
-    xs = tuple(_as_array(x) for x in inputs)
-    reference = xs[0] if base is None else _as_array(base)
+    xs = tuple(as_array(x) for x in inputs)
+    reference = xs[0] if base is None else as_array(base)
     _loops.linear_apply(reference, base is not None, xs, np.float32(base_scale),
                         np.asarray(alphas, dtype=np.float32), np.float32(divisor or 1.0),
-                        divisor is not None, _as_array(out))  # fmt: skip
+                        divisor is not None, as_array(out))  # fmt: skip

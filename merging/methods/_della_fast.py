@@ -11,29 +11,15 @@ tests/merging/test_methods_della.py compares the two bit for bit.
 
 from __future__ import annotations
 
-import importlib.util
-import os
-import threading
 from collections.abc import Callable
-from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from merging.methods._numba_start import import_loops
+from merging.methods._numba_start import AVAILABLE, import_loops
 
-available = not os.environ.get("HUBMERGE_NO_JIT") and importlib.util.find_spec("numba") is not None
-_lock = threading.Lock()
-_loops: Any = None
-
-
-def _module() -> Any:
-    global _loops
-    with _lock:
-        if _loops is None:
-            _loops = import_loops("merging.methods._jit_della")
-    return _loops
+available = AVAILABLE
 
 
 def keep_mask(
@@ -62,7 +48,7 @@ def keep_mask(
     draws = draw.to(torch.int32).reshape(rows.shape).contiguous().numpy()
     table = thresholds(rows.shape[1]).to(torch.int32).contiguous().numpy()
     out = np.empty(rows.shape, dtype=np.bool_)
-    loops = _module()
+    loops = import_loops("merging.methods._jit_della")
     loops.keep_rows(keys, draws, table, out, *loops.scratch(rows.shape[1]))
     return torch.from_numpy(out)
 

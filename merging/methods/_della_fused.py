@@ -34,21 +34,16 @@ from merging.methods._ops import BLOCK, RandomStream
 from merging.methods._streams import block_streams
 
 WAIT_FOR_LOOPS = 1 << 20  # elements: from this tensor size on, wait for the compiled loops
-_lock = threading.Lock()
-_loops: Any = None
 _scratch = threading.local()
 
 
 def _modules() -> tuple[Any, Any, Any]:
-    global _loops
-    with _lock:
-        if _loops is None:
-            _loops = (
-                import_loops("merging.methods._jit_della_rows"),
-                import_loops("merging.methods._jit_della"),
-                import_loops("merging.methods._jit_dare"),
-            )
-    return _loops
+    """The row loops, DELLA's ranking loops and DARE's stream seeding (imported once)."""
+    return (
+        import_loops("merging.methods._jit_della_rows"),
+        import_loops("merging.methods._jit_della"),
+        import_loops("merging.methods._jit_dare"),
+    )
 
 
 class DellaKeys:
@@ -83,8 +78,8 @@ class FusedDella:
         # (no reference to the kernel: a cycle would keep the masks until the next collection)
         self.lock = kernel.lock
         self.consensus, self.params, self.sources = kernel.consensus, kernel.params, kernel.sources
-        self.base = _compiled._as_array(base)
-        self.inputs = [_compiled._as_array(x) for x in inputs]
+        self.base = _compiled.as_array(base)
+        self.inputs = [_compiled.as_array(x) for x in inputs]
         self.numel = base.numel()
         self.cols = kernel.cols
         self.keys = DellaKeys(kernel.rng)
@@ -170,11 +165,11 @@ class FusedDella:
         total = float(sum(weights)) if params.divide_by == "weights" else float(len(weights))
         empty = np.zeros(0, np.bool_)
         _modules()[0].linear_apply(
-            _compiled._as_array(base), tuple(_compiled._as_array(x) for x in inputs),
+            _compiled.as_array(base), tuple(_compiled.as_array(x) for x in inputs),
             tuple(empty if k is None else k for k in keeps),
             np.asarray([k is not None for k in keeps], np.bool_),
             np.asarray(scales, np.float32), np.asarray(weights, np.float32),
             np.float32(1.0 if abs(total) < 1e-8 else total), bool(params.normalize),
-            np.float32(params.lambda_), _compiled._as_array(out),
+            np.float32(params.lambda_), _compiled.as_array(out),
         )  # fmt: skip
         return True

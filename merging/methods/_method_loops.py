@@ -9,19 +9,17 @@ code takes a second or so; ``python -m merging.warm_loops`` compiles it ahead of
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 
 from merging.methods import _compiled
+from merging.methods._compiled import as_array
 from merging.methods._numba_start import import_loops
 
-_lock = threading.Lock()
-_modules: dict[str, Any] = {}
+__all__ = ["MODULES", "STORED", "as_array", "loops", "takes", "warm_up"]
 STORED = (torch.bfloat16, torch.float32)
 
 
@@ -39,22 +37,8 @@ def takes(tensors: Sequence[Tensor], dtype: torch.dtype, device: torch.device) -
 
 
 def loops(name: str) -> Any:
-    """The loop module ``merging.methods.<name>``, imported once (numba started as
-    `_numba_start` starts it)."""
-    module = _modules.get(name)
-    if module is None:
-        with _lock:
-            module = _modules.get(name)
-            if module is None:
-                module = _modules[name] = import_loops(f"merging.methods.{name}")
-    return module
-
-
-def as_array(x: Tensor) -> np.ndarray:
-    """A CPU chunk as the array the loops read: bf16 as its uint16 bit patterns."""
-    if x.dtype == torch.bfloat16:
-        return x.view(torch.int16).numpy().view(np.uint16)
-    return x.numpy()
+    """The loop module ``merging.methods.<name>`` (`_numba_start.import_loops`)."""
+    return import_loops(f"merging.methods.{name}")
 
 
 MODULES = ("_jit_ram", "_jit_sce", "_jit_fusion")

@@ -14,10 +14,15 @@ imported yet — and only then: the entry is removed right after, so that any la
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import os
 import sys
 import threading
 from types import ModuleType
 
+# whether the compiled loops may run at all (each module keeps its own `available`, cleared
+# where its loops fail to load)
+AVAILABLE = not os.environ.get("HUBMERGE_NO_JIT") and importlib.util.find_spec("numba") is not None
 _PROBES = ("scipy.linalg.cython_blas", "scipy.linalg.cython_lapack")
 _lock = threading.Lock()
 _started = False

@@ -24,9 +24,7 @@ meanwhile.
 from __future__ import annotations
 
 import functools
-import importlib.util
 import logging
-import os
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -36,11 +34,12 @@ import torch
 from torch import Tensor
 
 from merging.methods import _numba_start
+from merging.methods._compiled import as_array
 from merging.methods._vectors import Layout, VectorSums, vector_sums
 
 logger = logging.getLogger(__name__)
 
-available = not os.environ.get("HUBMERGE_NO_JIT") and importlib.util.find_spec("numba") is not None
+available = _numba_start.AVAILABLE
 LANES = 1024  # (`_jit_spherical.LANES`)
 WAIT_FOR_LOOPS = 1 << 20  # elements: from this tensor size on, wait for the loops to load
 OUTPUT_DTYPES = (torch.bfloat16, torch.float32)
@@ -93,16 +92,9 @@ def wants(base: Tensor | None, inputs: Sequence[Tensor], dtype: torch.dtype, *,
     )
 
 
-def _as_array(x: Tensor) -> np.ndarray:
-    """A CPU chunk as the loops read it: bf16 as its uint16 bit patterns."""
-    if x.dtype == torch.bfloat16:
-        return x.view(torch.int16).numpy().view(np.uint16)
-    return x.numpy()
-
-
 def _arrays(base: Tensor | None, inputs: Sequence[Tensor]) -> tuple[np.ndarray, tuple[Any, ...]]:
-    xs = tuple(_as_array(x) for x in inputs)
-    return (xs[0] if base is None else _as_array(base)), xs
+    xs = tuple(as_array(x) for x in inputs)
+    return (xs[0] if base is None else as_array(base)), xs
 
 
 def fold_lanes(lanes: np.ndarray) -> np.ndarray:
@@ -205,12 +197,12 @@ def combine_into(
     reference, xs = _arrays(base, inputs)
     table = coefficients.to(torch.float32).t().contiguous().numpy()  # (vectors, inputs)
     if layout.count == 1:
-        _loops.combine_flat(reference, base is not None, xs, table[0], _as_array(out))
+        _loops.combine_flat(reference, base is not None, xs, table[0], as_array(out))
     elif layout.along == "last":
         _loops.combine_rows(reference, base is not None, xs, table, layout.size, offset,
-                            _as_array(out))  # fmt: skip
+                            as_array(out))  # fmt: skip
     else:
-        _loops.combine_columns(reference, base is not None, xs, table, offset, _as_array(out))
+        _loops.combine_columns(reference, base is not None, xs, table, offset, as_array(out))
     return True
 
 
@@ -222,7 +214,7 @@ def near_swap_into(t: float, a: Tensor, b: Tensor, out: Tensor, *, dtype: torch.
         return False
     if not wants(a, [b], dtype, wait=wait):
         return False
-    _loops.near_swap(_as_array(a), _as_array(b), np.float32(t), _as_array(out))
+    _loops.near_swap(as_array(a), as_array(b), np.float32(t), as_array(out))
     return True
 
 
