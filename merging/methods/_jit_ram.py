@@ -28,6 +28,19 @@ def _flags_block(
 
 
 @_jit
+def _block_flags(
+    base: Any, xs: Any, start: int, size: int, epsilon: Any, base_block: Any, flags: Any,
+    count: Any,
+) -> None:  # fmt: skip
+    """One block of both passes: the base widened into ``base_block``, each model's flags and
+    their count (`_flags_block`)."""
+    _decode(base[start : start + size], base_block)
+    for m in range(len(xs)):
+        _flags_block(base_block[:size], xs[m][start : start + size], epsilon, flags[m], count,
+                     m == 0)  # fmt: skip
+
+
+@_jit
 def ram_counts(base: Any, xs: Any, epsilon: Any, shared: Any, unique: Any) -> None:
     """shared[i] += #entries where model i and another contribute (|δ| > ε), unique[i] +=
     #entries only model i changes, over this chunk (exact integer counts)."""
@@ -37,10 +50,7 @@ def ram_counts(base: Any, xs: Any, epsilon: Any, shared: Any, unique: Any) -> No
     count = np.empty(BLOCK, dtype=np.uint8)
     for start in range(0, n, BLOCK):
         size = min(BLOCK, n - start)
-        _decode(base[start : start + size], base_block)
-        for m in range(models):
-            _flags_block(base_block[:size], xs[m][start : start + size], epsilon, flags[m],
-                         count, m == 0)  # fmt: skip
+        _block_flags(base, xs, start, size, epsilon, base_block, flags, count)
         for m in range(models):
             flag = flags[m]
             alone, changed = 0, 0
@@ -64,10 +74,7 @@ def ram_apply(base: Any, xs: Any, epsilon: Any, plus: bool, lambdas: Any, out: A
     total = np.empty(BLOCK, dtype=np.float32)
     for start in range(0, n, BLOCK):
         size = min(BLOCK, n - start)
-        _decode(base[start : start + size], base_block)
-        for m in range(models):
-            _flags_block(base_block[:size], xs[m][start : start + size], epsilon, flags[m],
-                         count, m == 0)  # fmt: skip
+        _block_flags(base, xs, start, size, epsilon, base_block, flags, count)
         for j in range(size):
             divisor[j] = np.float32(max(count[j], np.uint8(1)))
         for m in range(models):
