@@ -60,6 +60,26 @@ _dare_loops: Any = None  # `_jit_dare`
 _worker: threading.Thread | None = None
 
 
+STORED = (torch.bfloat16, torch.float32)  # the storage dtypes the loops read (and write)
+
+
+def readable(base: Tensor | None, inputs: Sequence[Tensor], dtype: torch.dtype) -> bool:
+    """Whether compiled loops can read these chunks at all: float32 compute, CPU, contiguous,
+    every input in one storage dtype of `STORED` and the base (if any) in one too (it may
+    differ from the inputs'). The loops of every method ask this."""
+    kinds = {x.dtype for x in inputs}
+    return (
+        dtype == torch.float32
+        and len(kinds) == 1
+        and kinds <= set(STORED)
+        and all(x.device.type == "cpu" and x.is_contiguous() for x in inputs)
+        and (
+            base is None
+            or (base.device.type == "cpu" and base.dtype in STORED and base.is_contiguous())
+        )
+    )
+
+
 def wants(
     base: Tensor, inputs: Sequence[Tensor], dtype: torch.dtype, *, wait: bool = False
 ) -> bool:
@@ -68,16 +88,7 @@ def wants(
     chunk loaded. The first ask starts loading them in the background; with ``wait`` (large
     tensors) it waits for them, else it answers no until they are loaded. (Running torch
     kernels beside the loading thread would slow both: it holds the GIL most of the time.)"""
-    if not available or dtype != torch.float32 or base.device.type != "cpu":
-        return False
-    kinds = {x.dtype for x in inputs}
-    if not (
-        len(kinds) == 1
-        and kinds <= {torch.bfloat16, torch.float32}
-        and base.dtype in (torch.bfloat16, torch.float32)
-        and base.is_contiguous()
-        and all(x.is_contiguous() for x in inputs)
-    ):
+    if not available or not readable(base, inputs, dtype):
         return False
     kind = (base.dtype, inputs[0].dtype, len(inputs))
     if kind in _ready:
@@ -282,7 +293,7 @@ def magnitudes(base: Tensor, x: Tensor) -> Tensor:
     return torch.from_numpy(out)
 
 
-OUTPUT_DTYPES = (torch.bfloat16, torch.float32)  # what `family_apply` writes itself
+OUTPUT_DTYPES = STORED  # what `family_apply` writes itself
 
 
 def family_apply(

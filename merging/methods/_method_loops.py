@@ -16,11 +16,10 @@ import torch
 from torch import Tensor
 
 from merging.methods import _compiled
-from merging.methods._compiled import as_array
+from merging.methods._compiled import STORED, as_array
 from merging.methods._numba_start import import_loops
 
 __all__ = ["MODULES", "STORED", "as_array", "loops", "takes", "warm_up"]
-STORED = (torch.bfloat16, torch.float32)
 
 
 def takes(tensors: Sequence[Tensor], dtype: torch.dtype, device: torch.device) -> bool:
@@ -29,10 +28,7 @@ def takes(tensors: Sequence[Tensor], dtype: torch.dtype, device: torch.device) -
     return (
         _compiled.available
         and device.type == "cpu"
-        and dtype == torch.float32
-        and all(t.device.type == "cpu" and t.is_contiguous() for t in tensors)
-        and all(t.dtype in STORED for t in tensors)
-        and len({t.dtype for t in tensors[1:]}) <= 1
+        and _compiled.readable(tensors[0], tensors[1:], dtype)
     )
 
 

@@ -34,7 +34,8 @@ import torch
 from torch import Tensor
 
 from merging.methods import _numba_start
-from merging.methods._compiled import as_array
+from merging.methods._compiled import STORED as OUTPUT_DTYPES
+from merging.methods._compiled import as_array, readable
 from merging.methods._vectors import Layout, VectorSums, vector_sums
 
 logger = logging.getLogger(__name__)
@@ -42,7 +43,6 @@ logger = logging.getLogger(__name__)
 available = _numba_start.AVAILABLE
 LANES = 1024  # (`_jit_spherical.LANES`)
 WAIT_FOR_LOOPS = 1 << 20  # elements: from this tensor size on, wait for the loops to load
-OUTPUT_DTYPES = (torch.bfloat16, torch.float32)
 ALONG = {"flat": 0, "last": 1, "first": 2}
 _lock = threading.Lock()
 _loops: Any = None
@@ -79,17 +79,7 @@ def loaded(*, wait: bool) -> bool:
 def wants(base: Tensor | None, inputs: Sequence[Tensor], dtype: torch.dtype, *,
           wait: bool) -> bool:  # fmt: skip
     """Whether the compiled loops take these chunks (see the module docstring)."""
-    kinds = {x.dtype for x in inputs}
-    return (
-        available
-        and dtype == torch.float32
-        and inputs[0].device.type == "cpu"
-        and len(kinds) == 1
-        and kinds <= set(OUTPUT_DTYPES)
-        and all(x.is_contiguous() for x in inputs)
-        and (base is None or (base.dtype in OUTPUT_DTYPES and base.is_contiguous()))
-        and loaded(wait=wait)
-    )
+    return available and readable(base, inputs, dtype) and loaded(wait=wait)
 
 
 def _arrays(base: Tensor | None, inputs: Sequence[Tensor]) -> tuple[np.ndarray, tuple[Any, ...]]:
