@@ -32,7 +32,9 @@ class ScaleKernel(Kernel):
     def apply(self, base: Tensor | None, inputs: Sequence[Tensor], offset: int) -> Tensor:
         if self.scale == 1.0:  # a copy in the stored dtype: the driver casts it once
             return inputs[0]
-        return inputs[0].to(self.dtype).mul_(self.scale)
+        # a new tensor: the chunk is a view of the stored input (raw), which other tensors
+        # of the plan may be reading at the same time
+        return inputs[0].to(self.dtype) * self.scale
 
 
 @register(

@@ -13,7 +13,9 @@ import yaml
 
 from merging import METHODS, MergeOptions, RecipeError, load_recipe, merge
 from merging.check import check_recipe
+from merging.methods import random_stream
 from merging.plan import with_layer
+from merging.streaming import run_kernel
 from tests.helpers.tiny import build_llama, state_dict
 from tests.merging.method_helpers import method_parameters
 
@@ -120,6 +122,22 @@ def test_passthrough_scale_with_filters_applies_to_the_matching_tensors(deep, tm
     assert not at(merged, 2, o).any()  # output layer 2 is layer 1 of a, scaled by 0
     assert torch.equal(at(merged, 3, down), at(a, 2, down) * 0.5)
     assert torch.equal(at(merged, 3, up), at(a, 2, up))
+
+
+@pytest.mark.parametrize("stored", [torch.float32, torch.bfloat16])
+def test_passthrough_scale_leaves_the_stored_input_as_it_is(stored):
+    """The kernel reads raw chunks (views of the stored input, which other tensors of a
+    frankenmerge may read at the same time): scaling must not write into them."""
+    method = METHODS.get("passthrough")
+    source = method.source_params(scale=0.0)
+    kernel = method.kernel(method.params(), [source], random_stream(0, "w"), (64,))
+    flat = torch.arange(1, 65, dtype=torch.float32).to(stored)
+    before = flat.clone()
+    out = torch.empty(64, dtype=stored)
+    run_kernel(kernel, [flat], out, has_base=False, device=torch.device("cpu"),
+               dtype=torch.float32, chunk=16)  # fmt: skip
+    assert torch.equal(flat, before)
+    assert not out.any()
 
 
 def test_gradients_interpolate_within_each_slice(deep, tmp_path):
