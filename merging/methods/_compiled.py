@@ -351,19 +351,22 @@ def _fast_apply(
     """The per-element loops for the usual cases (every sᵢ trimmed or dense; or every sᵢ
     masked, scaled by a multiply or not at all); False for anything else."""
     xs = tuple(as_array(x) for x in inputs)
-    divisors = np.asarray(divisor_weights, dtype=np.float32)
-    common = (np.asarray(weights, dtype=np.float32), divisors, normalize, np.float32(lambda_))
+    common = (_scalars(weights), _scalars(divisor_weights), normalize, np.float32(lambda_))
     if all(m in (DENSE, TRIM) for m in modes):
         limits = [t if m == TRIM else 0.0 for m, t in zip(modes, thresholds, strict=True)]
-        _loops.trim_apply(as_array(base), xs, np.asarray(limits, dtype=np.float32), *common,
-                          as_array(out))  # fmt: skip
+        _loops.trim_apply(as_array(base), xs, _scalars(limits), *common, as_array(out))
         return True
     if all(m == MASK for m in modes) and all(r != RESCALE_DIV for r in rescales):
         factors = [c if r == RESCALE_MUL else 1.0 for r, c in zip(rescales, scales, strict=True)]
-        _loops.mask_apply(as_array(base), xs, keeps, np.asarray(factors, dtype=np.float32),
-                          *common, as_array(out))  # fmt: skip
+        _loops.mask_apply(as_array(base), xs, keeps, _scalars(factors), *common, as_array(out))
         return True
     return False
+
+
+def _scalars(values: Sequence[float]) -> tuple[np.float32, ...]:
+    """Per-model scalars for the per-element loops: a tuple of float32 (numba keeps them in
+    registers; Python floats would make the arithmetic float64)."""
+    return tuple(np.float32(v) for v in values)
 
 
 def linear_apply(
@@ -375,5 +378,5 @@ def linear_apply(
     xs = tuple(as_array(x) for x in inputs)
     reference = xs[0] if base is None else as_array(base)
     _loops.linear_apply(reference, base is not None, xs, np.float32(base_scale),
-                        np.asarray(alphas, dtype=np.float32), np.float32(divisor or 1.0),
+                        _scalars(alphas), np.float32(divisor or 1.0),
                         divisor is not None, as_array(out))  # fmt: skip
