@@ -31,6 +31,7 @@ import numpy as np
 
 _jit = numba.njit(nogil=True, cache=True, boundscheck=False)
 FEW_ASKED = 12  # exact ranks by counting for up to this many in a bucket; a stable sort beyond
+EMPTY, MIXED = np.uint32(0xFFFFFFFE), np.uint32(0xFFFFFFFF)  # never keys (no sign bit set)
 SPAN = np.uint32(6 << 23)  # bit patterns of the top 6 binades: the bucketed range
 
 
@@ -50,7 +51,7 @@ def scratch(n: int) -> tuple[Any, ...]:
         np.zeros((6, bins), np.int32),  # count, start, pure, extra, fill, asked
         np.zeros(bins, np.uint8),  # flagged
         np.empty((5, n + 1), np.int32),  # pending, bucket, member index, exact rank, within
-        np.empty(max(n, bins), np.uint32),  # member keys (first: the last key per bucket)
+        np.empty(max(n, bins), np.uint32),  # member keys (first: each bucket's one key or MIXED)
     )
 
 
@@ -90,8 +91,8 @@ def keep_row(keys: Any, draws: Any, table: Any, out: Any, top: Any, bottom: Any,
     while ((top - floor) >> shift) >= np.uint32(bins):
         shift += np.uint32(1)
     count[:bins] = 0
-    pure[:bins] = 1
-    last = member_keys  # (its first `bins` slots: the last key seen per bucket)
+    last = member_keys[:bins]  # the bucket's one key so far, EMPTY, or MIXED once two differ
+    last[:] = EMPTY
     candidates = exact  # (until the decisions: the elements whose rank decides)
     t_low, t_high = table[0], table[n - 1]
     waiting = 0
@@ -101,9 +102,9 @@ def keep_row(keys: Any, draws: Any, table: Any, out: Any, top: Any, bottom: Any,
         bucket[j] = b
         c = count[b]
         within[j] = c
-        pure[b] &= np.int32((c == 0) | (last[b] == k))
-        last[b] = k
         count[b] = c + 1
+        held = last[b]  # (no use of the count: two independent chains through memory)
+        last[b] = k if (held == k) | (held == EMPTY) else MIXED
         u = np.int32(draws[j])  # below T[0]: kept, from T[n − 1] on: dropped, whatever the rank
         out[j] = u < t_low
         candidates[waiting] = j
@@ -112,7 +113,9 @@ def keep_row(keys: Any, draws: Any, table: Any, out: Any, top: Any, bottom: Any,
     for b in range(bins):
         c = count[b]
         start[b] = total
-        extra[b] = 0 if pure[b] else c - 1
+        one = last[b] != MIXED
+        pure[b] = one
+        extra[b] = 0 if one else c - 1
         total += c
     asked_for = waiting
     waiting = 0
