@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from merging.methods._jit_loops import _jit, _mul_high, _value, keep_mask
+from merging.methods._jit_loops import RAWS_PER_BLOCK, _jit, _mul_high, _pcg_raws, _value
 
 
 @_jit
@@ -20,12 +20,27 @@ def dare_observe(
     states: Any, incs: Any, start: int, threshold: int, base: Any, x: Any, keep: Any,
     magnitudes: Any, kept: Any,
 ) -> None:  # fmt: skip
-    """keep: the mask bytes (`keep_mask`); magnitudes = |x − base|; kept = keep as 0.0 / 1.0."""
-    keep_mask(states, incs, start, threshold, keep)
+    """keep: the mask bytes (`keep_mask`'s); magnitudes = |x − base|; kept = keep as 0.0 / 1.0:
+    one loop per 65,536-element block, right after its draws (while they are in cache)."""
+    raws = np.empty(RAWS_PER_BLOCK, dtype=np.uint64)
+    draws = raws.view(np.uint16)
     one, zero = np.float32(1.0), np.float32(0.0)
-    for j in range(keep.size):
-        magnitudes[j] = abs(_value(x, j) - _value(base, j))
-        kept[j] = one if keep[j] != 0 else zero
+    limit = np.int32(threshold)
+    done, position = 0, start
+    for b in range(states.shape[0]):
+        _pcg_raws(states[b], incs[b], raws)
+        count = min(draws.size, position + keep.size - done) - position
+        source = draws[position : position + count]
+        end = done + count  # (zero-based views: no wraparound checks, the loop vectorises)
+        keep_b, mags_b, kept_b = keep[done:end], magnitudes[done:end], kept[done:end]
+        x_b, base_b = x[done:end], base[done:end]
+        for j in range(count):
+            drawn = np.int32(source[j]) < limit
+            keep_b[j] = drawn
+            kept_b[j] = one if drawn else zero
+            mags_b[j] = abs(_value(x_b, j) - _value(base_b, j))
+        done += count
+        position = 0
 
 
 _M32 = np.uint64(0xFFFFFFFF)
