@@ -1,6 +1,7 @@
 """Where a merge's CPU goes, per kernel stage: thread CPU seconds summed over every chunk.
 
-Runs one merge in this process with the kernel's `reduce` (per pass), `end_pass` and `apply`
+Runs one merge in this process with the kernel's `reduce` and `reduce_into` (per pass: a
+speculative output written during a pass counts as that pass), `end_pass` and `apply`
 wrapped in per-thread CPU timers, and prints one JSON line: wall and process CPU seconds and
 CPU seconds per stage ("other" is reading, writing, conversion and the driver). Run it against
 another checkout with ``PYTHONPATH=/path/to/checkout`` to compare versions paired.
@@ -50,11 +51,12 @@ def _subclasses(cls: type) -> list[type]:
 def _instrument() -> None:
     """Wrap the stages of every kernel class (the methods each class defines itself, so an
     inherited stage is timed once)."""
-    stages = {"reduce": "reduce", "end_pass": "end_pass", "apply": "apply", "apply_into": "apply"}
+    stages = {"reduce": "reduce", "reduce_into": "reduce", "end_pass": "end_pass",
+              "apply": "apply", "apply_into": "apply"}  # fmt: skip
     for cls in _subclasses(_kernels.Kernel):
         for attr, stage in stages.items():
             if attr in vars(cls):
-                wrapped = _timed(stage, vars(cls)[attr], by_step=attr == "reduce")
+                wrapped = _timed(stage, vars(cls)[attr], by_step=stage == "reduce")
                 setattr(cls, attr, wrapped)
 
 

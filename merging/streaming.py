@@ -137,7 +137,8 @@ def run_kernel(
     pool: ThreadPoolExecutor | None = None,
 ) -> None:
     """Drive a kernel over flat inputs: `prepare` with the whole inputs, its reduction passes
-    (as many as ``kernel.reductions`` says after each), then the output pass into ``out``.
+    (as many as ``kernel.reductions`` says after each), then the output pass into ``out``
+    unless a reduction pass already wrote it (``kernel.applied``: `Kernel.reduce_into`).
 
     With a ``pool``, chunks are computed in its threads (each chunk on one core: on CPU the
     engine runs torch single-threaded per op and parallelises across chunks instead).
@@ -162,7 +163,9 @@ def run_kernel(
         return (chunks[0], chunks[1:]) if has_base else (None, chunks)
 
     def reduce(step: int, offset: int) -> None:
-        kernel.reduce(step, *parts(offset), offset)
+        base, inputs = parts(offset)
+        if not kernel.reduce_into(step, base, inputs, offset, out[offset : offset + chunk]):
+            kernel.reduce(step, base, inputs, offset)
 
     def apply(offset: int) -> None:
         base, inputs = parts(offset)
@@ -184,4 +187,5 @@ def run_kernel(
         each(functools.partial(reduce, step))
         kernel.end_pass(step)
         step += 1
-    each(apply)
+    if not kernel.applied:  # (a kernel's speculative output may already be in place)
+        each(apply)

@@ -164,6 +164,10 @@ def _warm_up(base_dtype: torch.dtype, input_dtype: torch.dtype, models: int) -> 
     magnitudes(base, inputs[0])
     bounds = np.zeros((models, 4), dtype=np.int64)
     bound_counts(base, inputs, [True] * models, bounds, np.zeros(bounds.shape, dtype=np.int64))
+    ones, counts = [1.0] * models, np.zeros(bounds.shape, dtype=np.int64)
+    count_trim_apply(base, inputs, [True] * models, bounds, counts, thresholds=[0.0] * models,
+                     weights=ones, divisor_weights=ones, normalize=True, lambda_=1.0,
+                     out=torch.empty(4, dtype=torch.bfloat16))  # fmt: skip
     gather_between(base, inputs[0], 0, 1 << 31, 4)
     dare_observe(_WarmUpStream(), 0, 0, 0.5, base, inputs[0])
     out = torch.empty(4, dtype=torch.bfloat16)
@@ -275,6 +279,20 @@ def bound_counts(
     flags = np.asarray(active, dtype=np.uint8)
     _select_loops.bound_counts(as_array(base), tuple(as_array(x) for x in inputs), flags,
                                bounds, counts)  # fmt: skip
+
+
+def count_trim_apply(
+    base: Tensor, inputs: Sequence[Tensor], active: Sequence[bool], bounds: np.ndarray,
+    counts: np.ndarray, *, thresholds: Sequence[float], weights: Sequence[float],
+    divisor_weights: Sequence[float], normalize: bool, lambda_: float, out: Tensor,
+) -> None:  # fmt: skip
+    """`bound_counts` and TIES's output with the given trim thresholds (0 for a dense input;
+    sum sign rule) into ``out`` (one of `OUTPUT_DTYPES`), in one read of the chunk."""
+    flags = np.asarray(active, dtype=np.uint8)
+    _select_loops.count_trim_apply(as_array(base), tuple(as_array(x) for x in inputs), flags,
+                                   bounds, counts, _scalars(thresholds), _scalars(weights),
+                                   _scalars(divisor_weights), normalize, np.float32(lambda_),
+                                   as_array(out))  # fmt: skip
 
 
 def gather_between(base: Tensor, x: Tensor, low: int, high: int, expected: int) -> np.ndarray:

@@ -4,7 +4,11 @@ On CPU, TIES and DARE-TIES chunks go to fused compiled loops (`_compiled`) when 
 they compute the same values bit for bit, and write the output dtype straight into the
 output buffer. On that path the TIES trim thresholds come from a sample verified by one
 counting pass (`_select.SampledSelect`) instead of two radix histogram passes: the same
-thresholds, found faster. Without numba every step is a torch op with the same results.
+thresholds, found faster. That counting pass also writes the output with the sample's
+candidate thresholds (`reduce_into`); when the counts prove every candidate exact (the usual
+case for bf16 task vectors) the output pass is skipped and TIES reads its inputs once, else the
+output pass overwrites every chunk. Without numba every step is a torch op with the same
+results.
 """
 
 from __future__ import annotations
@@ -73,6 +77,8 @@ class FamilyKernel(Kernel):
         self.fusable = consensus and sparsify in ("none", "magnitude", "random")
         self.numel = numel
         self.sampled = False  # thresholds from SampledSelect (set by `prepare`)
+        self.guesses: list[float] | None = None  # speculative thresholds (`reduce_into`)
+        self.declined = False  # a chunk of the counting pass went without the speculation
         if sparsify == "magnitude" and not all(dense):
             self.reductions = 2
         elif sparsify == "outliers" and not all(dense):
@@ -118,6 +124,8 @@ class FamilyKernel(Kernel):
             selector.propose(bits, whole=index is None)
             selectors[i] = selector
         self.selectors, self.sampled = selectors, True
+        if getattr(self.params, "sign_method", "sum") == "sum":  # the output loop's sign rule
+            self.guesses = [0.0 if s is None else s.guess() for s in selectors]
         if all(s is not None or d for s, d in zip(selectors, self.dense, strict=True)):
             self.max_chunk = 1 << 22  # counts, gathers and the apply are chunking-free
         self.reductions = max(s.pending for s in selectors if s is not None)
@@ -156,6 +164,45 @@ class FamilyKernel(Kernel):
                 keep = self._mask(index, offset, magnitudes.numel(), magnitudes.device)
                 self._keep_l1(index, offset, keep, magnitudes, as_float(keep, magnitudes.dtype))
 
+    def reduce_into(
+        self, step: int, base: Tensor | None, inputs: Sequence[Tensor], offset: int, out: Tensor
+    ) -> bool:
+        """TIES on the compiled path: the counting pass also writes the output with each
+        sample's candidate threshold, the value the count usually proves exact (`end_pass`
+        then skips the output pass; else the chunk is written again with the true ones)."""
+        if step != 0 or self.guesses is None or base is None:
+            return False
+        if out.dtype not in _compiled.OUTPUT_DTYPES or not out.is_contiguous():
+            return False
+        active, bounds = self._count_bounds(len(inputs))
+        counts = np.zeros(bounds.shape, dtype=np.int64)
+        weights = [s.weight for s in self.sources]
+        by_weight = self.params.divide_by == "weights"
+        _compiled.count_trim_apply(
+            base, inputs, active, bounds, counts, thresholds=self.guesses, weights=weights,
+            divisor_weights=weights if by_weight else [1.0] * len(weights),
+            normalize=self.params.normalize, lambda_=self.params.lambda_, out=out,
+        )  # fmt: skip
+        self._add_chunk_counts(active, offset, base.numel(), counts)
+        return True
+
+    def _count_bounds(self, models: int) -> tuple[list[bool], np.ndarray]:
+        """Which inputs the counting pass counts, and their candidate bounds."""
+        active = [s is not None and s.pending > 0 for s in self.selectors]
+        bounds = np.zeros((models, SampledSelect.BOUNDS), dtype=np.int64)
+        for i, s in enumerate(self.selectors):
+            if active[i]:
+                bounds[i] = s.bounds
+        return active, bounds
+
+    def _add_chunk_counts(
+        self, active: Sequence[bool], offset: int, numel: int, counts: np.ndarray
+    ) -> None:
+        with self.lock:
+            for i, s in enumerate(self.selectors):
+                if active[i]:
+                    s.add_chunk(offset, numel, counts[i])
+
     def _keep_l1(
         self, index: int, offset: int, keep: Tensor, magnitudes: Tensor, kept: Tensor
     ) -> None:
@@ -173,17 +220,11 @@ class FamilyKernel(Kernel):
         gather an interval, or (an unlucky sample) radix-select as `RadixSelect` does."""
         selectors = self.selectors
         if step == 0:
-            active = [s is not None and s.pending > 0 for s in selectors]
-            bounds = np.zeros((len(inputs), SampledSelect.BOUNDS), dtype=np.int64)
-            for i, s in enumerate(selectors):
-                if active[i]:
-                    bounds[i] = s.bounds
+            self.declined = True  # (this chunk's output was not written: `reduce_into`)
+            active, bounds = self._count_bounds(len(inputs))
             counts = np.zeros(bounds.shape, dtype=np.int64)
             _compiled.bound_counts(base, inputs, active, bounds, counts)
-            with self.lock:
-                for i, s in enumerate(selectors):
-                    if active[i]:
-                        s.add_chunk(offset, base.numel(), counts[i])
+            self._add_chunk_counts(active, offset, base.numel(), counts)
             return
         for i, s in enumerate(selectors):
             if s is None or s.pending == 0:
@@ -211,6 +252,14 @@ class FamilyKernel(Kernel):
                     s.threshold = s.radix.threshold
         pending = [s.pending for s in self.selectors if s is not None]
         self.reductions = step + 1 + max(pending, default=0)
+        if step == 0 and self.guesses is not None and not self.declined:
+            # the speculative output is TIES's own when every guess is the exact threshold
+            self.applied = all(
+                s is None or (s.pending == 0 and s.guess() == guess)
+                for s, guess in zip(self.selectors, self.guesses, strict=True)
+            )
+            if self.applied:
+                self.reductions = 0
 
     def _reduce_compiled(self, step: int, base: Tensor, inputs: Sequence[Tensor]) -> None:
         """Both radix passes of every trimmed input in one loop per chunk, counted into this

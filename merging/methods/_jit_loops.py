@@ -285,13 +285,16 @@ def _consensus_out(mixed: Any, divisor: Any, normalize: bool, lambda_: Any, b: A
 
 
 @_jit
-def trim_apply(
+def trim_range(
     base: Any, xs: Any, thresholds: Any, weights: Any, divisor_weights: Any, normalize: bool,
-    lambda_: Any, out: Any,
+    lambda_: Any, out: Any, start: int, stop: int,
 ) -> None:  # fmt: skip
-    """TIES: ``thresholds``, ``weights``, ``divisor_weights``: tuples of float32, one each."""
+    """TIES over elements [start, stop): ``thresholds``, ``weights``, ``divisor_weights`` are
+    tuples of float32, one each. (Unsigned indices: a signed ``start + i`` costs a
+    wraparound check per element and stops vectorisation.)"""
     zero = np.float32(0.0)
-    for j in range(base.size):
+    for i in range(stop - start):
+        j = np.uint64(start) + np.uint64(i)
         b = _value(base, j)
         score = zero
         for m in range(len(xs)):
@@ -302,6 +305,16 @@ def trim_apply(
             t = _trimmed(xs[m], j, b, thresholds[m], weights[m])
             mixed, divisor = _agreeing(t, negative, mixed, divisor, divisor_weights[m])
         _store(out, j, _consensus_out(mixed, divisor, normalize, lambda_, b))
+
+
+@_jit
+def trim_apply(
+    base: Any, xs: Any, thresholds: Any, weights: Any, divisor_weights: Any, normalize: bool,
+    lambda_: Any, out: Any,
+) -> None:  # fmt: skip
+    """TIES over a whole chunk (`trim_range`)."""
+    trim_range(base, xs, thresholds, weights, divisor_weights, normalize, lambda_, out, 0,
+               base.size)  # fmt: skip
 
 
 @_jit

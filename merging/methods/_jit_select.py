@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from merging.methods._jit_loops import BLOCK, _decode, _float_to_bits, _jit, _value
+from merging.methods._jit_loops import BLOCK, _decode, _float_to_bits, _jit, _value, trim_range
 
 _ABS = np.uint32(0x7FFFFFFF)
 
@@ -24,32 +24,56 @@ def _magnitude_bits(base_block: Any, x: Any, bits: Any) -> None:
 
 
 @_jit
-def bound_counts(base: Any, xs: Any, active: Any, bounds: Any, counts: Any) -> None:
-    """counts[m, c] += #{j : bits(|δₘ[j]|) ≥ bounds[m, c]} for every active input m, four
-    bounds (< 2³¹) per input, counted in one loop (int32 compares vectorise)."""
-    n = base.size
-    base_block = np.empty(BLOCK, dtype=np.float32)
-    bits = np.empty(BLOCK, dtype=np.uint32)
-    limits = bounds.astype(np.int32)
-    for start in range(0, n, BLOCK):
-        count = min(BLOCK, n - start)
-        _decode(base[start : start + count], base_block)
-        for m in range(len(xs)):
-            if not active[m]:
-                continue
-            _magnitude_bits(base_block, xs[m][start : start + count], bits)
-            b0, b1, b2, b3 = limits[m, 0], limits[m, 1], limits[m, 2], limits[m, 3]
-            t0, t1, t2, t3 = np.int32(0), np.int32(0), np.int32(0), np.int32(0)
-            for j in range(count):
-                value = np.int32(bits[j])
-                t0 += np.int32(value >= b0)
-                t1 += np.int32(value >= b1)
-                t2 += np.int32(value >= b2)
-                t3 += np.int32(value >= b3)
+def _count_range(base: Any, x: Any, limits: Any, start: int, stop: int) -> Any:
+    """#{j in [start, stop) : bits(|δ[j]|) ≥ limits[c]} for the four limits (< 2³¹), in one
+    loop (int32 compares vectorise; unsigned indices, as `_jit_loops.trim_range`)."""
+    b0, b1, b2, b3 = limits[0], limits[1], limits[2], limits[3]
+    t0, t1, t2, t3 = np.int32(0), np.int32(0), np.int32(0), np.int32(0)
+    for i in range(stop - start):
+        j = np.uint64(start) + np.uint64(i)
+        value = np.int32(_float_to_bits(_value(x, j) - _value(base, j)) & _ABS)
+        t0 += np.int32(value >= b0)
+        t1 += np.int32(value >= b1)
+        t2 += np.int32(value >= b2)
+        t3 += np.int32(value >= b3)
+    return t0, t1, t2, t3
+
+
+@_jit
+def _add_counts(base: Any, xs: Any, active: Any, limits: Any, counts: Any, start: int,
+                stop: int) -> None:  # fmt: skip
+    for m in range(len(xs)):
+        if active[m]:
+            t0, t1, t2, t3 = _count_range(base, xs[m], limits[m], start, stop)
             counts[m, 0] += t0
             counts[m, 1] += t1
             counts[m, 2] += t2
             counts[m, 3] += t3
+
+
+@_jit
+def bound_counts(base: Any, xs: Any, active: Any, bounds: Any, counts: Any) -> None:
+    """counts[m, c] += #{j : bits(|δₘ[j]|) ≥ bounds[m, c]} for every active input m, four
+    bounds (< 2³¹) per input, a block at a time (int32 counts cannot overflow)."""
+    limits = bounds.astype(np.int32)
+    for start in range(0, base.size, BLOCK):
+        _add_counts(base, xs, active, limits, counts, start, min(base.size, start + BLOCK))
+
+
+@_jit
+def count_trim_apply(
+    base: Any, xs: Any, active: Any, bounds: Any, counts: Any, thresholds: Any, weights: Any,
+    divisor_weights: Any, normalize: bool, lambda_: Any, out: Any,
+) -> None:  # fmt: skip
+    """`bound_counts` and, block by block while the block is in cache, TIES's output with the
+    given thresholds (`_jit_loops.trim_range`): the counting pass and a speculative output
+    pass in one read of the inputs."""
+    limits = bounds.astype(np.int32)
+    for start in range(0, base.size, BLOCK):
+        stop = min(base.size, start + BLOCK)
+        _add_counts(base, xs, active, limits, counts, start, stop)
+        trim_range(base, xs, thresholds, weights, divisor_weights, normalize, lambda_, out,
+                   start, stop)  # fmt: skip
 
 
 @_jit

@@ -40,6 +40,7 @@ class Kernel:
     dtype = torch.float32
     device = torch.device("cpu")  # where the chunks are computed (set by the driver)
     max_chunk = 0  # > 0: results do not depend on the chunking; chunks of up to this many
+    applied = False  # set by `end_pass` when the reduction passes already wrote the output
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
@@ -51,6 +52,15 @@ class Kernel:
 
     def reduce(self, step: int, base: Tensor | None, inputs: Sequence[Tensor], offset: int) -> None:
         """Observe one chunk during reduction pass ``step``."""
+
+    def reduce_into(
+        self, step: int, base: Tensor | None, inputs: Sequence[Tensor], offset: int, out: Tensor
+    ) -> bool:
+        """Observe a chunk of pass ``step`` as `reduce` does and also write a speculative
+        output chunk into ``out`` (as `apply_into` would); or return False and leave the chunk
+        to `reduce`. A kernel whose speculation proves right sets ``applied`` in `end_pass`
+        (every chunk must have gone through here), and the driver skips the output pass."""
+        return False
 
     def end_pass(self, step: int) -> None:
         """Called after every chunk was seen in reduction pass ``step``."""

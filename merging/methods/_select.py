@@ -135,6 +135,12 @@ class SampledSelect:
         top = self.TOP - 1
         self.bounds[:] = [low, value, min(value + 1, top), min(max(high, value + 1), top)]
 
+    def guess(self) -> float:
+        """The threshold if found, else the sample's candidate c: the usual outcome of the
+        counting pass on bf16 task vectors (a speculative output pass may use it)."""
+        bits = int(self.bounds[1]) if self.pending else int(self.threshold.view(torch.int32))
+        return float(np.array([bits], dtype=np.uint32).view(np.float32)[0])
+
     def add_chunk(self, offset: int, numel: int, counts: np.ndarray) -> None:
         self.chunks[offset] = (numel, counts)
 

@@ -19,25 +19,36 @@ pytestmark = pytest.mark.skipif(
 )
 
 FUSED = ["ties", "dare_ties"]
+# the compiled loops that write output chunks (TIES's counting pass may write them itself)
+OUTPUT_LOOPS = ("family_apply", "count_trim_apply")
 POOL = ThreadPoolExecutor(2)
 
 
-def chunked(name, base, inputs, *, compiled, chunk, pool=None, seed=0, weights, **parameters):
-    """One tensor through the engine's kernel driver, compiled loops on or off."""
+def chunked(
+    name, base, inputs, *, compiled, chunk, pool=None, seed=0, weights, record=None, **parameters
+):
+    """One tensor through the engine's kernel driver, compiled loops on or off (``record``
+    gets the names of the compiled output loops that ran, one per chunk)."""
     method = METHODS.get(name)
     params, sources = validated(name, weights, parameters)
     kernel = method.kernel(params, sources, random_stream(seed, "t"), tuple(base.shape))
     out = torch.empty(base.numel())
-    saved, fused = _compiled.available, _compiled.family_apply
-    calls = []
+    saved = _compiled.available
+    loops = {name: getattr(_compiled, name) for name in OUTPUT_LOOPS}
+    calls = [] if record is None else record
 
-    def counted(*args, **kwargs):
-        calls.append(1)
-        return fused(*args, **kwargs)
+    def counted(loop):
+        def call(*args, **kwargs):
+            calls.append(loop.__name__)
+            return loop(*args, **kwargs)
+
+        return call
 
     if compiled and {base.dtype, *(x.dtype for x in inputs)} <= {torch.bfloat16, torch.float32}:
         _compiled.prepare(base.dtype, inputs[0].dtype, len(inputs), wait=True)
-    _compiled.available, _compiled.family_apply = compiled, counted
+    _compiled.available = compiled
+    for name, loop in loops.items():
+        setattr(_compiled, name, counted(loop))
     try:
         run_kernel(
             kernel,
@@ -50,7 +61,9 @@ def chunked(name, base, inputs, *, compiled, chunk, pool=None, seed=0, weights, 
             pool=pool,
         )
     finally:
-        _compiled.available, _compiled.family_apply = saved, fused
+        _compiled.available = saved
+        for name, loop in loops.items():
+            setattr(_compiled, name, loop)
     takes = _compiled.wants(base, inputs, torch.float32) if saved else False
     assert bool(calls) == (compiled and takes)  # the path under test is the one that ran
     return out
@@ -149,6 +162,25 @@ def test_one_llama_sized_chunk_is_bit_identical(name, storage):
     expected = chunked(name, tensors[0], tensors[1:], compiled=False, **args)
     got = chunked(name, tensors[0], tensors[1:], compiled=True, pool=POOL, **args)
     assert_bitwise(got, expected)
+
+
+@pytest.mark.parametrize("speculated", [True, False])
+def test_ties_counting_pass_writes_the_output_when_its_guess_is_the_threshold(speculated):
+    """bf16 task vectors (Llama-like noise) repeat their magnitudes: the sample's candidate is
+    the exact threshold, so the counting pass's output stands and no output pass runs.
+    float32 weights with fine noise have distinct magnitudes: the guess fails, and the output
+    pass writes every chunk again."""
+    tensors = bf16_models(3, 5 * (1 << 18) + 77, 2, levels=None)
+    if not speculated:
+        g = torch.Generator().manual_seed(4)
+        tensors = [t.float() + torch.randn(t.shape, generator=g) * 1e-5 for t in tensors]
+    args = {"weights": [0.7, 0.4], "density": 0.3, "chunk": 1 << 18}
+    expected = chunked("ties", tensors[0], tensors[1:], compiled=False, **args)
+    calls = []
+    got = chunked("ties", tensors[0], tensors[1:], compiled=True, pool=POOL, record=calls, **args)
+    assert_bitwise(got, expected)
+    assert "count_trim_apply" in calls
+    assert ("family_apply" in calls) is not speculated
 
 
 def test_ties_threshold_runs_of_ties_are_all_kept():
