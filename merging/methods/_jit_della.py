@@ -99,19 +99,23 @@ def keep_row(keys: Any, draws: Any, table: Any, out: Any, top: Any, bottom: Any,
     candidates = exact  # (until the decisions: the elements whose rank decides)
     t_low, t_high = table[0], table[n - 1]
     waiting = 0
-    for j in range(n):  # bucket, place among the bucket's members, whether they all agree
+    for j in range(n):  # (vectorised) buckets; below T[0]: kept, from T[n − 1] on: dropped
         k = keys[j]
-        b = np.int64((k - floor) >> shift) if k > floor else np.int64(0)
-        bucket[j] = b
+        bucket[j] = np.int32((k - floor) >> shift) if k > floor else np.int32(0)
+        u = np.int32(draws[j])
+        out[j] = u < t_low
+        candidates[j] = np.int32((u >= t_low) & (u < t_high))  # (the flag, then the list)
+    for j in range(n):  # place among the bucket's members, whether they all agree; candidates
+        k = keys[j]
+        b = bucket[j]
         c = count[b]
         within[j] = c
         count[b] = c + 1
         held = last[b]  # (no use of the count: two independent chains through memory)
         last[b] = k if (held == k) | (held == EMPTY) else MIXED
-        u = np.int32(draws[j])  # below T[0]: kept, from T[n − 1] on: dropped, whatever the rank
-        out[j] = u < t_low
+        flag = candidates[j]  # (read before the list, which is never ahead of j, overwrites it)
         candidates[waiting] = j
-        waiting += (u >= t_low) & (u < t_high)
+        waiting += flag
     total = 0
     for b in range(bins):
         c = count[b]
