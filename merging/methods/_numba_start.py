@@ -13,26 +13,28 @@ imported yet — and only then: the entry is removed right after, so that any la
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import importlib
 import importlib.util
 import os
 import sys
 import threading
+from collections.abc import Iterator
 from types import ModuleType
 
 # whether the compiled loops may run at all (each module keeps its own `available`, cleared
 # where its loops fail to load)
 AVAILABLE = not os.environ.get("HUBMERGE_NO_JIT") and importlib.util.find_spec("numba") is not None
 _PROBES = ("scipy.linalg.cython_blas", "scipy.linalg.cython_lapack")
-_lock = threading.Lock()
+_lock = threading.RLock()
 _started = False
+_loaded: dict[str, ModuleType] = {}  # fully imported loop modules
 
 
 def _start() -> None:
     global _started
-    with _lock:
-        if _started:
-            return
+    if not _started:
         loaded = "scipy.linalg" in sys.modules
         blocked = [] if loaded else [p for p in _PROBES if p not in sys.modules]
         for name in blocked:
@@ -49,6 +51,38 @@ def _start() -> None:
 
 
 def import_loops(name: str) -> ModuleType:
-    """``importlib.import_module(name)`` for a module of numba loops, numba started first."""
-    _start()
-    return importlib.import_module(name)
+    """``importlib.import_module(name)`` for a module of numba loops, numba started first.
+
+    Starting numba and importing loops create a few hundred thousand long-lived objects (its
+    registries and type caches): with the cyclic garbage collector on, that triggers full
+    collections, each traversing every object of the process (~0.1 s holding the GIL,
+    several per merge). So they are created with automatic collection paused, and then frozen
+    once per module (`gc.freeze`: left out of later collections; objects still die by
+    reference counting as usual, only garbage cycles alive at that moment would outlive it).
+    """
+    module = _loaded.get(name)
+    if module is not None:
+        return module
+    with _lock:
+        module = _loaded.get(name)
+        if module is None:
+            with paused_collection():
+                _start()
+                module = importlib.import_module(name)
+            _loaded[name] = module
+    return module
+
+
+@contextlib.contextmanager
+def paused_collection() -> Iterator[None]:
+    """Automatic garbage collection off inside (as it was after), then everything alive
+    frozen (`import_loops`): for code that creates many long-lived objects at once, such as
+    numba loading its compiled loops."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+        gc.freeze()

@@ -36,3 +36,33 @@ def test_start_skips_the_blas_probe_and_scipy_still_imports():
     assert done.returncode == 0, done.stderr[-3000:]
     assert "scipy.linalg loaded by the start: False" in done.stdout
     assert done.stdout.strip().endswith("2.0")
+
+
+GC_SCRIPT = textwrap.dedent(
+    """
+    import gc
+    from merging.methods._numba_start import import_loops
+
+    collections = []
+    gc.callbacks.append(lambda phase, info: collections.append(info["generation"]))
+    gc.disable()  # a caller's choice survives the load
+    import_loops("merging.methods._jit_loops")
+    assert not gc.isenabled()
+    gc.enable()
+    before = len(collections)
+    frozen = gc.get_freeze_count()
+    import_loops("merging.methods._jit_select")
+    assert gc.isenabled()
+    assert len(collections) == before, collections[before:]  # none while loading
+    assert gc.get_freeze_count() > frozen  # the loaded objects are left out from now on
+    print("ok")
+    """
+)
+
+
+def test_loading_loops_pauses_and_then_freezes_the_garbage_collector():
+    done = subprocess.run(
+        [sys.executable, "-c", GC_SCRIPT], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip() == "ok"
