@@ -116,14 +116,14 @@ def keep_row(keys: Any, draws: Any, table: Any, out: Any, top: Any, bottom: Any,
         flag = candidates[j]  # (read before the list, which is never ahead of j, overwrites it)
         candidates[waiting] = j
         waiting += flag
-    total = 0
-    for b in range(bins):
-        c = count[b]
-        start[b] = total
+    for b in range(bins):  # (vectorised)
         one = last[b] != MIXED
         pure[b] = one
-        extra[b] = 0 if one else c - 1
-        total += c
+        extra[b] = 0 if one else count[b] - 1
+    total = 0
+    for b in range(bins):
+        start[b] = total
+        total += count[b]
     asked_for = waiting
     waiting = 0
     for p in range(asked_for):  # branch-free: keep/drop is a coin flip the CPU cannot predict
