@@ -9,6 +9,7 @@ that counts, per chunk, the elements below and equal to each boundary value.
 
 from __future__ import annotations
 
+import functools
 import math
 import threading
 
@@ -34,11 +35,19 @@ class RadixSelect:
     def __init__(self, k: int) -> None:
         self.k = k
         self.lock = threading.Lock()
-        self.high_hist = torch.zeros(1 << 15, dtype=torch.int64)
-        self.low_hist = torch.zeros(1 << 16, dtype=torch.int64)
         self.high = 0
         self.need = 0
         self.threshold = torch.tensor(0.0)
+
+    # The histograms (768 KB) are made when first counted into: a kernel that finds its
+    # threshold another way (`SampledSelect`) never pays for zeroing fresh pages.
+    @functools.cached_property
+    def high_hist(self) -> Tensor:
+        return torch.zeros(1 << 15, dtype=torch.int64)
+
+    @functools.cached_property
+    def low_hist(self) -> Tensor:
+        return torch.zeros(1 << 16, dtype=torch.int64)
 
     def observe(self, step: int, magnitudes: Tensor) -> None:
         bits = magnitudes.contiguous().view(torch.int32)
