@@ -169,7 +169,7 @@ def _warm_up(base_dtype: torch.dtype, input_dtype: torch.dtype, models: int) -> 
                      weights=ones, divisor_weights=ones, normalize=True, lambda_=1.0,
                      out=torch.empty(4, dtype=torch.bfloat16))  # fmt: skip
     gather_between(base, inputs[0], 0, 1 << 31, 4)
-    dare_observe(_WarmUpStream(), 0, 0, 0.5, base, inputs[0])
+    dare_observe(_WarmUpStream(), 0, 0, 0.5, base, inputs[0], torch.empty(4, dtype=torch.bool))
     out = torch.empty(4, dtype=torch.bfloat16)
     linear_apply(base, inputs, base_scale=1.0, alphas=[1.0] * models, divisor=None, out=out)
     together = [inputs[0], *inputs]  # `linear`: no base, one more input of the same dtype
@@ -205,20 +205,19 @@ def _buffers(length: int) -> tuple[Tensor, Tensor]:
 
 
 def dare_observe(
-    rng: Any, source: int, offset: int, density: float, base: Tensor, x: Tensor
-) -> tuple[Tensor, Tensor, Tensor]:
-    """DARE's reduction step for one chunk in one loop: the keep-mask (`keep_mask`'s), |δ| and
-    the mask as 0/1 floats; the two float views are this thread's scratch, valid until its
-    next call."""
+    rng: Any, source: int, offset: int, density: float, base: Tensor, x: Tensor, keep: Tensor
+) -> tuple[Tensor, Tensor]:
+    """DARE's reduction step for one run in one loop: the keep-mask (`keep_mask`'s) into
+    ``keep`` (bool), and |δ| and the mask as 0/1 floats, returned as this thread's scratch
+    views, valid until its next call."""
     length = x.numel()
     states, incs = block_streams(rng, source, offset, length, _dare_loops.seed_streams)
-    keep = np.empty(length, dtype=np.bool_)
     magnitudes, kept = _buffers(length)
     start = offset - offset // BLOCK * BLOCK
     _dare_loops.dare_observe(states, incs, start, keep_threshold(density), as_array(base),
-                             as_array(x), keep.view(np.uint8), magnitudes.numpy(),
+                             as_array(x), keep.numpy().view(np.uint8), magnitudes.numpy(),
                              kept.numpy())  # fmt: skip
-    return torch.from_numpy(keep), magnitudes, kept
+    return magnitudes, kept
 
 
 def masks_ready() -> bool:

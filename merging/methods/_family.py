@@ -35,6 +35,10 @@ from merging.methods._ops import (
 from merging.methods._select import BandSelect, RadixSelect, SampledSelect
 
 WAIT_FOR_LOOPS = 1 << 20  # elements: from this tensor size on, wait for the compiled loops
+# DARE's L1 norms are sums over aligned runs of this many elements (the CPU driver's chunk, the
+# runs they were always taken over), added in order: the same sums for any multiple of it
+L1_PART = 1 << 18
+DARE_CHUNK = 1 << 20  # elements per chunk for compiled DARE: fewer calls per tensor
 
 
 class FamilyKernel(Kernel):
@@ -107,11 +111,14 @@ class FamilyKernel(Kernel):
 
     def prepare(self, base: Tensor | None, inputs: Sequence[Tensor]) -> None:
         """On the compiled path, propose each trim threshold from a sample of |δ| (a small
-        tensor is selected whole here, with no pass at all)."""
+        tensor is selected whole here, with no pass at all); DARE takes bigger chunks."""
         trimmed = [i for i, s in enumerate(self.selectors) if s is not None]
-        if base is None or not trimmed or self.device.type != "cpu":
+        if base is None or self.device.type != "cpu" or not (trimmed or self.sparsify == "random"):
             return  # (the whole inputs are on CPU; an accelerator's chunks are not)
         if not self._compiled(base, inputs):
+            return
+        if self.sparsify == "random":
+            self.max_chunk = DARE_CHUNK  # masks by block, L1 norms by `L1_PART` runs
             return
         index = SampledSelect.sample_index(self.numel)
         sample = base if index is None else base.index_select(0, index)
@@ -145,11 +152,7 @@ class FamilyKernel(Kernel):
                 continue
             selector, band = self.selectors[index], self.bands[index]
             if compiled and selector is None and band is None and _compiled.masks_ready():
-                # DARE: mask, |δ| and the mask as floats in one loop; torch's sum and dot
-                keep, magnitudes, kept = _compiled.dare_observe(
-                    self.rng, index, offset, self.sources[index].density, stored, x
-                )
-                self._keep_l1(index, offset, keep, magnitudes, kept)
+                self._observe_runs(index, offset, stored, x)
                 continue
             if compiled:  # |δ| = |x − base| in float32, one fused loop
                 magnitudes = _compiled.magnitudes(stored, x)
@@ -203,15 +206,40 @@ class FamilyKernel(Kernel):
                 if active[i]:
                     s.add_chunk(offset, numel, counts[i])
 
+    def _observe_runs(self, index: int, offset: int, base: Tensor, x: Tensor) -> None:
+        """DARE's reduction step compiled, a run of `L1_PART` elements at a time: the mask,
+        |δ| and the mask as floats in one loop, then torch's sum and dot of the run while its
+        float views are in cache."""
+        keep = torch.empty(x.numel(), dtype=torch.bool)
+        parts = {}
+        for start in range(0, x.numel(), L1_PART):
+            stop = min(x.numel(), start + L1_PART)
+            magnitudes, kept = _compiled.dare_observe(
+                self.rng, index, offset + start, self.sources[index].density, base[start:stop],
+                x[start:stop], keep[start:stop],
+            )  # fmt: skip
+            parts[(index, offset + start)] = _l1_norms(magnitudes, kept)
+        self._keep(index, offset, keep, parts)
+
     def _keep_l1(
         self, index: int, offset: int, keep: Tensor, magnitudes: Tensor, kept: Tensor
     ) -> None:
-        """Keep a chunk's mask for the output pass, and its L1 norms before and after it
-        (torch's own sum and dot: their summation order is part of the result)."""
-        before, after = float(magnitudes.sum()), float(torch.dot(magnitudes, kept))
+        """Keep a chunk's mask for the output pass, and its L1 norms before and after it,
+        summed over runs of `L1_PART` elements."""
+        parts = {
+            (index, offset + start): _l1_norms(
+                magnitudes[start : start + L1_PART], kept[start : start + L1_PART]
+            )
+            for start in range(0, magnitudes.numel(), L1_PART)
+        }
+        self._keep(index, offset, keep, parts)
+
+    def _keep(
+        self, index: int, offset: int, keep: Tensor, parts: dict[tuple[int, int], Any]
+    ) -> None:
         with self.lock:
             self._masks[(index, offset)] = keep
-            self._l1_parts[(index, offset)] = (before, after)
+            self._l1_parts.update(parts)
 
     def _reduce_sampled(
         self, step: int, base: Tensor, inputs: Sequence[Tensor], offset: int
@@ -421,3 +449,9 @@ class FamilyKernel(Kernel):
         for weight, x in zip(weights, inputs, strict=True):
             out.add_(x, alpha=scale * weight)
         return out
+
+
+def _l1_norms(magnitudes: Tensor, kept: Tensor) -> tuple[float, float]:
+    """A run's L1 norms before and after its mask (torch's own sum and dot: their summation
+    order is part of the result; a run does not depend on the chunking)."""
+    return float(magnitudes.sum()), float(torch.dot(magnitudes, kept))

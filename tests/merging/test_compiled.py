@@ -164,6 +164,17 @@ def test_one_llama_sized_chunk_is_bit_identical(name, storage):
     assert_bitwise(got, expected)
 
 
+def test_dare_l1_norms_do_not_depend_on_the_chunking():
+    """Compiled DARE takes 1M-element chunks; its L1 norms are still sums over the runs of
+    256K elements the torch kernels sum over, so the output is the same bit for bit."""
+    tensors = bf16_models(5, 9 * (1 << 18) + 321, 2, levels=None)
+    args = {"weights": [0.6, 0.5], "density": 0.4, "rescale": "l1"}
+    expected = chunked("dare_ties", tensors[0], tensors[1:], compiled=False, chunk=1 << 18, **args)
+    got = chunked("dare_ties", tensors[0], tensors[1:], compiled=True, chunk=1 << 20, pool=POOL,
+                  **args)  # fmt: skip
+    assert_bitwise(got, expected)
+
+
 @pytest.mark.parametrize("speculated", [True, False])
 def test_ties_counting_pass_writes_the_output_when_its_guess_is_the_threshold(speculated):
     """bf16 task vectors (Llama-like noise) repeat their magnitudes: the sample's candidate is
