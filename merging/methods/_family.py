@@ -39,6 +39,7 @@ WAIT_FOR_LOOPS = 1 << 20  # elements: from this tensor size on, wait for the com
 # runs they were always taken over), added in order: the same sums for any multiple of it
 L1_PART = 1 << 18
 DARE_CHUNK = 1 << 20  # elements per chunk for compiled DARE: fewer calls per tensor
+ELEMENTWISE_CHUNK = 1 << 20  # and for task arithmetic
 
 
 class FamilyKernel(Kernel):
@@ -79,6 +80,8 @@ class FamilyKernel(Kernel):
         self.raw_inputs = True  # inputs only enter as x − base: a mixed-dtype subtraction
         # TIES / DARE-TIES chunks can run as fused compiled loops (same values; `_compiled`)
         self.fusable = consensus and sparsify in ("none", "magnitude", "random")
+        if not consensus and all(dense):  # task arithmetic: elementwise, so chunking-free
+            self.max_chunk = ELEMENTWISE_CHUNK
         self.numel = numel
         self.sampled = False  # thresholds from SampledSelect (set by `prepare`)
         self.guesses: list[float] | None = None  # speculative thresholds (`reduce_into`)
