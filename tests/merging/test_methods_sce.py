@@ -72,7 +72,11 @@ def test_permuting_models_changes_nothing(data, order, select_topk):
     order = [i for i in order if i < len(inputs)]
     first = pure("sce", base, inputs, select_topk=select_topk)
     second = pure("sce", base, [inputs[i] for i in order], select_topk=select_topk)
-    torch.testing.assert_close(first, second, rtol=1e-6, atol=1e-6)
+    # the float32 sums over the models are added in another order: their rounding is bounded
+    # by the size of the terms, which may cancel to a much smaller result
+    terms = sum((x - base).abs() for x in inputs)
+    bound = 1e-6 + 4 * len(inputs) * torch.finfo(torch.float32).eps * terms
+    assert bool(((first - second).abs() <= bound).all()), (first - second).abs().max()
 
 
 @settings(max_examples=20, deadline=None)
