@@ -18,11 +18,11 @@ large buckets. Eight binades (less one pattern, so 2048- and 5632-element rows g
 of 2¹⁶ and 2¹⁴ patterns) left the fewest undecided elements on bf16 task vectors of a 1B
 Llama: ~1.4 a row, against 2.5 and 5 with six binades, the first bucket's small magnitudes
 most of them; wider buckets mix values. Which bucket an element lands in never changes a
-decision, only how often its exact rank is needed. A draw below T[0] keeps and one from T[n − 1] on drops whatever the
-rank, so only the others (2ε of them) look at their bucket; in a bucket whose keys are all
-equal the place among its members (counted in position order) is the exact rank; and a few
-pending elements are ranked by comparing them with the whole row instead of grouping the
-buckets' members.
+decision, only how often its exact rank is needed. A draw below T[0] keeps and one from
+T[n − 1] on drops whatever the rank, so only the others (2ε of them) look at their bucket; in
+a bucket whose keys are all equal the place among its members (counted in position order) is
+the exact rank; and a few pending elements are ranked by comparing them with the whole row
+instead of grouping the buckets' members.
 """
 
 from __future__ import annotations
