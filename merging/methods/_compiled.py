@@ -57,6 +57,7 @@ _lock = threading.Lock()
 _loops: Any = None  # the `_jit_loops` module, once imported
 _select_loops: Any = None  # `_jit_select`
 _dare_loops: Any = None  # `_jit_dare`
+_consensus_loops: Any = None  # `_jit_consensus`
 _worker: threading.Thread | None = None
 
 
@@ -120,7 +121,7 @@ def prepare(
 def _load() -> None:
     """Import the loops and run each once on a tiny chunk of every queued kind (which loads
     its machine code from numba's cache, or compiles it)."""
-    global _loops, _select_loops, _dare_loops, available, _worker
+    global _loops, _select_loops, _dare_loops, _consensus_loops, available, _worker
     while True:
         with _lock:
             pending = sorted(_queued - _ready, key=str)
@@ -133,6 +134,7 @@ def _load() -> None:
                 _loops = import_loops("merging.methods._jit_loops")
                 _select_loops = import_loops("merging.methods._jit_select")
                 _dare_loops = import_loops("merging.methods._jit_dare")
+                _consensus_loops = import_loops("merging.methods._jit_consensus")
             _warm_up(*kind)
         except Exception:  # pragma: no cover - a broken numba install: torch kernels only
             logger.warning("compiled merge loops unavailable; using torch kernels", exc_info=True)
@@ -371,11 +373,13 @@ def _fast_apply(
     common = (_scalars(weights), _scalars(divisor_weights), normalize, np.float32(lambda_))
     if all(m in (DENSE, TRIM) for m in modes):
         limits = [t if m == TRIM else 0.0 for m, t in zip(modes, thresholds, strict=True)]
-        _loops.trim_apply(as_array(base), xs, _scalars(limits), *common, as_array(out))
+        loop = _consensus_loops.trim_apply
+        loop(as_array(base), xs, _scalars(limits), *common, as_array(out))
         return True
     if all(m == MASK for m in modes) and all(r != RESCALE_DIV for r in rescales):
         factors = [c if r == RESCALE_MUL else 1.0 for r, c in zip(rescales, scales, strict=True)]
-        _loops.mask_apply(as_array(base), xs, keeps, _scalars(factors), *common, as_array(out))
+        loop = _consensus_loops.mask_apply
+        loop(as_array(base), xs, keeps, _scalars(factors), *common, as_array(out))
         return True
     return False
 
@@ -394,6 +398,6 @@ def linear_apply(
     (as ``add_(x, alpha=aᵢ)``), the scalars rounded to float32 as torch rounds them."""
     xs = tuple(as_array(x) for x in inputs)
     reference = xs[0] if base is None else as_array(base)
-    _loops.linear_apply(reference, base is not None, xs, np.float32(base_scale),
+    _consensus_loops.linear_apply(reference, base is not None, xs, np.float32(base_scale),
                         _scalars(alphas), np.float32(divisor or 1.0),
                         divisor is not None, as_array(out))  # fmt: skip

@@ -17,7 +17,6 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -32,7 +31,8 @@ from merging.methods._ops import (
     keep_where,
     mix_deltas,
 )
-from merging.methods._select import BandSelect, RadixSelect, SampledSelect
+from merging.methods._sampled_trim import SampledTrims
+from merging.methods._select import BandSelect, RadixSelect
 
 WAIT_FOR_LOOPS = 1 << 20  # elements: from this tensor size on, wait for the compiled loops
 # DARE's L1 norms are sums over aligned runs of this many elements (the CPU driver's chunk, the
@@ -83,9 +83,7 @@ class FamilyKernel(Kernel):
         if not consensus and all(dense):  # task arithmetic: elementwise, so chunking-free
             self.max_chunk = ELEMENTWISE_CHUNK
         self.numel = numel
-        self.sampled = False  # thresholds from SampledSelect (set by `prepare`)
-        self.guesses: list[float] | None = None  # speculative thresholds (`reduce_into`)
-        self.declined = False  # a chunk of the counting pass went without the speculation
+        self.sampled: SampledTrims | None = None  # the compiled path's thresholds (`prepare`)
         if sparsify == "magnitude" and not all(dense):
             self.reductions = 2
         elif sparsify == "outliers" and not all(dense):
@@ -123,27 +121,21 @@ class FamilyKernel(Kernel):
         if self.sparsify == "random":
             self.max_chunk = DARE_CHUNK  # masks by block, L1 norms by `L1_PART` runs
             return
-        index = SampledSelect.sample_index(self.numel)
-        sample = base if index is None else base.index_select(0, index)
-        sample = sample.to(self.dtype)
-        selectors: list[Any] = list(self.selectors)
-        for i in trimmed:
-            x = inputs[i] if index is None else inputs[i].index_select(0, index)
-            bits = delta_of(x, sample).abs_().view(torch.int32).numpy().view(np.uint32)
-            selector = SampledSelect(selectors[i].k, self.numel)
-            selector.propose(bits, whole=index is None)
-            selectors[i] = selector
-        self.selectors, self.sampled = selectors, True
-        if getattr(self.params, "sign_method", "sum") == "sum":  # the output loop's sign rule
-            self.guesses = [0.0 if s is None else s.guess() for s in selectors]
-        if all(s is not None or d for s, d in zip(selectors, self.dense, strict=True)):
+        keeps = [None if s is None else s.k for s in self.selectors]
+        speculate = getattr(self.params, "sign_method", "sum") == "sum"  # the fused loop's rule
+        sampled = SampledTrims(keeps, self.numel, base, inputs, self.dtype, speculate=speculate)
+        self.selectors, self.sampled = list(sampled.selectors), sampled
+        if all(s is not None or d for s, d in zip(self.selectors, self.dense, strict=True)):
             self.max_chunk = 1 << 22  # counts, gathers and the apply are chunking-free
-        self.reductions = max(s.pending for s in selectors if s is not None)
+        self.reductions = sampled.passes
 
     def reduce(self, step: int, base: Tensor | None, inputs: Sequence[Tensor], offset: int) -> None:
         assert base is not None
-        if self.sampled:
-            self._reduce_sampled(step, base, inputs, offset)
+        if self.sampled is not None:
+            if step == 0:
+                self.sampled.count(base, inputs, offset)
+            else:
+                self.sampled.observe(step, base, inputs, offset)
             return
         compiled = self._compiled(base, inputs)
         if compiled and self.sparsify == "magnitude":
@@ -176,38 +168,19 @@ class FamilyKernel(Kernel):
         """TIES on the compiled path: the counting pass also writes the output with each
         sample's candidate threshold, the value the count usually proves exact (`end_pass`
         then skips the output pass; else the chunk is written again with the true ones)."""
-        if step != 0 or self.guesses is None or base is None:
+        sampled = self.sampled
+        if step != 0 or sampled is None or not sampled.speculate or base is None:
             return False
         if out.dtype not in _compiled.OUTPUT_DTYPES or not out.is_contiguous():
             return False
-        active, bounds = self._count_bounds(len(inputs))
-        counts = np.zeros(bounds.shape, dtype=np.int64)
         weights = [s.weight for s in self.sources]
         by_weight = self.params.divide_by == "weights"
-        _compiled.count_trim_apply(
-            base, inputs, active, bounds, counts, thresholds=self.guesses, weights=weights,
+        sampled.count_and_apply(
+            base, inputs, offset, out, weights=weights,
             divisor_weights=weights if by_weight else [1.0] * len(weights),
-            normalize=self.params.normalize, lambda_=self.params.lambda_, out=out,
+            normalize=self.params.normalize, lambda_=self.params.lambda_,
         )  # fmt: skip
-        self._add_chunk_counts(active, offset, base.numel(), counts)
         return True
-
-    def _count_bounds(self, models: int) -> tuple[list[bool], np.ndarray]:
-        """Which inputs the counting pass counts, and their candidate bounds."""
-        active = [s is not None and s.pending > 0 for s in self.selectors]
-        bounds = np.zeros((models, SampledSelect.BOUNDS), dtype=np.int64)
-        for i, s in enumerate(self.selectors):
-            if active[i]:
-                bounds[i] = s.bounds
-        return active, bounds
-
-    def _add_chunk_counts(
-        self, active: Sequence[bool], offset: int, numel: int, counts: np.ndarray
-    ) -> None:
-        with self.lock:
-            for i, s in enumerate(self.selectors):
-                if active[i]:
-                    s.add_chunk(offset, numel, counts[i])
 
     def _observe_runs(self, index: int, offset: int, base: Tensor, x: Tensor) -> None:
         """DARE's reduction step compiled, a run of `L1_PART` elements at a time: the mask,
@@ -244,54 +217,6 @@ class FamilyKernel(Kernel):
             self._masks[(index, offset)] = keep
             self._l1_parts.update(parts)
 
-    def _reduce_sampled(
-        self, step: int, base: Tensor, inputs: Sequence[Tensor], offset: int
-    ) -> None:
-        """Pass 0 counts every pending input against its candidates in one loop; later passes
-        gather an interval, or (an unlucky sample) radix-select as `RadixSelect` does."""
-        selectors = self.selectors
-        if step == 0:
-            self.declined = True  # (this chunk's output was not written: `reduce_into`)
-            active, bounds = self._count_bounds(len(inputs))
-            counts = np.zeros(bounds.shape, dtype=np.int64)
-            _compiled.bound_counts(base, inputs, active, bounds, counts)
-            self._add_chunk_counts(active, offset, base.numel(), counts)
-            return
-        for i, s in enumerate(selectors):
-            if s is None or s.pending == 0:
-                continue
-            if s.radix is None:
-                low, high = s.interval
-                found = _compiled.gather_between(base, inputs[i], low, high, s.chunk_inside(offset))
-                with self.lock:
-                    s.gathered[offset] = found
-            else:
-                s.radix.observe(step - 1, _compiled.magnitudes(base, inputs[i]))
-
-    def _end_sampled(self, step: int) -> None:
-        for s in self.selectors:
-            if s is None or s.pending == 0:
-                continue
-            if step == 0:
-                s.decide()
-            elif s.radix is None:
-                s.finish_gather()
-            else:
-                s.radix.end_pass(step - 1)
-                s.pending -= 1
-                if s.pending == 0:
-                    s.threshold = s.radix.threshold
-        pending = [s.pending for s in self.selectors if s is not None]
-        self.reductions = step + 1 + max(pending, default=0)
-        if step == 0 and self.guesses is not None and not self.declined:
-            # the speculative output is TIES's own when every guess is the exact threshold
-            self.applied = all(
-                s is None or (s.pending == 0 and s.guess() == guess)
-                for s, guess in zip(self.selectors, self.guesses, strict=True)
-            )
-            if self.applied:
-                self.reductions = 0
-
     def _reduce_compiled(self, step: int, base: Tensor, inputs: Sequence[Tensor]) -> None:
         """Both radix passes of every trimmed input in one loop per chunk, counted into this
         thread's histograms (integer counts: summing them per thread is order-free)."""
@@ -321,8 +246,9 @@ class FamilyKernel(Kernel):
         self._counts.clear()
 
     def end_pass(self, step: int) -> None:
-        if self.sampled:
-            self._end_sampled(step)
+        if self.sampled is not None:
+            self.applied = self.sampled.end_pass(step)
+            self.reductions = 0 if self.applied else step + 1 + self.sampled.passes
             return
         self._add_thread_counts(step)
         for selector in (*self.selectors, *self.bands):

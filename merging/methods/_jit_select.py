@@ -11,7 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from merging.methods._jit_loops import BLOCK, _decode, _float_to_bits, _jit, _value, trim_range
+from merging.methods._jit_consensus import trim_range
+from merging.methods._jit_loops import BLOCK, _decode, _float_to_bits, _jit, _value
 
 _ABS = np.uint32(0x7FFFFFFF)
 
