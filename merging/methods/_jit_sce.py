@@ -18,6 +18,8 @@ from merging.methods._jit_loops import BLOCK, _decode, _float_to_bits, _fma, _ji
 
 LANES = 8  # float64 sums: element j of a chunk goes to lane j mod 8; lanes added in order
 
+_U0 = np.uint32(0)
+
 
 @_jit
 def _variance_block(base: Any, xs: Any, start: int, size: int, base_block: Any, deltas: Any,
@@ -68,14 +70,14 @@ def sce_observe(base: Any, xs: Any, bounds: Any, counts: Any, sum_from: int, sum
     for start in range(0, n, BLOCK):  # BLOCK is a multiple of LANES: lanes follow j mod 8
         size = min(BLOCK, n - start)
         _variance_block(base, xs, start, size, base_block, deltas, mean, bits)
-        t0, t1, t2, t3, tz = 0, 0, 0, 0, 0
-        for j in range(size):
+        t0, t1, t2, t3, tz = _U0, _U0, _U0, _U0, _U0
+        for j in range(size):  # (uint32 casts: numba would widen the sums to int64 lanes)
             v = bits[j]
-            t0 += 1 if v >= b0 else 0
-            t1 += 1 if v >= b1 else 0
-            t2 += 1 if v >= b2 else 0
-            t3 += 1 if v >= b3 else 0
-            tz += 1 if v == 0 else 0
+            t0 = np.uint32(t0 + np.uint32(v >= b0))
+            t1 = np.uint32(t1 + np.uint32(v >= b1))
+            t2 = np.uint32(t2 + np.uint32(v >= b2))
+            t3 = np.uint32(t3 + np.uint32(v >= b3))
+            tz = np.uint32(tz + np.uint32(v == 0))
         counts[0] += t0
         counts[1] += t1
         counts[2] += t2

