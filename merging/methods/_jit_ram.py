@@ -53,12 +53,14 @@ def ram_counts(base: Any, xs: Any, epsilon: Any, shared: Any, unique: Any) -> No
         _block_flags(base, xs, start, size, epsilon, base_block, flags, count)
         for m in range(models):
             flag = flags[m]
-            alone, changed = 0, 0
+            # uint16 sums (a block has BLOCK = 1024 < 2¹⁶ elements): numba would widen them to
+            # int64 lanes, a quarter of the vector width
+            alone, changed = np.uint16(0), np.uint16(0)
             for j in range(size):
-                alone += np.int64(flag[j] & (count[j] == 1))
-                changed += np.int64(flag[j])
-            unique[m] += alone
-            shared[m] += changed - alone
+                alone = np.uint16(alone + np.uint16(flag[j] & (count[j] == 1)))
+                changed = np.uint16(changed + np.uint16(flag[j]))
+            unique[m] += np.int64(alone)
+            shared[m] += np.int64(changed) - np.int64(alone)
 
 
 @_jit
