@@ -67,7 +67,7 @@ def assert_bitwise(got: torch.Tensor, expected: torch.Tensor) -> None:
 CASES = st.sampled_from(
     [("nuslerp", layout, 2) for layout in LAYOUTS]
     + [("multislerp", "flat", k) for k in (2, 3, 4)]
-    + [("karcher", "flat", k) for k in (2, 3)]
+    + [("karcher", "flat", k) for k in (2, 3, 4)]  # 4: the generic Gram loop (flat_sums)
     + [("nearswap", "flat", 1)]
 )
 
