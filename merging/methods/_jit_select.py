@@ -84,8 +84,12 @@ def gather_between(base: Any, x: Any, low: int, high: int, out: Any) -> int:
     n = base.size
     base_block = np.empty(BLOCK, dtype=np.float32)
     bits = np.empty(BLOCK, dtype=np.uint32)
-    lo, hi = np.int64(low), np.int64(high)  # high may be 2³²
-    k = 0
+    # the patterns are < 2³¹ (high may be 2³²): one unsigned compare, value − lo (mod 2³²) <
+    # width, tests lo ≤ value < high in 32 bits
+    lo = max(np.int64(low), 0)
+    width = np.uint32(max(np.int64(0), min(np.int64(high), np.int64(1 << 31)) - lo))
+    lo32 = np.uint32(min(lo, np.int64(1 << 31)))
+    k = np.uint32(0)  # (a uint32 position, faster than int64: chunks hold < 2³² elements)
     for start in range(0, n, BLOCK):
         count = min(BLOCK, n - start)
         _decode(base[start : start + count], base_block)
@@ -93,6 +97,5 @@ def gather_between(base: Any, x: Any, low: int, high: int, out: Any) -> int:
         for j in range(count):
             value = bits[j]
             out[k] = value
-            wide = np.int64(value)
-            k += 1 if (wide >= lo) and (wide < hi) else 0
-    return k
+            k = np.uint32(k + np.uint32(np.uint32(value - lo32) < width))
+    return np.int64(k)
