@@ -14,21 +14,30 @@ from typing import Any
 
 import numpy as np
 
-from merging.methods._jit_loops import _decode, _float_to_bits, _jit, _store, _value
+from merging.methods._jit_loops import BLOCK, _decode, _float_to_bits, _jit, _store, _value
 
 _HIGH = np.uint32(16)
 _BUCKET = np.uint32(0x7FFF)  # (a NaN's sign bit aside: the histograms have 2¹⁵ buckets)
 
 
 @_jit
-def _high_counts_row(base: Any, x: Any, kl: Any, even: Any, odd: Any) -> None:
+def _importance_bits(base: Any, x: Any, kl: Any, bits: Any) -> None:
     for j in range(base.size):
-        bits = _float_to_bits(abs(_value(x, j) - _value(base, j)) * kl)
-        bucket = np.intp((bits >> _HIGH) & _BUCKET)
-        if j & 1:
-            odd[bucket] += 1
-        else:
-            even[bucket] += 1
+        bits[j] = _float_to_bits(abs(_value(x, j) - _value(base, j)) * kl)
+
+
+@_jit
+def _high_counts_row(base: Any, x: Any, kl: Any, even: Any, odd: Any, bits: Any) -> None:
+    """Per block: the importance bits (vectorised), then the counts (2x faster than one loop)."""
+    for start in range(0, base.size, BLOCK):
+        size = min(BLOCK, base.size - start)
+        _importance_bits(base[start : start + size], x[start : start + size], kl, bits)
+        pairs = size // 2 * 2
+        for j in range(0, pairs, 2):
+            even[np.intp((bits[j] >> _HIGH) & _BUCKET)] += 1
+            odd[np.intp((bits[j + 1] >> _HIGH) & _BUCKET)] += 1
+        if pairs < size:  # (the last block's: BLOCK is even, so j's parity in the row)
+            even[np.intp((bits[pairs] >> _HIGH) & _BUCKET)] += 1
 
 
 @_jit
@@ -36,20 +45,26 @@ def high_counts(base: Any, x: Any, kl: Any, column: int, cols: int, counts: Any)
     """counts[h] += #(importance bits >> 16 == h), two interleaved sub-histograms (counts[0],
     counts[1]) so that consecutive equal buckets do not wait on each other's store."""
     n, start, row, col = base.size, 0, 0, column
+    bits = np.empty(BLOCK, dtype=np.uint32)
     while start < n:
         stop = min(n, start + cols - col)
-        _high_counts_row(base[start:stop], x[start:stop], kl[row], counts[0], counts[1])
+        _high_counts_row(base[start:stop], x[start:stop], kl[row], counts[0], counts[1], bits)
         start, row, col = stop, row + 1, 0
 
 
 @_jit
-def _gather_row(base: Any, x: Any, kl: Any, wanted: Any, out: Any) -> int:
-    k = 0
-    for j in range(base.size):
-        bits = _float_to_bits(abs(_value(x, j) - _value(base, j)) * kl)
-        out[k] = bits
-        k += 1 if wanted[np.intp((bits >> _HIGH) & _BUCKET)] else 0
-    return k
+def _gather_row(base: Any, x: Any, kl: Any, wanted: Any, bits: Any, out: Any) -> int:
+    """Per block: the importance bits (a loop that vectorises), then a branch-free gather with
+    a uint32 store position (the span has < 2³² elements; 2x faster than one int64 loop)."""
+    k = np.uint32(0)
+    for start in range(0, base.size, BLOCK):
+        size = min(BLOCK, base.size - start)
+        _importance_bits(base[start : start + size], x[start : start + size], kl, bits)
+        for j in range(size):
+            value = bits[j]
+            out[k] = value
+            k = np.uint32(k + np.uint32(wanted[np.intp((value >> _HIGH) & _BUCKET)]))
+    return np.int64(k)
 
 
 @_jit
@@ -58,9 +73,10 @@ def gather_buckets(base: Any, x: Any, kl: Any, column: int, cols: int, wanted: A
     """Write the importance bit patterns whose high half is marked in ``wanted`` (a byte per
     bucket) to ``out`` (at least one element longer than the span); return how many."""
     n, start, row, col, k = base.size, 0, 0, column, 0
+    bits = np.empty(BLOCK, dtype=np.uint32)
     while start < n:
         stop = min(n, start + cols - col)
-        k += _gather_row(base[start:stop], x[start:stop], kl[row], wanted, out[k:])
+        k += _gather_row(base[start:stop], x[start:stop], kl[row], wanted, bits, out[k:])
         start, row, col = stop, row + 1, 0
     return k
 
