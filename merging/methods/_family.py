@@ -186,7 +186,7 @@ class FamilyKernel(Kernel):
         """DARE's reduction step compiled, a run of `L1_PART` elements at a time: the mask,
         |δ| and the mask as floats in one loop, then torch's sum and dot of the run while its
         float views are in cache."""
-        keep = torch.empty(x.numel(), dtype=torch.bool)
+        keep = torch.from_numpy(_compiled.mask_buffer(x.numel()))
         parts = {}
         for start in range(0, x.numel(), L1_PART):
             stop = min(x.numel(), start + L1_PART)
@@ -342,7 +342,7 @@ class FamilyKernel(Kernel):
             scales.append(scale)
         weights = [s.weight for s in self.sources]
         by_weight = self.params.divide_by == "weights"
-        return _compiled.family_apply(
+        result = _compiled.family_apply(
             base,
             inputs,
             modes=modes,
@@ -357,6 +357,8 @@ class FamilyKernel(Kernel):
             lambda_=self.params.lambda_,
             out=out,
         )
+        _compiled.release_masks(keeps)  # (each chunk's masks are read by this call only)
+        return result
 
     def _linear_scale(self) -> tuple[float, float]:
         """λ/d and Σwᵢ of the task-arithmetic combination (d per ``normalize``/``divide_by``)."""
