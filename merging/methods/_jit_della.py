@@ -72,12 +72,12 @@ def extremes(keys: Any) -> Any:
 def _scan_rank(keys: Any, j: int) -> int:
     """The stable rank of keys[j] by comparing it with every key of the row (vectorised)."""
     k = keys[j]
-    rank = 0
+    rank = np.uint32(0)  # (uint32 lanes, rows < 2³¹: numba widens bool sums to int64)
     for q in range(j):
-        rank += keys[q] <= k
+        rank = np.uint32(rank + np.uint32(keys[q] <= k))
     for q in range(j + 1, keys.size):
-        rank += keys[q] < k
-    return rank
+        rank = np.uint32(rank + np.uint32(keys[q] < k))
+    return np.int64(rank)
 
 
 @_jit
