@@ -249,7 +249,9 @@ class _FastFusion:
                                        column, self.cols, self._thread_counts())  # fmt: skip
             return
         kl, column = self._span(offset, base.numel())
-        found = np.empty(base.numel(), dtype=np.uint32)
+        found = getattr(_scratch, "found", None)  # (reused: a fresh buffer faults in per chunk)
+        if found is None or found.size < base.numel():
+            found = _scratch.found = np.empty(base.numel(), dtype=np.uint32)
         size = self.loops.gather_buckets(as_array(base), as_array(other), kl, column, self.cols,
                                          self.wanted, found)  # fmt: skip
         with self.lock:

@@ -23,6 +23,7 @@ Per-model weights are not used (as in mergekit).
 
 from __future__ import annotations
 
+import functools
 import math
 import threading
 import weakref
@@ -152,8 +153,6 @@ class SceKernel(Kernel):
         self.numel = max(1, numel)
         self.nothing = False  # k_sel = 0: every task vector is zeroed
         self.reductions = 3 if self.select else 1
-        self.high_counts = torch.zeros(HIGH_BUCKETS, dtype=torch.int64)
-        self.low_counts = torch.zeros(LOW_BUCKETS, dtype=torch.int64)
         self.bucket = 0  # h*
         self.wanted = 0  # rank of t among the elements of bucket h*, from the top (1 = largest)
         self.cut = 0  # the low half of t
@@ -164,6 +163,16 @@ class SceKernel(Kernel):
         self.masks: dict[int, Tensor] = {}
         self.parts_lock = threading.Lock()
         self.fast: _FastSelect | None = None  # the compiled path (set by `prepare`)
+
+    # The torch path's histograms (768 KB), made when first counted into: the compiled path
+    # (`_FastSelect`) never pays for zeroing fresh pages.
+    @functools.cached_property
+    def high_counts(self) -> Tensor:
+        return torch.zeros(HIGH_BUCKETS, dtype=torch.int64)
+
+    @functools.cached_property
+    def low_counts(self) -> Tensor:
+        return torch.zeros(LOW_BUCKETS, dtype=torch.int64)
 
     def _mask(self, offset: int) -> Tensor:
         """[Var ≥ t] of a chunk, from its kept high halves and its candidates' low halves."""
