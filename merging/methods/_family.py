@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from merging.methods import _compiled
-from merging.methods._kernels import Kernel
+from merging.methods._kernels import ELEMENTWISE_CHUNK, Kernel
 from merging.methods._ops import (
     RandomStream,
     as_float,
@@ -39,7 +39,6 @@ WAIT_FOR_LOOPS = 1 << 20  # elements: from this tensor size on, wait for the com
 # runs they were always taken over), added in order: the same sums for any multiple of it
 L1_PART = 1 << 18
 DARE_CHUNK = 1 << 20  # elements per chunk for compiled DARE: fewer calls per tensor
-ELEMENTWISE_CHUNK = 1 << 20  # and for task arithmetic
 
 
 class FamilyKernel(Kernel):
@@ -173,11 +172,9 @@ class FamilyKernel(Kernel):
             return False
         if out.dtype not in _compiled.OUTPUT_DTYPES or not out.is_contiguous():
             return False
-        weights = [s.weight for s in self.sources]
-        by_weight = self.params.divide_by == "weights"
+        weights, divisor_weights = self._consensus_weights()
         sampled.count_and_apply(
-            base, inputs, offset, out, weights=weights,
-            divisor_weights=weights if by_weight else [1.0] * len(weights),
+            base, inputs, offset, out, weights=weights, divisor_weights=divisor_weights,
             normalize=self.params.normalize, lambda_=self.params.lambda_,
         )  # fmt: skip
         return True
@@ -340,8 +337,7 @@ class FamilyKernel(Kernel):
             keeps.append(keep)
             rescales.append(rescale)
             scales.append(scale)
-        weights = [s.weight for s in self.sources]
-        by_weight = self.params.divide_by == "weights"
+        weights, divisor_weights = self._consensus_weights()
         result = _compiled.family_apply(
             base,
             inputs,
@@ -351,7 +347,7 @@ class FamilyKernel(Kernel):
             rescales=rescales,
             scales=scales,
             weights=weights,
-            divisor_weights=weights if by_weight else [1.0] * len(weights),
+            divisor_weights=divisor_weights,
             sign_method=getattr(self.params, "sign_method", "sum"),
             normalize=self.params.normalize,
             lambda_=self.params.lambda_,
@@ -359,6 +355,12 @@ class FamilyKernel(Kernel):
         )
         _compiled.release_masks(keeps)  # (each chunk's masks are read by this call only)
         return result
+
+    def _consensus_weights(self) -> tuple[list[float], list[float]]:
+        """The weights wᵢ and the divisor weights (wᵢ with ``divide_by: weights``, else 1)."""
+        weights = [s.weight for s in self.sources]
+        by_weight = self.params.divide_by == "weights"
+        return weights, weights if by_weight else [1.0] * len(weights)
 
     def _linear_scale(self) -> tuple[float, float]:
         """λ/d and Σwᵢ of the task-arithmetic combination (d per ``normalize``/``divide_by``)."""

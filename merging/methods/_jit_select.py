@@ -27,7 +27,7 @@ def _magnitude_bits(base_block: Any, x: Any, bits: Any) -> None:
 @_jit
 def _count_range(base: Any, x: Any, limits: Any, start: int, stop: int) -> Any:
     """#{j in [start, stop) : bits(|δ[j]|) ≥ limits[c]} for the four limits (< 2³¹), in one
-    loop (int32 compares vectorise; unsigned indices, as `_jit_loops.trim_range`)."""
+    loop (int32 compares vectorise; unsigned indices, as `_jit_consensus.trim_range`)."""
     b0, b1, b2, b3 = limits[0], limits[1], limits[2], limits[3]
     t0, t1, t2, t3 = np.int32(0), np.int32(0), np.int32(0), np.int32(0)
     for i in range(stop - start):
@@ -68,7 +68,7 @@ def count_trim_apply(
     divisor_weights: Any, normalize: bool, lambda_: Any, out: Any,
 ) -> None:  # fmt: skip
     """`bound_counts` and, block by block while the block is in cache, TIES's output with the
-    given thresholds (`_jit_loops.trim_range`): the counting pass and a speculative output
+    given thresholds (`_jit_consensus.trim_range`): the counting pass and a speculative output
     pass in one read of the inputs."""
     limits = bounds.astype(np.int32)
     for start in range(0, base.size, BLOCK):

@@ -77,9 +77,12 @@ class Kernel:
         return False
 
 
+ELEMENTWISE_CHUNK = 1 << 20  # elementwise kernels: the chunking changes only the calls per tensor
+
+
 class LinearKernel(Kernel):
     raw_inputs = True
-    max_chunk = 1 << 20  # elementwise: the chunking changes nothing but the calls per tensor
+    max_chunk = ELEMENTWISE_CHUNK
 
     def __init__(self, params: Any, sources: Sequence[Any]) -> None:
         super().__init__()

@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from merging.methods._bit_select import from_halves
+
 
 def _select(values: Tensor, mask: Tensor) -> Tensor:
     """Boolean selection; on CPU through NumPy, whose compress is ~10x faster than torch's."""
@@ -127,7 +129,7 @@ class SampledSelect:
         return torch.from_numpy((starts[:, None] + np.arange(cls.RUN)[None, :]).reshape(-1))
 
     def _found(self, bits: int) -> None:
-        self.threshold = torch.tensor([bits], dtype=torch.int32).view(torch.float32)[0]
+        self.threshold = from_halves(bits >> 16, bits & 0xFFFF)
         self.pending = 0
 
     def propose(self, sample: np.ndarray, whole: bool) -> None:
@@ -147,8 +149,10 @@ class SampledSelect:
     def guess(self) -> float:
         """The threshold if found, else the sample's candidate c: the usual outcome of the
         counting pass on bf16 task vectors (a speculative output pass may use it)."""
-        bits = int(self.bounds[1]) if self.pending else int(self.threshold.view(torch.int32))
-        return float(np.array([bits], dtype=np.uint32).view(np.float32)[0])
+        if self.pending == 0:
+            return float(self.threshold)
+        candidate = int(self.bounds[1])
+        return float(from_halves(candidate >> 16, candidate & 0xFFFF))
 
     def add_chunk(self, offset: int, numel: int, counts: np.ndarray) -> None:
         self.chunks[offset] = (numel, counts)
