@@ -298,24 +298,26 @@ def magnitude_histograms(
 
 def bound_counts(
     base: Tensor, inputs: Sequence[Tensor], active: Sequence[bool], bounds: np.ndarray,
-    counts: np.ndarray,
+    counts: np.ndarray, *, pair: bool = False,
 ) -> None:  # fmt: skip
-    """counts[i, c] += #(|δᵢ| bit patterns ≥ bounds[i, c]) over this chunk, active inputs only."""
+    """counts[i, c] += #(|δᵢ| bit patterns ≥ bounds[i, c]) over this chunk, active inputs only
+    (with ``pair``, columns 1 and 2 only)."""
     flags = np.asarray(active, dtype=np.uint8)
     _select_loops.bound_counts(as_array(base), tuple(as_array(x) for x in inputs), flags,
-                               bounds, counts)  # fmt: skip
+                               bounds, counts, pair)  # fmt: skip
 
 
 def count_trim_apply(
     base: Tensor, inputs: Sequence[Tensor], active: Sequence[bool], bounds: np.ndarray,
-    counts: np.ndarray, *, thresholds: Sequence[float], weights: Sequence[float],
-    divisor_weights: Sequence[float], normalize: bool, lambda_: float, out: Tensor,
+    counts: np.ndarray, *, pair: bool = False, thresholds: Sequence[float],
+    weights: Sequence[float], divisor_weights: Sequence[float], normalize: bool,
+    lambda_: float, out: Tensor,
 ) -> None:  # fmt: skip
     """`bound_counts` and TIES's output with the given trim thresholds (0 for a dense input;
     sum sign rule) into ``out`` (one of `OUTPUT_DTYPES`), in one read of the chunk."""
     flags = np.asarray(active, dtype=np.uint8)
     _select_loops.count_trim_apply(as_array(base), tuple(as_array(x) for x in inputs), flags,
-                                   bounds, counts, _scalars(thresholds), _scalars(weights),
+                                   bounds, counts, pair, _scalars(thresholds), _scalars(weights),
                                    _scalars(divisor_weights), normalize, np.float32(lambda_),
                                    as_array(out))  # fmt: skip
 

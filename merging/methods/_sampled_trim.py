@@ -27,7 +27,8 @@ class SampledTrims:
     sample of |δ| (a small tensor is selected whole, with no pass at all).
 
     ``speculate``: whether `count_and_apply` may write the output (the fused loop elects
-    the sign by the sum rule only)."""
+    the sign by the sum rule only). On bf16 inputs the counting pass counts each candidate
+    and its successor only (`SampledSelect`'s ``pair``)."""
 
     def __init__(
         self, keeps: Sequence[int | None], numel: int, base: Tensor, inputs: Sequence[Tensor],
@@ -36,6 +37,7 @@ class SampledTrims:
         self.lock = threading.Lock()
         index = SampledSelect.sample_index(numel)
         sample = (base if index is None else base.index_select(0, index)).to(dtype)
+        self.pair = all(x.dtype == torch.bfloat16 for x in (base, *inputs))
         self.selectors: list[SampledSelect | None] = []
         for k, x in zip(keeps, inputs, strict=True):
             if k is None:
@@ -43,7 +45,7 @@ class SampledTrims:
                 continue
             picked = x if index is None else x.index_select(0, index)
             bits = delta_of(picked, sample).abs_().view(torch.int32).numpy().view(np.uint32)
-            selector = SampledSelect(k, numel)
+            selector = SampledSelect(k, numel, pair=self.pair)
             selector.propose(bits, whole=index is None)
             self.selectors.append(selector)
         self.guesses = [0.0 if s is None else s.guess() for s in self.selectors]
@@ -60,7 +62,7 @@ class SampledTrims:
         self.declined = True
         active, bounds = self._bounds(len(inputs))
         counts = np.zeros(bounds.shape, dtype=np.int64)
-        _compiled.bound_counts(base, inputs, active, bounds, counts)
+        _compiled.bound_counts(base, inputs, active, bounds, counts, pair=self.pair)
         self._add_counts(active, offset, base.numel(), counts)
 
     def count_and_apply(
@@ -72,8 +74,9 @@ class SampledTrims:
         active, bounds = self._bounds(len(inputs))
         counts = np.zeros(bounds.shape, dtype=np.int64)
         _compiled.count_trim_apply(
-            base, inputs, active, bounds, counts, thresholds=self.guesses, weights=weights,
-            divisor_weights=divisor_weights, normalize=normalize, lambda_=lambda_, out=out,
+            base, inputs, active, bounds, counts, pair=self.pair, thresholds=self.guesses,
+            weights=weights, divisor_weights=divisor_weights, normalize=normalize,
+            lambda_=lambda_, out=out,
         )  # fmt: skip
         self._add_counts(active, offset, base.numel(), counts)
 
@@ -93,18 +96,26 @@ class SampledTrims:
                     s.add_chunk(offset, numel, counts[i])
 
     def observe(self, step: int, base: Tensor, inputs: Sequence[Tensor], offset: int) -> None:
-        """Passes after the count: gather an interval, or (an unlucky sample) radix-select as
-        `RadixSelect` does."""
+        """Passes after the count: count the four bounds (a pair that missed), gather an
+        interval, or (an unlucky sample) radix-select as `RadixSelect` does."""
         for i, s in enumerate(self.selectors):
             if s is None or s.pending == 0:
                 continue
-            if s.radix is None:
+            if s.recount:
+                active = [j == i for j in range(len(inputs))]
+                bounds = np.zeros((len(inputs), SampledSelect.BOUNDS), dtype=np.int64)
+                bounds[i] = s.bounds
+                counts = np.zeros(bounds.shape, dtype=np.int64)
+                _compiled.bound_counts(base, inputs, active, bounds, counts)
+                with self.lock:
+                    s.add_chunk(offset, base.numel(), counts[i])
+            elif s.radix is None:
                 low, high = s.interval
                 found = _compiled.gather_between(base, inputs[i], low, high, s.chunk_inside(offset))
                 with self.lock:
                     s.gathered[offset] = found
             else:
-                s.radix.observe(step - 1, _compiled.magnitudes(base, inputs[i]))
+                s.radix.observe(step - s.radix_start, _compiled.magnitudes(base, inputs[i]))
 
     def end_pass(self, step: int) -> bool:
         """Settle pass ``step``; True when the counting pass's output is TIES's own (every
@@ -112,12 +123,12 @@ class SampledTrims:
         for s in self.selectors:
             if s is None or s.pending == 0:
                 continue
-            if step == 0:
-                s.decide()
+            if step == 0 or s.recount:
+                s.decide(step)
             elif s.radix is None:
                 s.finish_gather()
             else:
-                s.radix.end_pass(step - 1)
+                s.radix.end_pass(step - s.radix_start)
                 s.pending -= 1
                 if s.pending == 0:
                     s.threshold = s.radix.threshold

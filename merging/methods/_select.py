@@ -102,6 +102,10 @@ class SampledSelect:
     that interval (a fraction of a percent of them) and a partition picks t among them; if the
     interval is wide (an unlucky sample), two radix passes find t as `RadixSelect` does. The
     sample only decides how fast t is found, never which t: the counts verify it exactly.
+
+    With ``pair`` (bf16 task vectors, where c is nearly always t) the counting pass counts c
+    and c + 1 only, half the compares; when c is not t, one more pass counts all four bounds
+    (``recount``) and the search goes on from there as above.
     """
 
     RUNS, RUN = 64, 512  # sample: 64 evenly spaced runs of 512 elements
@@ -109,8 +113,8 @@ class SampledSelect:
     BOUNDS = 4  # per model: low end, candidate c, c + 1, high end
     TOP = 1 << 31  # above every |δ| bit pattern
 
-    def __init__(self, k: int, numel: int) -> None:
-        self.k, self.numel = k, numel
+    def __init__(self, k: int, numel: int, *, pair: bool = False) -> None:
+        self.k, self.numel, self.pair = k, numel, pair
         self.threshold = torch.tensor(0.0)
         self.bounds = np.zeros(self.BOUNDS, dtype=np.int64)
         self.counts = np.zeros(self.BOUNDS, dtype=np.int64)
@@ -119,6 +123,8 @@ class SampledSelect:
         self.interval = (0, 0)
         self.need = 0
         self.radix: RadixSelect | None = None
+        self.recount = False  # the next pass counts the four bounds (a pair that missed t)
+        self.radix_start = 1  # the pass at which the radix passes (if any) begin
 
     @classmethod
     def sample_index(cls, numel: int) -> Tensor | None:
@@ -162,10 +168,22 @@ class SampledSelect:
         """#(≥ b) for b = 0, the bounds (ascending), 2³¹."""
         return [numel, *(int(c) for c in counts), 0]
 
-    def decide(self) -> None:
-        """After the counting pass: t itself, or the interval [low, high) that holds it."""
+    def decide(self, step: int = 0) -> None:
+        """After counting pass ``step``: t itself, or the interval [low, high) that holds it
+        (after a pair that missed t: a recount)."""
         for _, counts in self.chunks.values():
             self.counts += counts
+        if self.pair:  # only #(≥ c) and #(≥ c + 1) were counted
+            self.pair = False
+            if self.counts[1] >= self.k > self.counts[2]:
+                self._found(int(self.bounds[1]))
+            else:  # count all four next pass (then at least a gather)
+                self.recount, self.pending = True, 2
+                self.counts[:] = 0
+                self.chunks.clear()
+            return
+        self.recount = False
+        self.radix_start = step + 1
         bounds = [0, *(int(b) for b in self.bounds), self.TOP]
         at_least = self._extended(self.numel, self.counts)
         low = max(i for i, count in enumerate(at_least) if count >= self.k)

@@ -21,19 +21,25 @@ def kth_largest(bits: np.ndarray, k: int) -> int:
     return int(np.sort(bits)[::-1][k - 1])
 
 
-def select(bits: np.ndarray, k: int, chunk: int) -> SampledSelect:
-    """SampledSelect driven by plain NumPy counting over chunks (what the loops compute)."""
-    selector = SampledSelect(k, bits.size)
+def select(bits: np.ndarray, k: int, chunk: int, *, pair: bool = False) -> SampledSelect:
+    """SampledSelect driven by plain NumPy counting over chunks (what the loops compute; with
+    ``pair`` the loops count only bounds 1 and 2, so the others are left at 0 here)."""
+    selector = SampledSelect(k, bits.size, pair=pair)
     index = SampledSelect.sample_index(bits.size)
     sample = bits if index is None else bits[index.numpy()]
     selector.propose(sample, whole=index is None)
     offsets = range(0, bits.size, chunk)
-    if selector.pending:
+    for step in (0, 1):  # the count, and (a pair that missed) the count of all four bounds
+        if not selector.pending or (step and not selector.recount):
+            break
+        pair = selector.pair
         for offset in offsets:
             part = bits[offset : offset + chunk]
             counts = np.array([(part >= b).sum() for b in selector.bounds], dtype=np.int64)
+            if pair:
+                counts[[0, 3]] = 0
             selector.add_chunk(offset, part.size, counts)
-        selector.decide()
+        selector.decide(step)
     if selector.pending and selector.radix is None:
         low, high = selector.interval
         for offset in offsets:
@@ -66,8 +72,9 @@ def magnitudes(values: np.ndarray) -> np.ndarray:
     n=st.integers(1, 300_000),
     density=st.floats(0.0, 1.0),
     kind=st.sampled_from(["gaussian", "levels", "sorted", "hidden"]),
+    pair=st.booleans(),
 )
-def test_threshold_is_the_kth_largest_whatever_the_sample(seed, n, density, kind):
+def test_threshold_is_the_kth_largest_whatever_the_sample(seed, n, density, kind, pair):
     rng = np.random.default_rng(seed)
     if kind == "levels":  # bf16-like: a few magnitudes repeated many times
         values = rng.integers(-4, 5, n) / 64
@@ -80,7 +87,7 @@ def test_threshold_is_the_kth_largest_whatever_the_sample(seed, n, density, kind
         values = rng.standard_normal(n) * 0.002
     bits = magnitudes(values)
     k = max(1, int(density * n))
-    assert as_bits(select(bits, k, chunk=1 << 14)) == kth_largest(bits, k)
+    assert as_bits(select(bits, k, chunk=1 << 14, pair=pair)) == kth_largest(bits, k)
 
 
 def test_each_way_to_the_threshold_is_taken():
@@ -102,6 +109,16 @@ def test_each_way_to_the_threshold_is_taken():
     fallback = select(magnitudes(skewed), n // 4, chunk=1 << 16)
     assert fallback.radix is not None
     assert as_bits(fallback) == kth_largest(magnitudes(skewed), n // 4)
+    # counting the candidate and its successor only: ties end the search as before; else the
+    # four bounds are counted in one more pass, and the interval is gathered as before
+    paired_ties = select(magnitudes(rng.integers(-3, 4, n) / 64), n // 2, 1 << 16, pair=True)
+    assert paired_ties.pending == 0
+    assert not hasattr(paired_ties, "gathered")
+    smooth_bits = magnitudes(rng.standard_normal(n))
+    paired = select(smooth_bits, n // 2, 1 << 16, pair=True)
+    assert paired.radix is None
+    assert paired.gathered
+    assert as_bits(paired) == kth_largest(smooth_bits, n // 2)
 
 
 needs_loops = pytest.mark.skipif(
@@ -128,13 +145,28 @@ def run(name, tensors, *, compiled, out_dtype=torch.float32, chunk=1 << 18, **pa
 
 
 @needs_loops
-@pytest.mark.parametrize("regime", ["ties", "smooth", "skewed"])
-def test_compiled_ties_is_bit_identical_on_every_path(regime):
+@pytest.mark.parametrize(
+    ("regime", "paths"),
+    [("ties", ["count", "count"]), ("levels", ["gather", "gather"]),
+     ("levels-float32", ["gather", "gather"]), ("smooth", ["radix", "count"]),
+     ("skewed", ["radix", "radix"])],
+)  # fmt: skip
+def test_compiled_ties_is_bit_identical_on_every_path(regime, paths):
+    """Every way to the threshold on the compiled path gives the torch kernels' output: on
+    bf16 the count of the candidate and its successor proves it (ties at the threshold), or
+    the four bounds are counted in one more pass and the interval is gathered (or, a sample
+    blind to the tensor, radix-selected); on float32 the four are counted at once."""
     n = 3 * (1 << 18) + 5
-    if regime == "ties":
+    if regime == "ties":  # δ = x − 0: a few magnitudes, each repeated many times
+        g = torch.Generator().manual_seed(1)
+        levels = [torch.randint(-3, 4, (n,), generator=g) / 64 for _ in range(2)]
+        tensors = [torch.zeros(n).bfloat16(), *(x.bfloat16() for x in levels)]
+    elif regime.startswith("levels"):
         tensors = bf16_models(1, n, 2, levels=2)
     else:
         tensors = bf16_models(2, n, 2, levels=None)
+    if regime.endswith("float32"):
+        tensors = [x.float() for x in tensors]
     if regime == "skewed":  # the second model changes only where the sample does not look
         index = SampledSelect.sample_index(n)
         delta = torch.randn(n) * 0.05
@@ -146,8 +178,12 @@ def test_compiled_ties_is_bit_identical_on_every_path(regime):
     assert kernel.sampled
     assert kernel.max_chunk > 0
     assert_bitwise(got, expected)
-    if regime == "skewed":
-        assert kernel.selectors[1].radix is not None
+    taken = [
+        "radix" if s.radix else "gather" if hasattr(s, "gathered") else "count"
+        for s in kernel.selectors
+    ]
+    assert taken == paths
+    assert kernel.sampled.pair == (not regime.endswith("float32"))
 
 
 @needs_loops
