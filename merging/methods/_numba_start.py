@@ -1,14 +1,21 @@
 """One way in for every module of numba loops: `import_loops(name)`.
 
-The first call starts numba (its import, and the loading of its CPU target's typing and
-lowering registries, which every first compile or cache load does) without one of its costs:
-those registries probe for SciPy's BLAS (``import scipy.linalg.cython_blas``, about 0.25 s of
-imports holding the GIL, on the critical path of the first large tensor) to decide whether
-``np.vdot``-style inner products inside compiled code may call BLAS. None of the merge loops
-uses them (and ``np.dot`` / ``np.linalg`` probe again, lazily, where they are compiled), so
-the probe is answered "absent" while the registries load, when SciPy's linear algebra is not
-imported yet — and only then: the entry is removed right after, so that any later
-``import scipy.linalg`` works as usual.
+The first call starts numba (its import, and what loading cached machine code needs) without
+two of its costs, both on the critical path of the first large tensor and holding the GIL:
+
+- A cache load asks numba's CPU target to "refresh" first: import and install every typing
+  and lowering registry (~75 modules, ~0.25 s) — which a load does not use: it unpickles the
+  machine code and its descriptors (importing the few modules they name) and needs only the
+  runtime (NRT) initialised. So cache loads initialise the runtime alone (`_light_loads`);
+  numba's compiler still refreshes the registries itself before any compile, and a load that
+  fails this way is retried the usual way. (Only on numba versions this was checked with.)
+- Where the registries do load (a compile), they probe for SciPy's BLAS
+  (``import scipy.linalg.cython_blas``, about 0.25 s of imports) to decide whether
+  ``np.vdot``-style inner products inside compiled code may call BLAS. None of the merge loops
+  uses them (and ``np.dot`` / ``np.linalg`` probe again, lazily, where they are compiled), so
+  the probe is answered "absent" while numba starts when SciPy's linear algebra is not
+  imported yet — and only then: the entry is removed right after, so that any later
+  ``import scipy.linalg`` works as usual.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from types import ModuleType
+from typing import Any
 
 # whether the compiled loops may run at all (each module keeps its own `available`, cleared
 # where its loops fail to load)
@@ -30,6 +38,33 @@ _PROBES = ("scipy.linalg.cython_blas", "scipy.linalg.cython_lapack")
 _lock = threading.RLock()
 _started = False
 _loaded: dict[str, ModuleType] = {}  # fully imported loop modules
+LIGHT_LOADS = ("0.60", "0.61", "0.62", "0.63", "0.64", "0.65", "0.66", "0.67", "0.68")
+
+
+def _light_loads() -> bool:
+    """Make numba's cache loads initialise only its runtime instead of refreshing every
+    registry (module docstring); False (nothing changed) on a numba version not checked."""
+    import numba
+    from numba.core import caching
+    from numba.core.runtime import nrt
+
+    if ".".join(numba.__version__.split(".")[:2]) not in LIGHT_LOADS:
+        return False
+    usual = caching.Cache.load_overload
+    if getattr(usual, "_hubmerge_light", False):
+        return True
+
+    def load_overload(self: Any, sig: Any, target_context: Any) -> Any:
+        try:
+            nrt.rtsys.initialize(target_context)
+            with self._guard_against_spurious_io_errors():
+                return self._load_overload(sig, target_context)
+        except Exception:  # pragma: no cover - the usual way, registries and all
+            return usual(self, sig, target_context)
+
+    load_overload._hubmerge_light = True  # type: ignore[attr-defined]
+    caching.Cache.load_overload = load_overload  # type: ignore[method-assign]
+    return True
 
 
 def _start() -> None:
@@ -40,9 +75,10 @@ def _start() -> None:
         for name in blocked:
             sys.modules[name] = None  # type: ignore[assignment]  # "import halted": ImportError
         try:
-            from numba.core.registry import cpu_target
+            if not _light_loads():
+                from numba.core.registry import cpu_target
 
-            cpu_target.target_context.refresh()  # the registries, loaded once per process
+                cpu_target.target_context.refresh()  # the registries, loaded once per process
         finally:
             for name in blocked:
                 if sys.modules.get(name, False) is None:

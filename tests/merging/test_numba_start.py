@@ -66,3 +66,41 @@ def test_loading_loops_pauses_and_then_freezes_the_garbage_collector():
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip() == "ok"
+
+
+LIGHT_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    import numba
+    import numpy as np
+    from merging.methods import _numba_start
+    from merging.methods._numba_start import import_loops
+
+    loops = import_loops("merging.methods._jit_loops")
+    out = np.zeros(3, dtype=np.float32)
+    loops.magnitudes(np.ones(3, np.float32), np.array([2, 0, 3], np.float32), out)
+    assert out.tolist() == [1.0, 1.0, 2.0], out
+    light = ".".join(numba.__version__.split(".")[:2]) in _numba_start.LIGHT_LOADS
+    print("registries loaded by the cache load:", "numba.np.linalg" in sys.modules, light)
+
+    @numba.njit  # a compile after the light start refreshes the registries itself
+    def dot(a, b):
+        return np.dot(a, b) + np.float32(len(a))
+
+    print(float(dot(np.ones(4, np.float32), np.ones(4, np.float32))))
+    """
+)
+
+
+def test_cache_loads_skip_the_registries_and_compiles_still_work():
+    """A cached loop loads without numba's typing and lowering registries (~0.25 s of
+    imports); a later compile (here one calling np.dot) loads them and works. Run twice: the
+    first run may have compiled the loop (a cold cache), which refreshes the registries."""
+    for _ in range(2):
+        done = subprocess.run(
+            [sys.executable, "-c", LIGHT_SCRIPT], capture_output=True, text=True, timeout=300
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+    loaded, light = done.stdout.split("cache load: ")[1].split()[:2]
+    assert light == "False" or loaded == "False", done.stdout
+    assert done.stdout.strip().endswith("8.0")
