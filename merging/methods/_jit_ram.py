@@ -5,6 +5,11 @@ Blocks of `BLOCK` elements in L1 scratch, each step a plain loop that vectorises
 from the stored inputs (bf16 widened exactly, or float32), never a whole-chunk temporary. Each
 value is rounded as the torch path rounds it (the same float32 operations in the same order),
 so the results are bit-identical to it; tests/merging/test_methods_ram.py compares them.
+
+Two models (a base and two fine-tunes, the common recipe) take fused loops instead
+(`ram_counts2`, `ram_apply2`): every value of an element in registers, one pass over the
+inputs, no per-block scratch. They compute the same float32 operations on each element (with
+two models a divisor is 1 or 2, and x / 2 = x · 0.5 exactly), so the same values.
 """
 
 from __future__ import annotations
@@ -92,14 +97,68 @@ def ram_apply(base: Any, xs: Any, epsilon: Any, plus: bool, lambdas: Any, out: A
             _store(dest, j, total[j] + base_block[j])
 
 
+@_jit
+def ram_counts2(base: Any, x0: Any, x1: Any, epsilon: Any, shared: Any, unique: Any) -> None:
+    """`ram_counts` for two models in one loop per block: an entry is unique to model i when
+    its flag is set and the other's is not (the count is 1 exactly when the flags differ)."""
+    n = base.size
+    for start in range(0, n, BLOCK):
+        stop = min(n, start + BLOCK)
+        b, a0, a1 = base[start:stop], x0[start:stop], x1[start:stop]
+        alone0, alone1 = np.uint16(0), np.uint16(0)  # (uint16 lanes, as `ram_counts`)
+        changed0, changed1 = np.uint16(0), np.uint16(0)
+        for j in range(stop - start):
+            q = _value(b, j)
+            f0 = np.uint16(1) if abs(_value(a0, j) - q) > epsilon else np.uint16(0)
+            f1 = np.uint16(1) if abs(_value(a1, j) - q) > epsilon else np.uint16(0)
+            alone = f0 ^ f1
+            alone0 = np.uint16(alone0 + (f0 & alone))
+            alone1 = np.uint16(alone1 + (f1 & alone))
+            changed0 = np.uint16(changed0 + f0)
+            changed1 = np.uint16(changed1 + f1)
+        unique[0] += np.int64(alone0)
+        unique[1] += np.int64(alone1)
+        shared[0] += np.int64(changed0) - np.int64(alone0)
+        shared[1] += np.int64(changed1) - np.int64(alone1)
+
+
+@_jit
+def ram_apply2(
+    base: Any, x0: Any, x1: Any, epsilon: Any, plus: bool, lambdas: Any, out: Any
+) -> None:  # fmt: skip
+    """`ram_apply` for two models, one element at a time: termᵢ = zᵢ·sᵢ with sᵢ = 0.5 where
+    both contribute (zᵢ / 2), λᵢ where only one does and ``plus`` (else 1: zᵢ / 1), 1 where
+    none does; out = base + ((0 + term₀) + term₁)."""
+    zero, one, half = np.float32(0.0), np.float32(1.0), np.float32(0.5)
+    lambda0 = lambdas[0] if plus else one
+    lambda1 = lambdas[1] if plus else one
+    for i in range(out.size):
+        q = _value(base, i)
+        d0 = _value(x0, i) - q
+        d1 = _value(x1, i) - q
+        f0 = abs(d0) > epsilon
+        f1 = abs(d1) > epsilon
+        kept0 = d0 * (one if f0 else zero)
+        kept1 = d1 * (one if f1 else zero)
+        both, alone = f0 and f1, f0 != f1
+        scale0 = half if both else (lambda0 if alone else one)
+        scale1 = half if both else (lambda1 if alone else one)
+        _store(out, i, ((zero + kept0 * scale0) + kept1 * scale1) + q)
+
+
 def warm_up() -> None:
-    """Compile (or load) the loops for bf16 and float32 inputs and outputs, 1–3 models."""
+    """Compile (or load) the loops for bf16 and float32 inputs and outputs, 1–3 models (and
+    the two-model ones)."""
     for dtype in (np.uint16, np.float32):
         base = np.zeros(4, dtype=dtype)
         for models in (1, 2, 3):
             xs = tuple(np.zeros(4, dtype=dtype) for _ in range(models))
             counts = np.zeros(models, dtype=np.int64)
             ram_counts(base, xs, np.float32(1e-5), counts, counts.copy())
+            if models == 2:
+                ram_counts2(base, xs[0], xs[1], np.float32(1e-5), counts, counts.copy())
             lambdas = np.ones(models, dtype=np.float32)
             for out in (np.empty(4, dtype=np.uint16), np.empty(4, dtype=np.float32)):
                 ram_apply(base, xs, np.float32(1e-5), True, lambdas, out)
+                if models == 2:
+                    ram_apply2(base, xs[0], xs[1], np.float32(1e-5), True, lambdas, out)

@@ -200,10 +200,12 @@ class RamKernel(Kernel):
         assert base is not None
         if self.fast:
             shared, unique = np.zeros((2, len(inputs)), dtype=np.int64)
-            _method_loops.loops("_jit_ram").ram_counts(
-                as_array(base), tuple(as_array(x) for x in inputs),
-                np.float32(self.params.epsilon), shared, unique,
-            )  # fmt: skip
+            loops, epsilon = _method_loops.loops("_jit_ram"), np.float32(self.params.epsilon)
+            xs = tuple(as_array(x) for x in inputs)
+            if len(xs) == 2:  # (the fused two-model loop: the same counts)
+                loops.ram_counts2(as_array(base), *xs, epsilon, shared, unique)
+            else:
+                loops.ram_counts(as_array(base), xs, epsilon, shared, unique)
             with self.lock:
                 self.shared = [a + int(b) for a, b in zip(self.shared, shared, strict=True)]
                 self.unique = [a + int(b) for a, b in zip(self.unique, unique, strict=True)]
@@ -222,10 +224,12 @@ class RamKernel(Kernel):
         self.lambdas = ramplus_lambdas(self.shared, self.unique, self.params)
 
     def _mix_into(self, base: Tensor, inputs: Sequence[Tensor], out: Tensor) -> None:
-        _method_loops.loops("_jit_ram").ram_apply(
-            as_array(base), tuple(as_array(x) for x in inputs), np.float32(self.params.epsilon),
-            self.plus, self._lambdas(len(inputs)), as_array(out),
-        )  # fmt: skip
+        loops, xs = _method_loops.loops("_jit_ram"), tuple(as_array(x) for x in inputs)
+        args = (np.float32(self.params.epsilon), self.plus, self._lambdas(len(xs)), as_array(out))
+        if len(xs) == 2:  # (the fused two-model loop: the same values)
+            loops.ram_apply2(as_array(base), *xs, *args)
+        else:
+            loops.ram_apply(as_array(base), xs, *args)
 
     def apply_into(
         self, base: Tensor | None, inputs: Sequence[Tensor], offset: int, out: Tensor

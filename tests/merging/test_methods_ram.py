@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from merging.methods import _compiled
+from merging.methods import _compiled, _method_loops
+from merging.methods._compiled import as_array
 from merging.methods.ram import contributions, decode, encode
 from tests.merging.kernel_helpers import chunked, pure
 from tests.merging.method_helpers import GRID, SETTINGS, models
@@ -108,3 +110,54 @@ def test_compiled_loops_equal_the_torch_path(monkeypatch, name, count, out_dtype
                             chunk=chunk, threads=threads, out_dtype=out_dtype, epsilon=1e-5,
                             **extra)  # fmt: skip
         assert same_bits(got, expected)
+
+
+def _stored_arrays(seed: int, n: int, dtype):
+    """A base and two inputs as the loops read them (bf16 as uint16 bit patterns): changes
+    near ε, exact zeros, ±0, subnormals; with ``special``, infinities and NaNs too."""
+    base, inputs = _stored_models(2, seed, shape=(n,))
+    tensors = [base, *inputs] if dtype == "bf16" else [base.float(), *(x.float() for x in inputs)]
+    arrays = [as_array(t).copy() for t in tensors]
+    rng = np.random.default_rng(seed)
+    odd = np.array([0.0, -0.0, 1e-40, -1e-40, 1e-5, -1e-5], dtype=np.float32)
+    for a in arrays:
+        picks = rng.random(n) < 0.05
+        values = rng.choice(odd, n)
+        a[picks] = (values if dtype == "f32" else (values.view(np.uint32) >> 16))[picks]
+    return arrays
+
+
+@pytest.mark.skipif(not _compiled.available, reason="numba missing or HUBMERGE_NO_JIT set")
+@pytest.mark.parametrize("dtype", ["bf16", "f32"])
+@pytest.mark.parametrize("n", [1, 1023, 1024, 5000])
+def test_two_model_loops_equal_the_generic_ones(dtype, n):
+    loops = _method_loops.loops("_jit_ram")
+    base, x0, x1 = _stored_arrays(n, n, dtype)
+    epsilon, lambdas = np.float32(1e-5), np.asarray([1.03, 1.2], dtype=np.float32)
+    counts = [np.zeros(2, dtype=np.int64) for _ in range(4)]
+    loops.ram_counts(base, (x0, x1), epsilon, counts[0], counts[1])
+    loops.ram_counts2(base, x0, x1, epsilon, counts[2], counts[3])
+    assert np.array_equal(counts[0], counts[2])
+    assert np.array_equal(counts[1], counts[3])
+    for plus in (False, True):
+        for out_dtype in (np.uint16, np.float32):
+            expected, got = np.empty(n, dtype=out_dtype), np.empty(n, dtype=out_dtype)
+            loops.ram_apply(base, (x0, x1), epsilon, plus, lambdas, expected)
+            loops.ram_apply2(base, x0, x1, epsilon, plus, lambdas, got)
+            assert expected.tobytes() == got.tobytes()
+
+
+@pytest.mark.skipif(not _compiled.available, reason="numba missing or HUBMERGE_NO_JIT set")
+def test_two_model_loops_store_infinities_and_nans_as_the_generic_ones():
+    """Infinite and NaN inputs (bf16 out: every NaN is 0xFFFF; the sign of a NaN made from
+    two NaNs in float32 is the compiler's choice in either loop)."""
+    loops = _method_loops.loops("_jit_ram")
+    special = np.array([0x7F80, 0xFF80, 0x7FC0, 0x3F80, 0x0000, 0x8000], dtype=np.uint16)
+    rng = np.random.default_rng(5)
+    base, x0, x1 = (rng.choice(special, 4096) for _ in range(3))
+    epsilon, lambdas = np.float32(1e-5), np.asarray([1.03, 1.2], dtype=np.float32)
+    for plus in (False, True):
+        expected, got = np.empty(4096, dtype=np.uint16), np.empty(4096, dtype=np.uint16)
+        loops.ram_apply(base, (x0, x1), epsilon, plus, lambdas, expected)
+        loops.ram_apply2(base, x0, x1, epsilon, plus, lambdas, got)
+        assert np.array_equal(expected, got)
