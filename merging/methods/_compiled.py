@@ -9,11 +9,12 @@ bit-identical to the torch kernels; tests/merging/test_compiled.py compares them
 
 Where numba is missing (or ``HUBMERGE_NO_JIT=1``), or inputs are neither bf16 nor float32, or
 the chunk is on an accelerator, `available` is false or `wants` declines, and the torch kernels
-run instead. The loops (`_jit_loops`) load in a background thread the first time a kernel asks
-for a kind of chunk (storage dtypes and number of inputs): importing numba and loading the
-cached machine code (or compiling it, the first time on a machine) takes a second or more.
-Kernels over large tensors wait for it; small ones go through the torch kernels meanwhile,
-with the same results. Methods that never ask never import numba.
+run instead. The loops (`_jit_loops` and three more, `LOOPS`) load in the loader thread
+(`_loaders`) the first time a kernel asks for a kind of chunk (storage dtypes and number of
+inputs): importing numba and loading the cached machine code (or compiling it, the first time
+on a machine) takes a second or more. Kernels over large tensors wait for it; small ones go
+through the torch kernels meanwhile, with the same results. Methods that never ask never
+import numba.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from merging.methods._numba_start import AVAILABLE, import_loops
+from merging.methods._loaders import Loops
+from merging.methods._numba_start import AVAILABLE
 from merging.methods._ops import BLOCK, keep_threshold
 from merging.methods._streams import block_streams
 
@@ -51,14 +53,11 @@ def as_array(x: Tensor) -> np.ndarray:
 
 
 Kind = tuple[torch.dtype, torch.dtype, int]  # base dtype, inputs' dtype, number of inputs
-_ready: set[Kind] = set()
-_queued: set[Kind] = set()
-_lock = threading.Lock()
+_lock = threading.Lock()  # (the recycled buffers below)
 _loops: Any = None  # the `_jit_loops` module, once imported
 _select_loops: Any = None  # `_jit_select`
 _dare_loops: Any = None  # `_jit_dare`
 _consensus_loops: Any = None  # `_jit_consensus`
-_worker: threading.Thread | None = None
 
 
 STORED = (torch.bfloat16, torch.float32)  # the storage dtypes the loops read (and write)
@@ -91,11 +90,7 @@ def wants(
     kernels beside the loading thread would slow both: it holds the GIL most of the time.)"""
     if not available or not readable(base, inputs, dtype):
         return False
-    kind = (base.dtype, inputs[0].dtype, len(inputs))
-    if kind in _ready:
-        return True
-    prepare(*kind, wait=wait)
-    return kind in _ready
+    return LOOPS.ready((base.dtype, inputs[0].dtype, len(inputs)), wait=wait)
 
 
 def prepare(
@@ -103,48 +98,22 @@ def prepare(
 ) -> None:
     """Load (or compile) the loops for one kind of chunk in the background thread; with
     ``wait``, block until they are ready."""
-    global _worker
-    kind = (base_dtype, input_dtype, models)
-    with _lock:
-        if kind not in _ready and kind not in _queued:
-            _queued.add(kind)
-            if _worker is None:  # the worker clears it, under the lock, when nothing is left
-                _worker = threading.Thread(target=_load, name="jit-load", daemon=True)
-                _worker.start()
-    while wait and kind not in _ready and kind in _queued:
-        worker = _worker
-        if worker is None:
-            break
-        worker.join(0.05)
+    LOOPS.ready((base_dtype, input_dtype, models), wait=wait)
 
 
-def _load() -> None:
-    """Import the loops and run each once on a tiny chunk of every queued kind (which loads
-    its machine code from numba's cache, or compiles it)."""
-    global _loops, _select_loops, _dare_loops, _consensus_loops, available, _worker
-    while True:
-        with _lock:
-            pending = sorted(_queued - _ready, key=str)
-            if not pending:
-                _worker = None
-                return
-        kind = pending[0]
-        try:
-            if _loops is None:
-                _loops = import_loops("merging.methods._jit_loops")
-                _select_loops = import_loops("merging.methods._jit_select")
-                _dare_loops = import_loops("merging.methods._jit_dare")
-                _consensus_loops = import_loops("merging.methods._jit_consensus")
-            _warm_up(*kind)
-        except Exception:  # pragma: no cover - a broken numba install: torch kernels only
-            logger.warning("compiled merge loops unavailable; using torch kernels", exc_info=True)
-            with _lock:
-                available = False
-                _queued.clear()
-                _worker = None
-            return
-        with _lock:
-            _ready.add(kind)
+def _loaded(kind: Kind, loops: Any, select: Any, dare: Any, consensus: Any) -> None:
+    """(`LOOPS`' warm-up, in the loader thread.) The modules, then one run of each loop on a
+    tiny chunk of this kind (which loads its machine code from numba's cache, or compiles it)."""
+    global _loops, _select_loops, _dare_loops, _consensus_loops
+    _loops, _select_loops, _dare_loops, _consensus_loops = loops, select, dare, consensus
+    _warm_up(*kind)
+
+
+LOOPS = Loops(
+    [f"merging.methods.{name}" for name in ("_jit_loops", "_jit_select", "_jit_dare",
+                                            "_jit_consensus")],
+    _loaded, label="TIES / DARE / task arithmetic",
+)  # fmt: skip
 
 
 class _WarmUpStream:
@@ -248,7 +217,7 @@ def dare_observe(
 
 def masks_ready() -> bool:
     """Whether `keep_mask` runs compiled now (the loops loaded for any kind of chunk)."""
-    return available and bool(_ready)
+    return available and LOOPS.any_ready()
 
 
 _free_buffers: dict[tuple[int, ...], list[np.ndarray]] = {}

@@ -3,8 +3,9 @@
 `keep_mask` answers ``None`` where it does not apply — numba missing or ``HUBMERGE_NO_JIT=1``
 (as for `_compiled`), a chunk off the CPU, magnitudes that are not contiguous float32, or a
 row longer than 2³¹ — and DELLA then ranks with its torch / NumPy path. The loop
-(`_jit_della`) is imported the first time a mask is asked for (importing numba and loading the
-cached machine code takes a second or so); the thresholds it compares against are computed by
+(`_jit_della`) is loaded by the loader thread (`_loaders`) the first time a mask is asked for,
+and the asking kernel waits for it (importing numba and loading the cached machine code takes
+a second or so); the thresholds it compares against are computed by
 torch from the ranks 0…n−1, so each element is kept exactly when the torch path keeps it.
 tests/merging/test_methods_della.py compares the two bit for bit.
 """
@@ -17,9 +18,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from merging.methods._numba_start import AVAILABLE, import_loops
+from merging.methods._loaders import Loops, loaded
+from merging.methods._numba_start import AVAILABLE
 
 available = AVAILABLE
+LOOPS = Loops(["merging.methods._jit_della"], label="DELLA's ranking")
 
 
 def keep_mask(
@@ -43,12 +46,15 @@ def keep_mask(
         or magnitudes.numel() == 0
     ):
         return None
+    modules = loaded(LOOPS)  # (waits for the loader thread)
+    if not modules:
+        return None
     rows = magnitudes.contiguous()
     keys = rows.view(torch.int32).numpy().view(np.uint32)
     draws = draw.to(torch.int32).reshape(rows.shape).contiguous().numpy()
     table = thresholds(rows.shape[1]).to(torch.int32).contiguous().numpy()
     out = np.empty(rows.shape, dtype=np.bool_)
-    loops = import_loops("merging.methods._jit_della")
+    loops = modules[0]
     loops.keep_rows(keys, draws, table, out, *loops.scratch(rows.shape[1]))
     return torch.from_numpy(out)
 

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from merging.methods import _compiled, _della_fast
-from merging.methods._numba_start import import_loops
+from merging.methods._loaders import Loops
 from merging.methods._ops import BLOCK, RandomStream
 from merging.methods._streams import block_streams
 
@@ -37,13 +37,15 @@ WAIT_FOR_LOOPS = 1 << 20  # elements: from this tensor size on, wait for the com
 _scratch = threading.local()
 
 
-def _modules() -> tuple[Any, Any, Any]:
-    """The row loops, DELLA's ranking loops and DARE's stream seeding (imported once)."""
-    return (
-        import_loops("merging.methods._jit_della_rows"),
-        import_loops("merging.methods._jit_della"),
-        import_loops("merging.methods._jit_dare"),
-    )
+LOOPS = Loops(
+    [f"merging.methods.{name}" for name in ("_jit_della_rows", "_jit_della", "_jit_dare")],
+    label="DELLA",
+)
+
+
+def _modules() -> tuple[Any, ...]:
+    """The row loops, DELLA's ranking loops and DARE's stream seeding (loaded: `create`)."""
+    return LOOPS.modules
 
 
 class DellaKeys:
@@ -104,7 +106,8 @@ class FusedDella:
         wait = base.numel() >= WAIT_FOR_LOOPS
         if not _compiled.wants(base, inputs, kernel.dtype, wait=wait):
             return None
-        _modules()
+        if not LOOPS.ready(wait=wait):  # (small tensors: the torch path while they load)
+            return None
         return cls(kernel, base, inputs)
 
     def observe(self, index: int, offset: int, length: int) -> None:

@@ -3,8 +3,9 @@
 `loops` answers the loop module for a kernel's chunks, or ``None`` where the torch path runs
 instead: numba missing or ``HUBMERGE_NO_JIT=1`` (as for `_compiled`), a chunk off the CPU, a
 compute dtype other than float32, or stored inputs that are neither bf16 nor float32. The
-module is imported the first time a kernel asks (importing numba and loading the cached machine
-code takes a second or so; ``python -m merging.warm_loops`` compiles it ahead of time).
+module is loaded the first time a kernel asks, by the loader thread (`_loaders`; importing
+numba and loading the cached machine code takes a second or so; ``python -m
+merging.warm_loops`` compiles it ahead of time), and the asking kernel waits for it.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from torch import Tensor
 
 from merging.methods import _compiled
 from merging.methods._compiled import STORED, as_array
-from merging.methods._numba_start import import_loops
+from merging.methods._loaders import Loops, loaded
 
 __all__ = ["MODULES", "STORED", "as_array", "loops", "takes", "warm_up"]
 
@@ -32,9 +33,22 @@ def takes(tensors: Sequence[Tensor], dtype: torch.dtype, device: torch.device) -
     )
 
 
+_families: dict[str, Loops] = {}
+
+
 def loops(name: str) -> Any:
-    """The loop module ``merging.methods.<name>`` (`_numba_start.import_loops`)."""
-    return import_loops(f"merging.methods.{name}")
+    """The loop module ``merging.methods.<name>``, loaded (waiting for the loader thread).
+
+    Raises:
+        RuntimeError: the loops cannot load here (a broken numba install; logged once).
+    """
+    family = _families.get(name)
+    if family is None:
+        family = _families.setdefault(name, Loops([f"merging.methods.{name}"]))
+    modules = loaded(family)
+    if not modules:
+        raise RuntimeError(f"compiled loops merging.methods.{name} cannot load")
+    return modules[0]
 
 
 MODULES = ("_jit_ram", "_jit_sce", "_jit_fusion")

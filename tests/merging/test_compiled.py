@@ -230,8 +230,8 @@ def test_loops_load_in_the_background_and_chunks_wait_for_nothing():
     kind = (torch.float32, torch.bfloat16, 1)  # (a kind other tests use: no extra compile)
     base = torch.zeros(3)
     inputs = [torch.zeros(3, dtype=torch.bfloat16)]
-    _compiled._ready.discard(kind)
-    _compiled._queued.discard(kind)
+    _compiled.LOOPS._ready.discard(kind)
+    _compiled.LOOPS._queued.discard(kind)
     assert not _compiled.wants(base, inputs, torch.float32)
     _compiled.prepare(*kind, wait=True)
     assert _compiled.wants(base, inputs, torch.float32)

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from merging import METHODS
-from merging.methods import _compiled, _della_fast, random_stream
+from merging.methods import _compiled, _della_fast, _della_fused, random_stream
 from merging.streaming import run_kernel
 from tests.merging.kernel_helpers import validated
 from tests.merging.method_helpers import SETTINGS
@@ -27,6 +27,7 @@ def _loops_loaded():
     for dtype in DTYPES.values():
         for models in (1, 2, 3):
             _compiled.prepare(dtype, dtype, models, wait=True)
+    assert _della_fused.LOOPS.ready(wait=True)  # (small tensors: torch while they load)
 
 
 def merged(name, base, inputs, weights, *, chunk, compiled=True, threads=None, out_dtype=None,
