@@ -16,6 +16,9 @@ from typing import Any
 
 import numba
 import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.extending import intrinsic, overload
 
 from merging.methods._jit_loops import _fma, _store, _value
 
@@ -61,66 +64,121 @@ def flat_sums(base: Any, has_base: bool, xs: Any, left: Any, right: Any, sums: A
         sums[s] = fold(lanes[s])
 
 
-# Every pair of two or three inputs in one loop per block: the same lanes, the same order of
-# additions, so the same sums as `flat_sums`. ``base`` is None without a base (numba compiles
-# that case apart: no per-element test).
-@_jit
-def gram2(base: Any, x0: Any, x1: Any, sums: Any) -> None:
-    """sums = (Σv₀v₀, Σv₀v₁, Σv₁v₁) over the chunk, as `flat_sums` adds them."""
-    l00, l01, l11 = np.zeros(LANES), np.zeros(LANES), np.zeros(LANES)
-    for start in range(0, x0.size, LANES):
-        count = min(LANES, x0.size - start)
-        a, b = x0[start : start + count], x1[start : start + count]
-        if base is None:
-            for j in range(count):
-                u, v = np.float64(_value(a, j)), np.float64(_value(b, j))
-                l00[j] += u * u
-                l01[j] += u * v
-                l11[j] += v * v
-        else:
-            bb = base[start : start + count]
-            for j in range(count):
-                q = _value(bb, j)
-                u, v = np.float64(_value(a, j) - q), np.float64(_value(b, j) - q)
-                l00[j] += u * u
-                l01[j] += u * v
-                l11[j] += v * v
-    sums[0], sums[1], sums[2] = fold(l00), fold(l01), fold(l11)
+# Every pair of two or three inputs in one loop: the same lanes, the same order of additions,
+# so the same sums as `flat_sums`. ``base`` is None without a base (numba compiles that case
+# apart: no per-element test). The loops take a chunk of several parts (``part`` elements, a
+# multiple of LANES) and fold each part's lanes apart, as if each were a chunk of its own.
+# Within a part, PANEL rows of LANES elements at a time: lane j keeps its running sums in
+# registers over the panel's rows (in row order, so in element order), PANEL times fewer loads
+# and stores of the lanes. The products of two float32 values are exact in float64, so
+# lane + u·v rounds once either way: a fused multiply-add gives the same sums.
+PANEL = 4
+
+
+@intrinsic
+def _fma64(typingctx: Any, a: Any, b: Any, c: Any) -> Any:
+    """a·b + c in float64, rounded once (exactly a·b + c where a·b is exact)."""
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        f64 = ir.DoubleType()
+        fma = builder.module.declare_intrinsic(
+            "llvm.fma", [f64], ir.FunctionType(f64, [f64, f64, f64])
+        )
+        return builder.call(fma, args)
+
+    return types.float64(types.float64, types.float64, types.float64), codegen
 
 
 @numba.njit(inline="always")
-def _add_products3(u: Any, v: Any, w: Any, lanes: Any, j: int) -> None:
-    lanes[0, j] += u * u
-    lanes[1, j] += u * v
-    lanes[2, j] += u * w
-    lanes[3, j] += v * v
-    lanes[4, j] += v * w
-    lanes[5, j] += w * w
+def _widened(x: Any, base: Any, i: int) -> Any:
+    """v = x[i] [− base[i]] in float32, as float64 (``base`` None: no base)."""
+    if base is None:
+        return np.float64(_value(x, i))
+    return np.float64(_value(x, i) - _value(base, i))
+
+
+def _piece(base, start, stop):  # type: ignore[no-untyped-def]  # (numba matches signatures)
+    """base[start:stop], or None without a base."""
+
+
+@overload(_piece, inline="always")
+def _piece_impl(base, start, stop):  # type: ignore[no-untyped-def]
+    if base is None or isinstance(base, types.NoneType):
+        return lambda base, start, stop: None
+    return lambda base, start, stop: base[start:stop]
 
 
 @_jit
-def gram3(base: Any, x0: Any, x1: Any, x2: Any, sums: Any) -> None:
-    """sums = (Σv₀v₀, Σv₀v₁, Σv₀v₂, Σv₁v₁, Σv₁v₂, Σv₂v₂) over the chunk, as `flat_sums`."""
+def _gram2_part(base: Any, a: Any, b: Any, lanes: Any) -> None:
+    """lanes[(v₀v₀, v₀v₁, v₁v₁), j] += the part's products, element j into lane j % LANES."""
+    n = a.size
+    l00, l01, l11 = lanes[0], lanes[1], lanes[2]
+    rows = n // LANES // PANEL * PANEL
+    for start in range(0, rows * LANES, PANEL * LANES):
+        for j in range(LANES):
+            q00, q01, q11 = l00[j], l01[j], l11[j]
+            for r in range(PANEL):
+                i = start + r * LANES + j
+                u, v = _widened(a, base, i), _widened(b, base, i)
+                q00, q01, q11 = _fma64(u, u, q00), _fma64(u, v, q01), _fma64(v, v, q11)
+            l00[j], l01[j], l11[j] = q00, q01, q11
+    for start in range(rows * LANES, n, LANES):
+        for j in range(min(LANES, n - start)):
+            u, v = _widened(a, base, start + j), _widened(b, base, start + j)
+            l00[j], l01[j] = _fma64(u, u, l00[j]), _fma64(u, v, l01[j])
+            l11[j] = _fma64(v, v, l11[j])
+
+
+@_jit
+def _gram3_part(base: Any, a: Any, b: Any, c: Any, lanes: Any) -> None:
+    """lanes[(v₀v₀, v₀v₁, v₀v₂, v₁v₁, v₁v₂, v₂v₂), j] += the part's products (as
+    `_gram2_part`)."""
+    n = a.size
+    l0, l1, l2, l3, l4, l5 = lanes[0], lanes[1], lanes[2], lanes[3], lanes[4], lanes[5]
+    rows = n // LANES // PANEL * PANEL
+    for start in range(0, rows * LANES, PANEL * LANES):
+        for j in range(LANES):
+            q0, q1, q2, q3, q4, q5 = l0[j], l1[j], l2[j], l3[j], l4[j], l5[j]
+            for r in range(PANEL):
+                i = start + r * LANES + j
+                u, v, w = _widened(a, base, i), _widened(b, base, i), _widened(c, base, i)
+                q0, q1, q2 = _fma64(u, u, q0), _fma64(u, v, q1), _fma64(u, w, q2)
+                q3, q4, q5 = _fma64(v, v, q3), _fma64(v, w, q4), _fma64(w, w, q5)
+            l0[j], l1[j], l2[j], l3[j], l4[j], l5[j] = q0, q1, q2, q3, q4, q5
+    for start in range(rows * LANES, n, LANES):
+        for j in range(min(LANES, n - start)):
+            i = start + j
+            u, v, w = _widened(a, base, i), _widened(b, base, i), _widened(c, base, i)
+            l0[j], l1[j], l2[j] = _fma64(u, u, l0[j]), _fma64(u, v, l1[j]), _fma64(u, w, l2[j])
+            l3[j], l4[j], l5[j] = _fma64(v, v, l3[j]), _fma64(v, w, l4[j]), _fma64(w, w, l5[j])
+
+
+@_jit
+def gram2(base: Any, x0: Any, x1: Any, part: int, sums: Any) -> None:
+    """sums[p] = (Σv₀v₀, Σv₀v₁, Σv₁v₁) over part p (elements [p·part, (p + 1)·part)) of the
+    chunk, as `flat_sums` adds them."""
+    lanes = np.zeros((3, LANES))
+    for p, start in enumerate(range(0, x0.size, part)):
+        stop = min(x0.size, start + part)
+        b = _piece(base, start, stop)
+        _gram2_part(b, x0[start:stop], x1[start:stop], lanes)
+        for s in range(3):
+            sums[p, s] = fold(lanes[s])
+        lanes[:] = 0.0
+
+
+@_jit
+def gram3(base: Any, x0: Any, x1: Any, x2: Any, part: int, sums: Any) -> None:
+    """sums[p] = (Σv₀v₀, Σv₀v₁, Σv₀v₂, Σv₁v₁, Σv₁v₂, Σv₂v₂) over part p of the chunk, as
+    `flat_sums` adds them."""
     lanes = np.zeros((6, LANES))
-    for start in range(0, x0.size, LANES):
-        count = min(LANES, x0.size - start)
-        a, b, c = x0[start : start + count], x1[start : start + count], x2[start : start + count]
-        if base is None:
-            for j in range(count):
-                u, v, w = (
-                    np.float64(_value(a, j)),
-                    np.float64(_value(b, j)),
-                    np.float64(_value(c, j)),
-                )
-                _add_products3(u, v, w, lanes, j)
-        else:
-            bb = base[start : start + count]
-            for j in range(count):
-                q = _value(bb, j)
-                u, v = np.float64(_value(a, j) - q), np.float64(_value(b, j) - q)
-                _add_products3(u, v, np.float64(_value(c, j) - q), lanes, j)
-    for s in range(6):
-        sums[s] = fold(lanes[s])
+    for p, start in enumerate(range(0, x0.size, part)):
+        stop = min(x0.size, start + part)
+        b = _piece(base, start, stop)
+        _gram3_part(b, x0[start:stop], x1[start:stop], x2[start:stop], lanes)
+        for s in range(6):
+            sums[p, s] = fold(lanes[s])
+        lanes[:] = 0.0
 
 
 @_jit

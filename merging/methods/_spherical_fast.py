@@ -42,6 +42,7 @@ logger = logging.getLogger(__name__)
 
 available = _numba_start.AVAILABLE
 LANES = 1024  # (`_jit_spherical.LANES`)
+PART = 1 << 18  # elements per flat Gram sum (`merging.streaming.CHUNK`, the engine's chunk)
 WAIT_FOR_LOOPS = 1 << 20  # elements: from this tensor size on, wait for the loops to load
 ALONG = {"flat": 0, "last": 1, "first": 2}
 _lock = threading.Lock()
@@ -108,18 +109,25 @@ def _torch_sums(layout: Layout, vectors: Sequence[Tensor], pairs: Sequence[tuple
 
 
 def _flat_sums(reference: np.ndarray, has_base: bool, xs: tuple[Any, ...],
-               pairs: tuple[tuple[int, int], ...]) -> np.ndarray:  # fmt: skip
-    """(len(pairs), 1) float64: two or three inputs in one loop over every pair (`gram2`,
-    `gram3`), more in one loop per pair (`flat_sums`); the same sums either way."""
+               pairs: tuple[tuple[int, int], ...], part: int) -> np.ndarray:  # fmt: skip
+    """(parts, len(pairs)) float64: the sums over each ``part`` elements of the chunk (a
+    multiple of LANES, or the chunk's length), each part's lanes folded apart. Two or three
+    inputs in one loop over every pair (`gram2`, `gram3`), more in one loop per pair and part
+    (`flat_sums`); the same sums either way."""
+    length = xs[0].size
+    parts = max(1, -(-length // part))
     picks = _every_pair(len(xs), pairs)
     if picks is not None:
-        found = np.empty(len(xs) * (len(xs) + 1) // 2, dtype=np.float64)
+        found = np.empty((parts, len(xs) * (len(xs) + 1) // 2), dtype=np.float64)
         loop = _loops.gram2 if len(xs) == 2 else _loops.gram3
-        loop(reference if has_base else None, *xs, found)
-        return found[picks].reshape(-1, 1)
-    sums = np.empty((len(pairs), 1), dtype=np.float64)
+        loop(reference if has_base else None, *xs, max(part, 1), found)
+        return found[:, picks]
+    sums = np.empty((parts, len(pairs)), dtype=np.float64)
     left, right = _pair_arrays(pairs)
-    _loops.flat_sums(reference, has_base, xs, left, right, sums[:, 0])
+    for p in range(parts):
+        piece = slice(p * part, (p + 1) * part)
+        _loops.flat_sums(reference[piece], has_base, tuple(x[piece] for x in xs), left, right,
+                         sums[p])  # fmt: skip
     return sums
 
 
@@ -155,7 +163,8 @@ def chunk_sums(
         return _torch_sums(layout, [v.double() for v in vectors], pairs, offset)
     reference, xs = _arrays(base, inputs)
     if layout.count == 1:
-        return 0, torch.from_numpy(_flat_sums(reference, base is not None, xs, tuple(pairs)))
+        sums = _flat_sums(reference, base is not None, xs, tuple(pairs), length)
+        return 0, torch.from_numpy(sums.T.copy())
     assert list(pairs) == [(0, 0), (1, 1), (0, 1)]
     assert len(xs) == 2
     first, count = layout.span(offset, length)
@@ -165,12 +174,36 @@ def chunk_sums(
     return first, torch.from_numpy(sums)
 
 
+def flat_parts(
+    base: Tensor | None, inputs: Sequence[Tensor], pairs: Sequence[tuple[int, int]],
+    offset: int, part: int, *, dtype: torch.dtype, wait: bool,
+) -> list[tuple[int, tuple[int, Tensor]]]:  # fmt: skip
+    """`chunk_sums` of one flat vector per tensor for each ``part`` elements of the chunk at
+    ``offset`` apart ((its offset, (0, (len(pairs), 1) sums)) per part): the sums a chunking
+    into parts would give, from one call (``part``: a multiple of LANES)."""
+    length = inputs[0].numel()
+    if not wants(base, inputs, dtype, wait=wait):
+        flat = Layout((length,), "flat")
+        return [(offset + start, chunk_sums(
+            flat, None if base is None else base[start : start + part],
+            [x[start : start + part] for x in inputs], pairs, offset + start, dtype=dtype,
+            wait=wait))
+            for start in range(0, length, part)]  # fmt: skip
+    reference, xs = _arrays(base, inputs)
+    sums = torch.from_numpy(_flat_sums(reference, base is not None, xs, tuple(pairs), part))
+    return [(offset + p * part, (0, sums[p].unsqueeze(1))) for p in range(sums.shape[0])]
+
+
 class ChunkSums(VectorSums):
     """`VectorSums` fed with per-chunk sums computed elsewhere (`chunk_sums`)."""
 
     def put(self, offset: int, part: tuple[int, Tensor]) -> None:
         with self.lock:
             self.parts[offset] = part
+
+    def put_all(self, parts: Sequence[tuple[int, tuple[int, Tensor]]]) -> None:
+        with self.lock:
+            self.parts.update(parts)
 
 
 def combine_into(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -13,7 +14,8 @@ from hypothesis import strategies as st
 from merging import METHODS
 from merging.errors import IncompatibleModelsError
 from merging.methods import _spherical_fast, random_stream
-from merging.streaming import run_kernel
+from merging.methods._compiled import as_array
+from merging.streaming import CHUNK, run_kernel
 from tests.merging.kernel_helpers import pure, validated
 from tests.merging.test_compiled import bf16_models
 
@@ -212,3 +214,56 @@ def test_slerp_runs_nuslerps_passes_bit_for_bit_and_matches_its_function(
     if out_dtype == torch.float32:
         function = pure("slerp", base.float(), [other.float()], [1.0], t=t)
         torch.testing.assert_close(expected, function, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(("name", "count", "with_base"), [("karcher", 3, False),
+                                                          ("multislerp", 2, True)])  # fmt: skip
+def test_big_chunks_sum_each_part_as_the_engines_chunks(monkeypatch, name, count, with_base):
+    """A tensor of 8M+ elements: the compiled Gram kernel takes 1M-element chunks and sums each
+    256K part apart (`flat_parts`), the torch path takes the engine's 256K chunks: bit for
+    bit (with sums per 1M chunk, G and so the coefficients would differ)."""
+    tensors = bf16_models(3, (1 << 23) + 12_345, count, levels=None)
+    base, inputs = (tensors[0], tensors[1:]) if with_base else (None, tensors[:count])
+    lengths = []
+    flat_parts = _spherical_fast.flat_parts
+
+    def recorded(base, inputs, *args, **kwargs):
+        lengths.append(inputs[0].numel())
+        return flat_parts(base, inputs, *args, **kwargs)
+
+    monkeypatch.setattr(_spherical_fast, "flat_parts", recorded)
+    run = {"out_dtype": torch.bfloat16, "pool": POOL}
+    expected = merged(name, base, inputs, compiled=False, **run)
+    assert max(lengths) == _spherical_fast.PART
+    lengths.clear()
+    assert_bitwise(merged(name, base, inputs, compiled=True, **run), expected)
+    assert max(lengths) == 4 * _spherical_fast.PART
+
+
+def test_gram_parts_are_the_engines_cpu_chunks():
+    assert _spherical_fast.PART == CHUNK
+
+
+@pytest.mark.parametrize("count", [2, 3])
+@pytest.mark.parametrize("with_base", [False, True])
+@pytest.mark.parametrize("n", [1, 1023, 4096, 4097, 9000, 20_000])
+def test_gram_loops_sum_each_part_as_the_generic_loop(count, with_base, n):
+    """`gram2` / `gram3` (panels of rows, parts) against `flat_sums` on each part alone."""
+    _spherical_fast.loaded(wait=True)
+    loops = _spherical_fast._loops
+    tensors = [as_array(t) for t in bf16_models(n, n, count, levels=2 if n % 2 else None)]
+    base, xs = tensors[0], tuple(tensors[1 : count + 1])
+    pairs = [(i, j) for i in range(count) for j in range(i, count)]
+    left = np.asarray([i for i, _ in pairs], dtype=np.int64)
+    right = np.asarray([j for _, j in pairs], dtype=np.int64)
+    part = 4096
+    parts = -(-n // part)
+    got = np.empty((parts, len(pairs)))
+    loop = loops.gram2 if count == 2 else loops.gram3
+    loop(base if with_base else None, *xs, part, got)
+    for p in range(parts):
+        piece = slice(p * part, (p + 1) * part)
+        expected = np.empty(len(pairs))
+        loops.flat_sums(base[piece], with_base, tuple(x[piece] for x in xs), left, right,
+                        expected)  # fmt: skip
+        assert expected.tobytes() == got[p].tobytes()
