@@ -16,16 +16,14 @@ Per-chunk sums are then added in offset order (`VectorSums`). On an accelerator 
 flat sums are torch's ``sum()`` (a loop over lanes would be thousands of tiny kernels). The
 compiled loops apply on CPU, float32 compute, inputs of one storage dtype (bf16 or float32;
 the base may differ) and contiguous chunks; elsewhere (numba missing, ``HUBMERGE_NO_JIT=1``,
-an accelerator) the torch path runs. The loops load in a background thread the first time
-they are asked for; large tensors wait for them (`wants`), small ones take the torch path
-meanwhile.
+an accelerator) the torch path runs. The loops load in the loader thread (`_loaders`) the
+first time they are asked for; large tensors wait for them (`wants`), small ones take the torch
+path meanwhile.
 """
 
 from __future__ import annotations
 
 import functools
-import logging
-import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -36,45 +34,29 @@ from torch import Tensor
 from merging.methods import _numba_start
 from merging.methods._compiled import STORED as OUTPUT_DTYPES
 from merging.methods._compiled import as_array, readable
+from merging.methods._loaders import Loops
 from merging.methods._vectors import Layout, VectorSums, vector_sums
-
-logger = logging.getLogger(__name__)
 
 available = _numba_start.AVAILABLE
 LANES = 1024  # (`_jit_spherical.LANES`)
 PART = 1 << 18  # elements per flat Gram sum (`merging.streaming.CHUNK`, the engine's chunk)
 WAIT_FOR_LOOPS = 1 << 20  # elements: from this tensor size on, wait for the loops to load
 ALONG = {"flat": 0, "last": 1, "first": 2}
-_lock = threading.Lock()
-_loops: Any = None
-_loader: threading.Thread | None = None
+_loops: Any = None  # `_jit_spherical`, once loaded
 
 
-def _load() -> None:
-    global _loops, available
-    try:
-        _loops = _numba_start.import_loops("merging.methods._jit_spherical")
-    except Exception:  # pragma: no cover - a broken numba install: the torch path only
-        logger.warning("compiled spherical loops unavailable; using torch", exc_info=True)
-        available = False
+def _loaded(kind: Any, loops: Any) -> None:
+    global _loops
+    _loops = loops
+
+
+LOOPS = Loops(["merging.methods._jit_spherical"], _loaded, label="spherical")
 
 
 def loaded(*, wait: bool) -> bool:
-    """Whether the compiled loops are loaded; the first ask starts loading them (with
-    ``wait``, it waits for them)."""
-    global _loader
-    if not available:
-        return False
-    if _loops is not None:
-        return True
-    with _lock:
-        if _loader is None:
-            _loader = threading.Thread(target=_load, name="jit-load-spherical", daemon=True)
-            _loader.start()
-        loader = _loader
-    if wait:
-        loader.join()
-    return _loops is not None
+    """Whether the compiled loops are loaded; the first ask starts loading them in the loader
+    thread (`_loaders`; with ``wait``, it waits for them)."""
+    return available and LOOPS.ready(wait=wait)
 
 
 def wants(base: Tensor | None, inputs: Sequence[Tensor], dtype: torch.dtype, *,
