@@ -10,10 +10,6 @@ generator, hubmerge from a per-tensor seeded stream, so only the distribution ca
 those the table gives the kept fraction of the task vector's entries and its L1 norm, both
 relative to mergekit's (≈ 0 when the distributions agree).
 
-Cases marked "function" run hubmerge's method function per tensor instead of the engine: the
-recipe uses a base model with a method whose base is optional (``nuslerp`` / ``multislerp``
-with ``base_model``), which the tensor plan does not pass to such methods yet.
-
 Usage:
     python -m benchmarks.mergekit_parity --mergekit /tmp/mk-venv/bin/mergekit-yaml [--only della]
 """
@@ -27,8 +23,7 @@ from pathlib import Path
 
 import torch
 
-from merging import METHODS, load_recipe, merge
-from merging.methods import random_stream
+from merging import load_recipe, merge
 from tests.helpers.tiny import build_llama, state_dict
 
 
@@ -87,24 +82,6 @@ RECIPES: dict[str, str] = {
     "ramplus_tl": BASE + _models("a", "b", "c") + "parameters: {{r: 0.2, alpha: 0.5}}\n",
 }  # fmt: skip
 RANDOMIZED = {"della", "della_linear"}
-OPTIONAL_BASE = {"nuslerp base", "multislerp base"}
-
-
-def ours_by_function(recipe_file: Path) -> dict[str, torch.Tensor]:
-    """The method's function per tensor, with the recipe's base (no gradients used here)."""
-    recipe = load_recipe(recipe_file)
-    method = METHODS.get(recipe.merge_method)
-    assert recipe.base_model is not None
-    base = state_dict(Path(recipe.base_model))
-    inputs = [state_dict(Path(s.model)) for s in recipe.models]
-    params = method.params.model_validate(recipe.parameters)
-    sources = [method.source_params.model_validate(s.parameters) for s in recipe.models]
-    return {
-        name: method.fn(
-            base[name], [x[name] for x in inputs], sources, params, random_stream(0, name)
-        )
-        for name in base
-    }
 
 
 def distribution_gap(
@@ -127,8 +104,8 @@ def main() -> None:
     models = {"base": base}
     for seed, key in enumerate(("a", "b", "c"), start=1):
         models[key] = build_llama(root / key, seed=seed, base=base, **shape)
-    print("| case | path | tensors | max abs diff | max |value| |")
-    print("|---|---|---|---|---|")
+    print("| case | tensors | max abs diff | max |value| |")
+    print("|---|---|---|---|")
     base_tensors = state_dict(base)
     for case, body in RECIPES.items():
         if args.only and case not in args.only and case.split()[0] not in args.only:
@@ -144,21 +121,18 @@ def main() -> None:
             capture_output=True,
         )
         ref = state_dict(theirs)
-        if case in OPTIONAL_BASE:
-            path, mine = "function", ours_by_function(recipe_file)
-        else:
-            out = merge(load_recipe(recipe_file), root / f"hm-{recipe_file.stem}").output
-            path, mine = "engine", state_dict(out)
+        out = merge(load_recipe(recipe_file), root / f"hm-{recipe_file.stem}").output
+        mine = state_dict(out)
         missing = set(ref) ^ set(mine)
         if missing:
             raise SystemExit(f"{case}: tensor names differ: {sorted(missing)[:5]}")
         scale = max(float(ref[k].float().abs().max()) for k in ref)
         if case in RANDOMIZED:
             gap = distribution_gap(mine, ref, base_tensors)
-            print(f"| {case} | {path} | {len(ref)} | random: {gap} | {scale:.3g} |")
+            print(f"| {case} | {len(ref)} | random: {gap} | {scale:.3g} |")
             continue
         diff = max(float((mine[k].float() - ref[k].float()).abs().max()) for k in ref)
-        print(f"| {case} | {path} | {len(ref)} | {diff:.3g} | {scale:.3g} |")
+        print(f"| {case} | {len(ref)} | {diff:.3g} | {scale:.3g} |")
 
 
 if __name__ == "__main__":
