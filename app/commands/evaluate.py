@@ -16,9 +16,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from evaluation.errors import EvaluationError
-from evaluation.report import comparison_table, report_to_model_index, save_report
-
 logger = logging.getLogger(__name__)
 
 
@@ -113,7 +110,11 @@ def build_options(args: argparse.Namespace) -> Any:
 
 def run(args: argparse.Namespace) -> int:
     """Run the command; 0 on success, 2 when the evaluation fails on purpose (bad task, …)."""
+    # (imported here, not at the top: every CLI command builds the parser with this module,
+    # and `evaluation` costs ~0.17 s of imports that only this command needs)
+    from evaluation.errors import EvaluationError
     from evaluation.harness import compare
+    from evaluation.report import comparison_table, report_to_model_index, save_report
 
     try:
         options = build_options(args)
