@@ -181,7 +181,7 @@ def release_masks(masks: Sequence[np.ndarray | None]) -> None:
 
 def keep_mask(rng: Any, source: int, offset: int, length: int, density: float) -> Tensor:
     """`RandomStream.mask` (the same draws, bit for bit) with the generator in compiled code:
-    each block's stream starts where NumPy's seeding puts it, split into four runs."""
+    each block's stream starts where NumPy's seeding puts it, split into interleaved lanes."""
     states, incs = block_streams(rng, source, offset, length, _dare_loops.seed_streams)
     out = mask_buffer(length)
     start = offset - offset // BLOCK * BLOCK

@@ -81,7 +81,7 @@ def _mix(x: Any, y: Any) -> Any:
 def seed_streams(words: Any, lengths: Any, jumps: Any, states: Any, incs: Any) -> None:
     """NumPy's ``PCG64DXSM(seed).state`` for each block's 128-bit seed (its little-endian
     32-bit ``words``, ``lengths`` of them: NumPy drops high zero words), computed as NumPy's
-    SeedSequence (pool of 4, hashmix / mix) and PCG seeding do, then each block's four runs:
+    SeedSequence (pool of 4, hashmix / mix) and PCG seeding do, then each block's lanes:
     states[b, q] = a_q·s + g_q·inc (mod 2¹²⁸) for jumps[q] = (a_q high, low, g_q high, low)."""
     pool = np.empty(4, dtype=np.uint64)
     state = np.empty(8, dtype=np.uint64)
@@ -111,7 +111,7 @@ def seed_streams(words: Any, lengths: Any, jumps: Any, states: Any, incs: Any) -
         high, low = _mul128(high, low, _SEED_HIGH, _SEED_LOW)
         high, low = _add128(high, low, inc_high, inc_low)
         incs[b, 0], incs[b, 1] = inc_high, inc_low
-        for q in range(4):
+        for q in range(jumps.shape[0]):
             ah, al = _mul128(jumps[q, 0], jumps[q, 1], high, low)
             gh, gl = _mul128(jumps[q, 2], jumps[q, 3], inc_high, inc_low)
             states[b, q, 0], states[b, q, 1] = _add128(ah, al, gh, gl)

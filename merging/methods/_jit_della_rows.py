@@ -2,10 +2,11 @@
 """The fused numba loops of DELLA's compiled kernel (`_della_fused.FusedDella`), imported lazily.
 
 `observe_rows` does a chunk's whole reduction step for one model in one call: the 16-bit
-draws (PCG64DXSM per 65,536-element block, as `della.draws` gets them from NumPy), then per
-row |δ| = |x − base| from the stored values (bf16 widened in registers), the ranked keep mask
-(`_jit_della.keep_row`) and the row's L1 norms before and after it, in float64. `linear_apply`
-is DELLA-linear's output pass, each value rounded as the torch kernel rounds it.
+draws (PCG64DXSM per 65,536-element block, as `della.draws` gets them from NumPy; the
+generator's lanes are `_jit_loops.PCG_LANES`), then per row |δ| = |x − base| from the stored
+values (bf16 widened in registers), the ranked keep mask (`_jit_della.keep_row`) and the row's
+L1 norms before and after it, in float64. `linear_apply` is DELLA-linear's output pass, each
+value rounded as the torch kernel rounds it.
 """
 
 from __future__ import annotations

@@ -18,6 +18,8 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic, overload
 
+from merging.methods._streams import _jump
+
 BLOCK = 1024  # elements per inner block: a few KB of scratch per model, in L1
 # per-model sparsification modes, and the rescale after a DARE mask (as in `_compiled`)
 DENSE, TRIM, MASK = 0, 1, 2
@@ -26,6 +28,11 @@ RESCALE_NONE, RESCALE_MUL, RESCALE_DIV = 0, 1, 2
 _jit = numba.njit(nogil=True, cache=True, error_model="numpy", boundscheck=False)
 PCG_MULTIPLIER = 0xDA942042E4DD58B5  # PCG64DXSM's 64-bit ("cheap") multiplier
 RAWS_PER_BLOCK = 1 << 14  # 64-bit draws per 65,536-element mask block (`_ops.BLOCK`)
+# the generator's interleaved lanes (`_streams.LANES`); numba caches each caller of
+# `_pcg_raws` by its own file: a new layout must touch _jit_dare.py and _jit_della_rows.py too
+PCG_LANES = 32
+_STEP_A, _STEP_G = _jump(PCG_LANES)  # one lane's step, PCG_LANES draws: s → a·s + g·inc
+_STEP_G_HIGH, _STEP_G_LOW = np.uint64(_STEP_G >> 64), np.uint64(_STEP_G & ((1 << 64) - 1))
 
 
 @intrinsic
@@ -258,50 +265,88 @@ def _mul_high(typingctx: Any, a: Any, b: Any) -> Any:
     return types.uint64(types.uint64, types.uint64), codegen
 
 
+def _lane_constant(value: int) -> Any:
+    return ir.Constant(ir.VectorType(ir.IntType(64), PCG_LANES), [value] * PCG_LANES)
+
+
+def _lane_splat(builder: Any, value: Any) -> Any:
+    lanes = ir.VectorType(ir.IntType(64), PCG_LANES)
+    undefined = ir.Constant(lanes, ir.Undefined)
+    first = builder.insert_element(undefined, value, ir.Constant(ir.IntType(32), 0))
+    zeros = ir.Constant(ir.VectorType(ir.IntType(32), PCG_LANES), [0] * PCG_LANES)
+    return builder.shuffle_vector(first, undefined, zeros)
+
+
+def _lane_dxsm(builder: Any, high: Any, low: Any) -> Any:
+    """PCG64DXSM's output of each lane's state (the state before its step)."""
+    k = _lane_constant
+    x = builder.xor(high, builder.lshr(high, k(32)))
+    x = builder.mul(x, k(PCG_MULTIPLIER))
+    x = builder.xor(x, builder.lshr(x, k(48)))
+    return builder.mul(x, builder.or_(low, k(1)))
+
+
+def _lane_step(builder: Any, high: Any, low: Any, add_high: Any, add_low: Any) -> Any:
+    """Each lane's state → a·s + c (mod 2¹²⁸), a = `_STEP_A`: the high word of low·a_low
+    from 32-bit halves (no vector 64×64→128 multiply; each half product is one vpmuludq)."""
+    k, half = _lane_constant, (1 << 32) - 1
+    a_high, a_low = _STEP_A >> 64, _STEP_A & ((1 << 64) - 1)
+    low_lo, low_hi = builder.and_(low, k(half)), builder.lshr(low, k(32))
+    p0, p1 = builder.mul(low_lo, k(a_low & half)), builder.mul(low_lo, k(a_low >> 32))
+    p2, p3 = builder.mul(low_hi, k(a_low & half)), builder.mul(low_hi, k(a_low >> 32))
+    t = builder.add(p2, builder.lshr(p0, k(32)))
+    w = builder.add(builder.and_(t, k(half)), p1)
+    carried = builder.add(builder.add(p3, builder.lshr(t, k(32))), builder.lshr(w, k(32)))
+    product_low = builder.or_(builder.shl(w, k(32)), builder.and_(p0, k(half)))
+    cross = builder.add(builder.mul(low, k(a_high)), builder.mul(high, k(a_low)))
+    new_low = builder.add(product_low, add_low)
+    carry = builder.zext(builder.icmp_unsigned("<", new_low, product_low), new_low.type)
+    return builder.add(builder.add(builder.add(carried, cross), add_high), carry), new_low
+
+
+@intrinsic
+def _pcg_lanes(
+    typingctx: Any, highs: Any, lows: Any, out: Any, start: Any, add_high: Any, add_low: Any
+) -> Any:
+    """One draw of every lane, as one vector of `PCG_LANES` words (zmm registers where the
+    CPU has them): out[start + r] ← the output of lane r's state (``highs[r]``, ``lows[r]``),
+    then the state steps by `PCG_LANES` draws (``add_*``: the step's c = g·inc)."""
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        lanes = ir.VectorType(ir.IntType(64), PCG_LANES).as_pointer()
+
+        def pointer(index: int, offset: Any = None) -> Any:
+            data = context.make_array(signature.args[index])(context, builder, args[index]).data
+            return builder.bitcast(data if offset is None else builder.gep(data, [offset]), lanes)
+
+        highs_at, lows_at, out_at = pointer(0), pointer(1), pointer(2, args[3])
+        high, low = builder.load(highs_at, align=8), builder.load(lows_at, align=8)
+        builder.store(_lane_dxsm(builder, high, low), out_at, align=8)
+        add_high, add_low = _lane_splat(builder, args[4]), _lane_splat(builder, args[5])
+        high, low = _lane_step(builder, high, low, add_high, add_low)
+        builder.store(high, highs_at, align=8)
+        builder.store(low, lows_at, align=8)
+        return context.get_dummy_value()
+
+    if not all(isinstance(a, types.Array) and a.layout == "C" for a in (highs, lows, out)):
+        return None  # (the vector loads and stores need contiguous words)
+    return types.void(highs, lows, out, types.intp, types.uint64, types.uint64), codegen
+
+
 @_jit
 def _pcg_raws(states: Any, inc: Any, out: Any) -> None:
-    """NumPy's PCG64DXSM ``random_raw``, as four interleaved runs of ``out.size // 4`` draws
-    (independent multiply chains keep the multipliers busy). ``states[q]`` is the (high,
-    low) state at draw q·size/4 of the stream, ``inc`` its (high, low) increment."""
-    m = np.uint64(PCG_MULTIPLIER)
-    one, zero = np.uint64(1), np.uint64(0)
-    s32, s48 = np.uint64(32), np.uint64(48)
-    inc_high, inc_low = inc[0], inc[1]
-    h0, l0, h1, l1 = states[0, 0], states[0, 1], states[1, 0], states[1, 1]
-    h2, l2, h3, l3 = states[2, 0], states[2, 1], states[3, 0], states[3, 1]
-    per = out.size // 4
-    o0, o1, o2, o3 = out[:per], out[per : 2 * per], out[2 * per : 3 * per], out[3 * per :]
-    for i in range(per):
-        # output: DXSM of the state before the step
-        x = h0 ^ (h0 >> s32)
-        x *= m
-        o0[i] = (x ^ (x >> s48)) * (l0 | one)
-        x = h1 ^ (h1 >> s32)
-        x *= m
-        o1[i] = (x ^ (x >> s48)) * (l1 | one)
-        x = h2 ^ (h2 >> s32)
-        x *= m
-        o2[i] = (x ^ (x >> s48)) * (l2 | one)
-        x = h3 ^ (h3 >> s32)
-        x *= m
-        o3[i] = (x ^ (x >> s48)) * (l3 | one)
-        # step: state = state·m + inc (mod 2¹²⁸)
-        low = l0 * m
-        high = h0 * m + _mul_high(l0, m)
-        l0 = low + inc_low
-        h0 = high + inc_high + (one if l0 < low else zero)
-        low = l1 * m
-        high = h1 * m + _mul_high(l1, m)
-        l1 = low + inc_low
-        h1 = high + inc_high + (one if l1 < low else zero)
-        low = l2 * m
-        high = h2 * m + _mul_high(l2, m)
-        l2 = low + inc_low
-        h2 = high + inc_high + (one if l2 < low else zero)
-        low = l3 * m
-        high = h3 * m + _mul_high(l3, m)
-        l3 = low + inc_low
-        h3 = high + inc_high + (one if l3 < low else zero)
+    """NumPy's PCG64DXSM ``random_raw`` into ``out`` (a multiple of `PCG_LANES` draws) as
+    `PCG_LANES` interleaved lanes, vectorised across lanes: lane r draws r, r + PCG_LANES, …
+    from ``states[r]`` (the (high, low) state at draw r of the stream); ``inc`` is the
+    stream's (high, low) increment."""
+    g_high, g_low = _STEP_G_HIGH, _STEP_G_LOW
+    add_high = _mul_high(g_low, inc[1]) + g_low * inc[0] + g_high * inc[1]  # c = g·inc
+    add_low = g_low * inc[1]
+    highs, lows = np.empty(PCG_LANES, dtype=np.uint64), np.empty(PCG_LANES, dtype=np.uint64)
+    for r in range(PCG_LANES):
+        highs[r], lows[r] = states[r, 0], states[r, 1]
+    for i in range(0, out.size, PCG_LANES):
+        _pcg_lanes(highs, lows, out, i, add_high, add_low)
 
 
 @_jit

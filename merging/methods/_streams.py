@@ -1,6 +1,7 @@
 """Where each DARE mask block's generator stream starts, for the compiled draws
 (`_compiled.keep_mask`): NumPy's PCG64DXSM seeding per 65,536-element block, then the jumps
-that split each block's 16,384 raw draws into four interleaved runs."""
+that split each block's 16,384 raw draws into `LANES` interleaved lanes (lane r draws raws
+r, r + LANES, …; the compiled generator steps all lanes as one vector)."""
 
 from __future__ import annotations
 
@@ -26,8 +27,8 @@ def _jump(steps: int) -> tuple[int, int]:
     return a, g
 
 
-_RAWS_PER_RUN = (1 << 14) // 4  # each block's 16,384 raw draws run as 4 interleaved runs
-_JUMPS = [_jump(_RAWS_PER_RUN * q) for q in range(4)]
+LANES = 32  # the generator's lanes (`_jit_loops.PCG_LANES`)
+_JUMPS = [_jump(lane) for lane in range(LANES)]  # lane r starts r draws into the stream
 
 
 _JUMP_WORDS = np.array(
@@ -38,12 +39,12 @@ _JUMP_WORDS = np.array(
 def block_streams(
     rng: Any, source: int, offset: int, length: int, seeder: Any = None
 ) -> tuple[Any, Any]:
-    """The generator states (four runs per block) and increments of the mask blocks that
+    """The generator states (`LANES` lanes per block) and increments of the mask blocks that
     elements [offset, offset + length) fall in: where NumPy's seeding puts each stream.
     ``seeder`` (`_jit_dare.seed_streams`) computes NumPy's seeding in compiled code; without
     it NumPy seeds each block (the same states, ~20 µs a block)."""
     first, last = offset // BLOCK, (offset + length - 1) // BLOCK
-    states = np.empty((last - first + 1, 4, 2), dtype=np.uint64)
+    states = np.empty((last - first + 1, LANES, 2), dtype=np.uint64)
     incs = np.empty((last - first + 1, 2), dtype=np.uint64)
     if seeder is not None:
         digests = b"".join(rng.block_digest(source, b) for b in range(first, last + 1))
@@ -56,7 +57,7 @@ def block_streams(
         state = np.random.PCG64DXSM(rng.block_seed(source, block)).state["state"]
         start, inc = state["state"], state["inc"]
         incs[row] = (inc >> 64, inc & _MASK64)
-        for run, (a, g) in enumerate(_JUMPS):
+        for lane, (a, g) in enumerate(_JUMPS):
             s = (a * start + g * inc) & _MASK128
-            states[row, run] = (s >> 64, s & _MASK64)
+            states[row, lane] = (s >> 64, s & _MASK64)
     return states, incs
