@@ -51,18 +51,24 @@ def _float_to_bits(typingctx: Any, value: Any) -> Any:
     return types.uint32(types.float32), codegen
 
 
-@intrinsic
-def _fma(typingctx: Any, a: Any, b: Any, c: Any) -> Any:
-    """a·b + c rounded once (torch's vectorised ``add_(x, alpha=...)`` is a fused multiply-add)."""
+def fused_multiply_add(kind: Any, llvm_type: Any) -> Any:
+    """An intrinsic a·b + c rounded once (LLVM's ``llvm.fma``) in one float type."""
 
-    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
-        f32 = ir.FloatType()
-        fma = builder.module.declare_intrinsic(
-            "llvm.fma", [f32], ir.FunctionType(f32, [f32, f32, f32])
-        )
-        return builder.call(fma, args)
+    def fma(typingctx: Any, a: Any, b: Any, c: Any) -> Any:
+        def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+            function = builder.module.declare_intrinsic(
+                "llvm.fma", [llvm_type], ir.FunctionType(llvm_type, [llvm_type] * 3)
+            )
+            return builder.call(function, args)
 
-    return types.float32(types.float32, types.float32, types.float32), codegen
+        return kind(kind, kind, kind), codegen
+
+    return intrinsic(fma)
+
+
+# a·b + c in float32, rounded once (torch's vectorised ``add_(x, alpha=...)`` is a fused
+# multiply-add)
+_fma = fused_multiply_add(types.float32, ir.FloatType())
 
 
 def _value(array, index):  # type: ignore[no-untyped-def]  # (numba matches signatures)

@@ -18,9 +18,9 @@ import numba
 import numpy as np
 from llvmlite import ir
 from numba import types
-from numba.extending import intrinsic, overload
+from numba.extending import overload
 
-from merging.methods._jit_loops import _fma, _store, _value
+from merging.methods._jit_loops import _fma, _store, _value, fused_multiply_add
 
 LANES = 1024  # flat sums: element j of a chunk is added into lane j % LANES (also the block)
 FLAT, LAST, FIRST = 0, 1, 2  # vector layouts (`_vectors.Layout.along`)
@@ -75,18 +75,8 @@ def flat_sums(base: Any, has_base: bool, xs: Any, left: Any, right: Any, sums: A
 PANEL = 4
 
 
-@intrinsic
-def _fma64(typingctx: Any, a: Any, b: Any, c: Any) -> Any:
-    """a·b + c in float64, rounded once (exactly a·b + c where a·b is exact)."""
-
-    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
-        f64 = ir.DoubleType()
-        fma = builder.module.declare_intrinsic(
-            "llvm.fma", [f64], ir.FunctionType(f64, [f64, f64, f64])
-        )
-        return builder.call(fma, args)
-
-    return types.float64(types.float64, types.float64, types.float64), codegen
+# a·b + c in float64, rounded once (exactly a·b + c where a·b is exact)
+_fma64 = fused_multiply_add(types.float64, ir.DoubleType())
 
 
 @numba.njit(inline="always")
