@@ -48,9 +48,11 @@ def _variance_block(base: Any, xs: Any, start: int, size: int, base_block: Any, 
 
 
 @_jit
-def sce_observe(base: Any, xs: Any, bounds: Any, counts: Any, sum_from: int, sums: Any) -> int:
-    """Over one chunk: counts[c] += #(Var bits ≥ bounds[c]) for the four bounds; sums[m] =
-    Σ δₘ² (float64) over the elements with Var bits ≥ ``sum_from`` (lane by lane, see `LANES`);
+def sce_observe(base: Any, xs: Any, bounds: Any, counts: Any, sum_from: int, part: int,
+                sums: Any) -> int:  # fmt: skip
+    """Over one chunk: counts[c] += #(Var bits ≥ bounds[c]) for the four bounds; sums[p, m] =
+    Σ δₘ² (float64) over the elements of the p-th run of ``part`` elements with Var bits ≥
+    ``sum_from`` (lane by lane, see `LANES`: the sums of a chunking into runs of ``part``);
     returns the number of zero variances."""
     n, models = base.size, len(xs)
     base_block = np.empty(BLOCK, dtype=np.float32)
@@ -67,38 +69,41 @@ def sce_observe(base: Any, xs: Any, bounds: Any, counts: Any, sum_from: int, sum
     )
     low = np.uint32(sum_from)
     zeros = 0
-    for start in range(0, n, BLOCK):  # BLOCK is a multiple of LANES: lanes follow j mod 8
-        size = min(BLOCK, n - start)
-        _variance_block(base, xs, start, size, base_block, deltas, mean, bits)
-        t0, t1, t2, t3, tz = _U0, _U0, _U0, _U0, _U0
-        for j in range(size):  # (uint32 casts: numba would widen the sums to int64 lanes)
-            v = bits[j]
-            t0 = np.uint32(t0 + np.uint32(v >= b0))
-            t1 = np.uint32(t1 + np.uint32(v >= b1))
-            t2 = np.uint32(t2 + np.uint32(v >= b2))
-            t3 = np.uint32(t3 + np.uint32(v >= b3))
-            tz = np.uint32(tz + np.uint32(v == 0))
-        counts[0] += t0
-        counts[1] += t1
-        counts[2] += t2
-        counts[3] += t3
-        zeros += tz
-        whole = size - size % LANES
+    for first in range(0, n, part):
+        end = min(n, first + part)
+        for start in range(first, end, BLOCK):  # lanes follow j mod 8 within the run
+            size = min(BLOCK, end - start)
+            _variance_block(base, xs, start, size, base_block, deltas, mean, bits)
+            t0, t1, t2, t3, tz = _U0, _U0, _U0, _U0, _U0
+            for j in range(size):  # (uint32 casts: numba would widen the sums to int64 lanes)
+                v = bits[j]
+                t0 = np.uint32(t0 + np.uint32(v >= b0))
+                t1 = np.uint32(t1 + np.uint32(v >= b1))
+                t2 = np.uint32(t2 + np.uint32(v >= b2))
+                t3 = np.uint32(t3 + np.uint32(v >= b3))
+                tz = np.uint32(tz + np.uint32(v == 0))
+            counts[0] += t0
+            counts[1] += t1
+            counts[2] += t2
+            counts[3] += t3
+            zeros += tz
+            whole = size - size % LANES
+            for m in range(models):
+                delta, lane = deltas[m], lanes[m]
+                for j in range(size):
+                    d = np.float64(delta[j])
+                    squares[j] = d * d if bits[j] >= low else 0.0
+                for j in range(0, whole, LANES):
+                    for q in range(LANES):
+                        lane[q] += squares[j + q]
+                for j in range(whole, size):
+                    lane[j - whole] += squares[j]
         for m in range(models):
-            delta, lane = deltas[m], lanes[m]
-            for j in range(size):
-                d = np.float64(delta[j])
-                squares[j] = d * d if bits[j] >= low else 0.0
-            for j in range(0, whole, LANES):
-                for q in range(LANES):
-                    lane[q] += squares[j + q]
-            for j in range(whole, size):
-                lane[j - whole] += squares[j]
-    for m in range(models):
-        total = lanes[m, 0]
-        for q in range(1, LANES):
-            total += lanes[m, q]
-        sums[m] = total
+            total = lanes[m, 0]
+            for q in range(1, LANES):
+                total += lanes[m, q]
+            sums[first // part, m] = total
+            lanes[m, :] = 0.0
     return zeros
 
 
@@ -175,8 +180,8 @@ def warm_up() -> None:
         base = np.zeros(4, dtype=dtype)
         for models in (2, 3):
             xs = tuple(np.zeros(4, dtype=dtype) for _ in range(models))
-            sce_observe(base, xs, bounds, np.zeros(4, dtype=np.int64), 0,
-                        np.zeros(models, dtype=np.float64))  # fmt: skip
+            sce_observe(base, xs, bounds, np.zeros(4, dtype=np.int64), 0, 4,
+                        np.zeros((1, models), dtype=np.float64))  # fmt: skip
             sce_gather(base, xs, 0, 1, np.zeros(5, dtype=np.uint32))
             weights = np.ones(models, dtype=np.float32)
             for out in (np.empty(4, dtype=np.uint16), np.empty(4, dtype=np.float32)):

@@ -16,8 +16,8 @@ computing the variance once per element (again only for the few elements of the 
 high bucket). On CPU with numba (bf16 or float32 inputs) compiled loops run instead
 (`_FastSelect`): the same threshold, from a sample verified by a counting pass, usually two
 passes over the inputs in all; their float64 sums of δᵢ² are added in another order (eight
-lanes per chunk), which can change a sum by float64 rounding (~1e-16 relative) and so, very
-rarely, a weight's float32 rounding.
+lanes per 256K-element run), which can change a sum by float64 rounding (~1e-16 relative) and
+so, very rarely, a weight's float32 rounding.
 Per-model weights are not used (as in mergekit).
 """
 
@@ -43,12 +43,13 @@ from merging.methods._bit_select import (
     kth_from_top,
     low_half,
 )
-from merging.methods._kernels import Kernel
+from merging.methods._kernels import ELEMENTWISE_CHUNK, Kernel
 from merging.methods._method_loops import as_array
 from merging.methods._ops import RandomStream, agreement, as_float, elect_sign, task_vectors
 from merging.methods._select import SampledSelect
 
 WEIGHT_FLOOR = 1e-6
+PART = 1 << 18  # elements per float64 sum of the compiled path (`merging.streaming.CHUNK`)
 
 
 class SceParams(MethodParams):
@@ -200,6 +201,7 @@ class SceKernel(Kernel):
         if _method_loops.takes([base, *inputs], self.dtype, self.device) and len(inputs) > 1:
             self.fast = _FastSelect(self, base, inputs)
             self.raw_inputs, self.reductions = True, 1
+            self.max_chunk = ELEMENTWISE_CHUNK  # (summed per `PART`: the same weights)
 
     def reduce(self, step: int, base: Tensor | None, inputs: Sequence[Tensor], offset: int) -> None:
         assert base is not None
@@ -300,9 +302,10 @@ class _FastSelect:
     output pass recomputes the variance per element (cheaper than keeping a mask).
 
     The float64 sums of δᵢ² are added in another order than the torch path's (eight lanes per
-    chunk, `_jit_sce.LANES`), so they can differ from it by float64 rounding (~1e-16
-    relative); the float32 weights the mix uses are then the same unless a weight lies that
-    close to a float32 rounding boundary."""
+    run of `PART` elements, `_jit_sce.LANES`, the runs' sums in offset order: a chunk of
+    several runs sums as those runs chunked apart), so they can differ from it by float64
+    rounding (~1e-16 relative); the float32 weights the mix uses are then the same unless a
+    weight lies that close to a float32 rounding boundary."""
 
     def __init__(self, kernel: SceKernel, base: Tensor, inputs: Sequence[Tensor]) -> None:
         self.kernel = weakref.proxy(kernel)  # (no cycle: the kernel's memory goes with it)
@@ -351,8 +354,9 @@ class _FastSelect:
                 self.selector.gathered[offset] = found[:size]
             return
         counts = np.zeros(SampledSelect.BOUNDS, dtype=np.int64)
-        sums = np.zeros(len(inputs), dtype=np.float64)
-        zeros = self.loops.sce_observe(as_array(base), xs, self.bounds, counts, self.sum_from, sums)
+        sums = np.zeros((-(-base.numel() // PART), len(inputs)), dtype=np.float64)
+        zeros = self.loops.sce_observe(as_array(base), xs, self.bounds, counts, self.sum_from,
+                                       PART, sums)  # fmt: skip
         with self.lock:
             self.parts[offset] = (base.numel(), counts, zeros, sums)
 
@@ -387,7 +391,8 @@ class _FastSelect:
         elif self.known and self.sum_from == self.threshold and not self.gathering:
             totals = [0.0] * kernel.count
             for _, (_, _, _, sums) in sorted(self.parts.items()):
-                totals = [a + float(b) for a, b in zip(totals, sums, strict=True)]
+                for part in sums:  # (each `PART` run's sums, in offset order)
+                    totals = [a + float(b) for a, b in zip(totals, part, strict=True)]
             kernel.weights = sce_weights([s / kernel.numel for s in totals])
         else:  # one more pass: the gather, or the squares at t
             self.sum_from = self.threshold

@@ -8,6 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from merging.methods import _compiled
+from merging.methods.sce import SceKernel, SceParams
+from merging.streaming import run_kernel
 from tests.merging.kernel_helpers import chunked, pure
 from tests.merging.method_helpers import GRID, SETTINGS, models
 from tests.merging.stored_kernel import same_bits, stored_kernel
@@ -159,3 +161,32 @@ def test_compiled_path_of_a_model_with_itself_and_small_tensors(monkeypatch):
     got = stored_kernel("sce", small, inputs, compiled=True, monkeypatch=monkeypatch, chunk=10,
                         threads=2, select_topk=0.3)  # fmt: skip
     assert same_bits(got, expected)
+
+
+@pytest.mark.skipif(not _compiled.available, reason="numba missing or HUBMERGE_NO_JIT set")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("select_topk", [0.5, 1.0])
+def test_compiled_path_does_not_depend_on_chunks_of_whole_parts(monkeypatch, dtype, select_topk):
+    """Chunks of 1M elements (the kernel's `max_chunk`) sum each 256K-element part apart: the
+    same weights, hence the same output, as 256K chunks (~2.1M elements, a short last part)."""
+    base, inputs = _fine_tunes(dtype, 2, seed=11, shape=(1000, 2100))
+    got = {chunk: stored_kernel("sce", base, inputs, compiled=True, monkeypatch=monkeypatch,
+                                chunk=chunk, threads=2, select_topk=select_topk)
+           for chunk in (1 << 18, 1 << 20, 3 << 18)}  # fmt: skip
+    assert same_bits(got[1 << 20], got[1 << 18])
+    assert same_bits(got[3 << 18], got[1 << 18])
+    assert not same_bits(got[1 << 18], base)
+    weights = {chunk: _compiled_weights(base, inputs, chunk, select_topk)
+               for chunk in (1 << 18, 1 << 20)}  # fmt: skip
+    assert weights[1 << 20] == weights[1 << 18]  # (the float64 sums, bit for bit)
+
+
+def _compiled_weights(base, inputs, chunk, select_topk):
+    """The weights (Python floats from the float64 sums) of the compiled path in ``chunk``s."""
+    kernel = SceKernel(SceParams(select_topk=select_topk), len(inputs), base.numel())
+    flats = [t.reshape(-1) for t in (base, *inputs)]
+    out = torch.empty(base.numel(), dtype=base.dtype)
+    run_kernel(kernel, flats, out, has_base=True, device=torch.device("cpu"),
+               dtype=torch.float32, chunk=chunk)  # fmt: skip
+    assert kernel.fast is not None
+    return kernel.weights
