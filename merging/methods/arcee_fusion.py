@@ -33,7 +33,7 @@ from torch import Tensor
 from merging.methods import _method_loops
 from merging.methods._base import MethodParams, SourceParams, register
 from merging.methods._bit_select import HIGH_BUCKETS, from_halves
-from merging.methods._kernels import Kernel
+from merging.methods._kernels import ELEMENTWISE_CHUNK, Kernel
 from merging.methods._method_loops import as_array
 from merging.methods._ops import RandomStream
 from merging.methods._vectors import CutRows, Layout, OrderStatistics, vectors_of
@@ -123,6 +123,7 @@ class ArceeFusionKernel(Kernel):
         if _method_loops.takes([base, *inputs], self.dtype, self.device):
             self.fast = _FastFusion(self)
             self.raw_inputs, self.reductions = True, 2
+            self.max_chunk = ELEMENTWISE_CHUNK  # (a row's KL is the same in any batch of rows)
 
     def _kl_rows(self, base: Tensor, other: Tensor, offset: int) -> tuple[int, int]:
         """KL of the chunk's complete rows into `kl`; the cut rows' pieces kept; the span."""

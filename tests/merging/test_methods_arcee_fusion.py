@@ -98,3 +98,34 @@ def test_compiled_passes_equal_the_torch_path(monkeypatch, dtype, shape):
     itself = stored_kernel("arcee_fusion", base, [base.clone()], compiled=True,
                            monkeypatch=monkeypatch, chunk=999, threads=2)  # fmt: skip
     assert same_bits(itself, base)
+
+
+def test_a_rows_kl_does_not_depend_on_the_rows_beside_it():
+    """`row_kl` of a batch of rows is each row's alone (the compiled passes batch any rows)."""
+    from merging.methods.arcee_fusion import row_kl
+
+    torch.manual_seed(3)
+    a, b = torch.randn(300, 2048), torch.randn(300, 2048)
+    whole = row_kl(b, a)
+    for batch in (1, 7, 128, 299):
+        parts = torch.cat(
+            [row_kl(b[i : i + batch], a[i : i + batch]) for i in range(0, 300, batch)]
+        )
+        assert torch.equal(parts.view(torch.int32), whole.view(torch.int32))
+
+
+@pytest.mark.skipif(not _compiled.available, reason="numba missing or HUBMERGE_NO_JIT set")
+@pytest.mark.parametrize("shape", [(400, 5632), (1100, 2048)])
+def test_compiled_passes_in_big_chunks_equal_the_torch_path(monkeypatch, shape):
+    """Chunks of 1M elements (the kernel's `max_chunk`; rows cut by them or not) give the
+    torch path's output in 256K chunks."""
+    torch.manual_seed(5)
+    base = (0.02 * torch.randn(shape)).bfloat16()
+    scale = torch.linspace(1e-4, 1e-2, shape[0]).reshape(-1, 1)
+    other = (base.float() + scale * torch.randn(shape)).bfloat16()
+    expected = stored_kernel("arcee_fusion", base, [other], compiled=False,
+                             monkeypatch=monkeypatch)  # fmt: skip
+    for chunk in (1 << 20, 3 << 18):
+        got = stored_kernel("arcee_fusion", base, [other], compiled=True,
+                            monkeypatch=monkeypatch, chunk=chunk, threads=2)  # fmt: skip
+        assert same_bits(got, expected)
