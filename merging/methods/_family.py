@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from merging.methods import _compiled
-from merging.methods._kernels import ELEMENTWISE_CHUNK, Kernel
+from merging.methods._kernels import ELEMENTWISE_CHUNK, SUM_PART, Kernel
 from merging.methods._ops import (
     RandomStream,
     as_float,
@@ -35,9 +35,6 @@ from merging.methods._sampled_trim import SampledTrims
 from merging.methods._select import BandSelect, RadixSelect
 
 WAIT_FOR_LOOPS = 1 << 20  # elements: from this tensor size on, wait for the compiled loops
-# DARE's L1 norms are sums over aligned runs of this many elements (the CPU driver's chunk, the
-# runs they were always taken over), added in order: the same sums for any multiple of it
-L1_PART = 1 << 18
 DARE_CHUNK = 1 << 20  # elements per chunk for compiled DARE: fewer calls per tensor
 
 
@@ -118,7 +115,7 @@ class FamilyKernel(Kernel):
         if not self._compiled(base, inputs):
             return
         if self.sparsify == "random":
-            self.max_chunk = DARE_CHUNK  # masks by block, L1 norms by `L1_PART` runs
+            self.max_chunk = DARE_CHUNK  # masks by block, L1 norms by `SUM_PART` runs
             return
         keeps = [None if s is None else s.k for s in self.selectors]
         speculate = getattr(self.params, "sign_method", "sum") == "sum"  # the fused loop's rule
@@ -180,13 +177,13 @@ class FamilyKernel(Kernel):
         return True
 
     def _observe_runs(self, index: int, offset: int, base: Tensor, x: Tensor) -> None:
-        """DARE's reduction step compiled, a run of `L1_PART` elements at a time: the mask,
+        """DARE's reduction step compiled, a run of `SUM_PART` elements at a time: the mask,
         |δ| and the mask as floats in one loop, then torch's sum and dot of the run while its
         float views are in cache."""
         keep = torch.from_numpy(_compiled.mask_buffer(x.numel()))
         parts = {}
-        for start in range(0, x.numel(), L1_PART):
-            stop = min(x.numel(), start + L1_PART)
+        for start in range(0, x.numel(), SUM_PART):
+            stop = min(x.numel(), start + SUM_PART)
             magnitudes, kept = _compiled.dare_observe(
                 self.rng, index, offset + start, self.sources[index].density, base[start:stop],
                 x[start:stop], keep[start:stop],
@@ -198,12 +195,12 @@ class FamilyKernel(Kernel):
         self, index: int, offset: int, keep: Tensor, magnitudes: Tensor, kept: Tensor
     ) -> None:
         """Keep a chunk's mask for the output pass, and its L1 norms before and after it,
-        summed over runs of `L1_PART` elements."""
+        summed over runs of `SUM_PART` elements."""
         parts = {
             (index, offset + start): _l1_norms(
-                magnitudes[start : start + L1_PART], kept[start : start + L1_PART]
+                magnitudes[start : start + SUM_PART], kept[start : start + SUM_PART]
             )
-            for start in range(0, magnitudes.numel(), L1_PART)
+            for start in range(0, magnitudes.numel(), SUM_PART)
         }
         self._keep(index, offset, keep, parts)
 

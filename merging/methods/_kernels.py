@@ -78,6 +78,11 @@ class Kernel:
 
 
 ELEMENTWISE_CHUNK = 1 << 20  # elementwise kernels: the chunking changes only the calls per tensor
+# Sums whose float rounding depends on their order (DARE's L1 norms, SCE's squares, the
+# spherical methods' Gram sums) are taken over aligned runs of this many elements — the CPU
+# driver's chunk (`merging.streaming.CHUNK`) they were always taken over — and the runs added
+# in offset order: the same sums for any chunk size, so such kernels may take bigger chunks.
+SUM_PART = 1 << 18
 
 
 class LinearKernel(Kernel):

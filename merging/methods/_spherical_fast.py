@@ -39,7 +39,6 @@ from merging.methods._vectors import Layout, VectorSums, vector_sums
 
 available = _numba_start.AVAILABLE
 LANES = 1024  # (`_jit_spherical.LANES`)
-PART = 1 << 18  # elements per flat Gram sum (`merging.streaming.CHUNK`, the engine's chunk)
 WAIT_FOR_LOOPS = 1 << 20  # elements: from this tensor size on, wait for the loops to load
 ALONG = {"flat": 0, "last": 1, "first": 2}
 _loops: Any = None  # `_jit_spherical`, once loaded

@@ -43,13 +43,12 @@ from merging.methods._bit_select import (
     kth_from_top,
     low_half,
 )
-from merging.methods._kernels import ELEMENTWISE_CHUNK, Kernel
+from merging.methods._kernels import ELEMENTWISE_CHUNK, SUM_PART, Kernel
 from merging.methods._method_loops import as_array
 from merging.methods._ops import RandomStream, agreement, as_float, elect_sign, task_vectors
 from merging.methods._select import SampledSelect
 
 WEIGHT_FLOOR = 1e-6
-PART = 1 << 18  # elements per float64 sum of the compiled path (`merging.streaming.CHUNK`)
 
 
 class SceParams(MethodParams):
@@ -201,7 +200,7 @@ class SceKernel(Kernel):
         if _method_loops.takes([base, *inputs], self.dtype, self.device) and len(inputs) > 1:
             self.fast = _FastSelect(self, base, inputs)
             self.raw_inputs, self.reductions = True, 1
-            self.max_chunk = ELEMENTWISE_CHUNK  # (summed per `PART`: the same weights)
+            self.max_chunk = ELEMENTWISE_CHUNK  # (summed per `SUM_PART`: the same weights)
 
     def reduce(self, step: int, base: Tensor | None, inputs: Sequence[Tensor], offset: int) -> None:
         assert base is not None
@@ -302,7 +301,7 @@ class _FastSelect:
     output pass recomputes the variance per element (cheaper than keeping a mask).
 
     The float64 sums of δᵢ² are added in another order than the torch path's (eight lanes per
-    run of `PART` elements, `_jit_sce.LANES`, the runs' sums in offset order: a chunk of
+    run of `SUM_PART` elements, `_jit_sce.LANES`, the runs' sums in offset order: a chunk of
     several runs sums as those runs chunked apart), so they can differ from it by float64
     rounding (~1e-16 relative); the float32 weights the mix uses are then the same unless a
     weight lies that close to a float32 rounding boundary."""
@@ -354,9 +353,9 @@ class _FastSelect:
                 self.selector.gathered[offset] = found[:size]
             return
         counts = np.zeros(SampledSelect.BOUNDS, dtype=np.int64)
-        sums = np.zeros((-(-base.numel() // PART), len(inputs)), dtype=np.float64)
+        sums = np.zeros((-(-base.numel() // SUM_PART), len(inputs)), dtype=np.float64)
         zeros = self.loops.sce_observe(as_array(base), xs, self.bounds, counts, self.sum_from,
-                                       PART, sums)  # fmt: skip
+                                       SUM_PART, sums)  # fmt: skip
         with self.lock:
             self.parts[offset] = (base.numel(), counts, zeros, sums)
 
@@ -391,7 +390,7 @@ class _FastSelect:
         elif self.known and self.sum_from == self.threshold and not self.gathering:
             totals = [0.0] * kernel.count
             for _, (_, _, _, sums) in sorted(self.parts.items()):
-                for part in sums:  # (each `PART` run's sums, in offset order)
+                for part in sums:  # (each `SUM_PART` run's sums, in offset order)
                     totals = [a + float(b) for a, b in zip(totals, part, strict=True)]
             kernel.weights = sce_weights([s / kernel.numel for s in totals])
         else:  # one more pass: the gather, or the squares at t

@@ -29,7 +29,7 @@ from torch import Tensor
 from merging.errors import IncompatibleModelsError
 from merging.methods import _spherical_fast as fast
 from merging.methods._base import MethodParams, SourceParams, register
-from merging.methods._kernels import ELEMENTWISE_CHUNK, Kernel
+from merging.methods._kernels import ELEMENTWISE_CHUNK, SUM_PART, Kernel
 from merging.methods._ops import RandomStream
 from merging.methods._vectors import Layout
 
@@ -293,10 +293,10 @@ class GramKernel(Kernel):
 
     def prepare(self, base: Tensor | None, inputs: Sequence[Tensor]) -> None:
         if self.count > 1 and fast.wants(base, inputs, self.dtype, wait=self.wait):
-            self.max_chunk = ELEMENTWISE_CHUNK  # (summed per fast.PART: the same G)
+            self.max_chunk = ELEMENTWISE_CHUNK  # (summed per `SUM_PART`: the same G)
 
     def reduce(self, step: int, base: Tensor | None, inputs: Sequence[Tensor], offset: int) -> None:
-        parts = fast.flat_parts(base, inputs, self.pairs, offset, fast.PART, dtype=self.dtype,
+        parts = fast.flat_parts(base, inputs, self.pairs, offset, SUM_PART, dtype=self.dtype,
                                 wait=self.wait)  # fmt: skip
         self.sums.put_all(parts)
 

@@ -15,6 +15,7 @@ from merging import METHODS
 from merging.errors import IncompatibleModelsError
 from merging.methods import _spherical_fast, random_stream
 from merging.methods._compiled import as_array
+from merging.methods._kernels import SUM_PART
 from merging.streaming import CHUNK, run_kernel
 from tests.merging.kernel_helpers import pure, validated
 from tests.merging.test_compiled import bf16_models
@@ -234,14 +235,14 @@ def test_big_chunks_sum_each_part_as_the_engines_chunks(monkeypatch, name, count
     monkeypatch.setattr(_spherical_fast, "flat_parts", recorded)
     run = {"out_dtype": torch.bfloat16, "pool": POOL}
     expected = merged(name, base, inputs, compiled=False, **run)
-    assert max(lengths) == _spherical_fast.PART
+    assert max(lengths) == SUM_PART
     lengths.clear()
     assert_bitwise(merged(name, base, inputs, compiled=True, **run), expected)
-    assert max(lengths) == 4 * _spherical_fast.PART
+    assert max(lengths) == 4 * SUM_PART
 
 
 def test_gram_parts_are_the_engines_cpu_chunks():
-    assert _spherical_fast.PART == CHUNK
+    assert SUM_PART == CHUNK
 
 
 @pytest.mark.parametrize("count", [2, 3])
