@@ -80,9 +80,12 @@ class SampledTrims:
         )  # fmt: skip
         self._add_counts(active, offset, base.numel(), counts)
 
-    def _bounds(self, models: int) -> tuple[list[bool], np.ndarray]:
-        """Which inputs the counting pass counts, and their candidate bounds."""
-        active = [s is not None and s.pending > 0 for s in self.selectors]
+    def _bounds(self, models: int, *, recount: bool = False) -> tuple[list[bool], np.ndarray]:
+        """Which inputs a counting pass counts (pass 0: every pending one; with ``recount``,
+        the pairs that missed), and their candidate bounds."""
+        active = [
+            s is not None and s.pending > 0 and (s.recount or not recount) for s in self.selectors
+        ]
         bounds = np.zeros((models, SampledSelect.BOUNDS), dtype=np.int64)
         for i, s in enumerate(self.selectors):
             if s is not None and active[i]:
@@ -98,18 +101,15 @@ class SampledTrims:
     def observe(self, step: int, base: Tensor, inputs: Sequence[Tensor], offset: int) -> None:
         """Passes after the count: count the four bounds (a pair that missed), gather an
         interval, or (an unlucky sample) radix-select as `RadixSelect` does."""
+        if any(s is not None and s.recount for s in self.selectors):  # all four bounds
+            active, bounds = self._bounds(len(inputs), recount=True)
+            counts = np.zeros(bounds.shape, dtype=np.int64)
+            _compiled.bound_counts(base, inputs, active, bounds, counts)
+            self._add_counts(active, offset, base.numel(), counts)
         for i, s in enumerate(self.selectors):
-            if s is None or s.pending == 0:
+            if s is None or s.pending == 0 or s.recount:
                 continue
-            if s.recount:
-                active = [j == i for j in range(len(inputs))]
-                bounds = np.zeros((len(inputs), SampledSelect.BOUNDS), dtype=np.int64)
-                bounds[i] = s.bounds
-                counts = np.zeros(bounds.shape, dtype=np.int64)
-                _compiled.bound_counts(base, inputs, active, bounds, counts)
-                with self.lock:
-                    s.add_chunk(offset, base.numel(), counts[i])
-            elif s.radix is None:
+            if s.radix is None:
                 low, high = s.interval
                 found = _compiled.gather_between(base, inputs[i], low, high, s.chunk_inside(offset))
                 with self.lock:
