@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import threading
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -40,6 +40,7 @@ from merging.methods._vectors import CutRows, Layout, OrderStatistics, vectors_o
 
 PROBABILITY_FLOOR = 1e-8
 QUANTILES = (0.25, 0.5, 0.75)
+KL = Callable[[Tensor, Tensor], Tensor]  # (b_rows, a_rows) → KL per row
 
 
 def quantile_ranks(numel: int) -> list[int]:
@@ -58,6 +59,16 @@ def row_kl(b_rows: Tensor, a_rows: Tensor) -> Tensor:
     p = F.softmax(b_rows, dim=-1).add_(PROBABILITY_FLOOR)  # (in place: the same values)
     q = F.softmax(a_rows, dim=-1).add_(PROBABILITY_FLOOR)
     terms = torch.div(p, q, out=q)  # log(p/q)·p: the same products as p·log(p/q)
+    return torch.sum(terms.log_().mul_(p), dim=-1).clamp(min=0).add_(0.0)
+
+
+def row_kl_in_place(b_rows: Tensor, a_rows: Tensor) -> Tensor:
+    """`row_kl` with each softmax written over its own input (contiguous rows, which it
+    overwrites): the same operations and bits without the two chunk-sized temporaries (torch's
+    CPU allocator does not cache them, and their fresh pages fault in on every chunk)."""
+    p = torch.softmax(b_rows, dim=-1, out=b_rows).add_(PROBABILITY_FLOOR)
+    q = torch.softmax(a_rows, dim=-1, out=a_rows).add_(PROBABILITY_FLOOR)
+    terms = torch.div(p, q, out=q)
     return torch.sum(terms.log_().mul_(p), dim=-1).clamp(min=0).add_(0.0)
 
 
@@ -125,15 +136,18 @@ class ArceeFusionKernel(Kernel):
             self.raw_inputs, self.reductions = True, 2
             self.max_chunk = ELEMENTWISE_CHUNK  # (a row's KL is the same in any batch of rows)
 
-    def _kl_rows(self, base: Tensor, other: Tensor, offset: int) -> tuple[int, int]:
-        """KL of the chunk's complete rows into `kl`; the cut rows' pieces kept; the span."""
+    def _kl_rows(
+        self, base: Tensor, other: Tensor, offset: int, kl_of: KL = row_kl
+    ) -> tuple[int, int]:
+        """KL of the chunk's complete rows into `kl` (by ``kl_of``, after the cut rows' pieces
+        are kept: `row_kl_in_place` may then overwrite the complete rows); the span."""
+        self.cut.keep(offset, [base, other])
         first, last = self.cut.complete(offset, base.numel())
         if first < last:
             inner = slice(first - offset, last - offset)
             cols = self.layout.size
-            kl = row_kl(other[inner].reshape(-1, cols), base[inner].reshape(-1, cols))
+            kl = kl_of(other[inner].reshape(-1, cols), base[inner].reshape(-1, cols))
             self.kl[first // cols : last // cols] = kl.cpu()  # disjoint rows: no lock
-        self.cut.keep(offset, [base, other])
         return first, last
 
     def reduce(self, step: int, base: Tensor | None, inputs: Sequence[Tensor], offset: int) -> None:
@@ -222,10 +236,9 @@ class _FastFusion:
         return counts
 
     def _widened(self, base: Tensor, other: Tensor) -> list[Tensor]:
-        """The chunks as float32 (bf16 widened by a compiled loop into this thread's buffers,
-        ~10x faster than torch's conversion; the same values)."""
-        if base.dtype == other.dtype == torch.float32:
-            return [base, other]
+        """The chunks as float32 in this thread's buffers (bf16 widened by a compiled loop,
+        ~10x faster than torch's conversion, float32 copied; the same values), which
+        `row_kl_in_place` then overwrites."""
         buffers = getattr(_scratch, "buffers", None)
         if buffers is None or buffers[0].numel() < base.numel():
             buffers = _scratch.buffers = [torch.empty(base.numel()) for _ in range(2)]
@@ -242,7 +255,7 @@ class _FastFusion:
     def reduce(self, step: int, base: Tensor, other: Tensor, offset: int) -> None:
         if step == 0:
             wide_base, wide_other = self._widened(base, other)
-            first, last = self.kernel._kl_rows(wide_base, wide_other, offset)
+            first, last = self.kernel._kl_rows(wide_base, wide_other, offset, row_kl_in_place)
             if first < last:
                 inner = slice(first - offset, last - offset)
                 kl, column = self._span(first, last - first)

@@ -129,3 +129,16 @@ def test_compiled_passes_in_big_chunks_equal_the_torch_path(monkeypatch, shape):
         got = stored_kernel("arcee_fusion", base, [other], compiled=True,
                             monkeypatch=monkeypatch, chunk=chunk, threads=2)  # fmt: skip
         assert same_bits(got, expected)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 5000), (37, 13), (300, 2048), (19, 5632)])
+def test_row_kl_in_place_equals_row_kl(shape):
+    """`row_kl_in_place` (softmaxes written over its inputs) gives `row_kl`'s bits."""
+    from merging.methods.arcee_fusion import row_kl, row_kl_in_place
+
+    torch.manual_seed(shape[-1])
+    a = 0.02 * torch.randn(shape)
+    b = (a + 1e-3 * torch.randn(shape)).bfloat16().float()
+    expected = row_kl(b, a)
+    got = row_kl_in_place(b.clone(), a.clone())
+    assert torch.equal(got.view(torch.int32), expected.view(torch.int32))
