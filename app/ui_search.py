@@ -16,6 +16,7 @@ import gradio as gr
 from app import workflows
 from app.handlers import Handlers, _token, public, user_facing
 from app.jobs import JobRecord
+from app.search.errors import SearchError
 from app.search.job import BACKENDS, chart_points, submit_search
 from app.search.proposers import OPTIMIZERS
 from app.settings import Settings
@@ -45,6 +46,7 @@ class SearchHandler:
         guard: str | None = "",
         guard_limit: float | None = None,
         optimizer: str | None = "auto",
+        from_tasks: bool | None = False,
         oauth_token: gr.OAuthToken | None = None,
         request: gr.Request | None = None,
         progress: gr.Progress = gr.Progress(),  # noqa: B008 - gradio's injection idiom
@@ -70,6 +72,8 @@ class SearchHandler:
                 than 2 standard errors below the starting recipe's score is not chosen.
             guard_limit: items per guard task (blank or 0: the guard's default; mmlu: 5).
             optimizer: "auto" (CMA-ES from 4 genes, TPE below), "cmaes", "tpe", "nevergrad".
+            from_tasks: take the selection examples from the documents of `tasks` (`limit`
+                items per task) instead of `examples` / `upload`.
 
         Returns:
             the job id, its log, the chart (score per candidate and best so far), the best
@@ -79,7 +83,11 @@ class SearchHandler:
 
         with user_facing():
             parsed = workflows.parse(recipe, self.h.settings)
-            if upload:
+            if from_tasks:  # (no rows: the search takes the tasks' documents)
+                if not (tasks or "").strip():
+                    raise SearchError("name the harness tasks to take the examples from")
+                rows = []
+            elif upload:
                 rows = load_examples(upload)  # the caller's own upload
             else:
                 rows = workflows._examples(self.h.settings, (examples or "").strip() or None)
@@ -143,6 +151,11 @@ def render(h: Handlers, settings: Settings, *, method: dict[str, Any], token: An
                                    elem_id="search-guard")  # fmt: skip
                 guard_limit = gr.Number(value=0, precision=0, minimum=0,
                                         label="Guard items per task (0: default)")  # fmt: skip
+            from_tasks = gr.Checkbox(
+                value=False, elem_id="search-from-tasks",
+                label="Take the selection examples from the tasks' documents (items per task "
+                "as above; no examples file)",
+            )  # fmt: skip
         with gr.Row():
             start = gr.Button("Search", variant="primary", elem_id="search-btn")
             cancel = gr.Button("Cancel", variant="stop", elem_id="search-cancel")
@@ -154,7 +167,7 @@ def render(h: Handlers, settings: Settings, *, method: dict[str, Any], token: An
             record = gr.JSON(label="Job")
         note = gr.Markdown()
     inputs = [recipe, examples, upload, budget, seed, metric, backend, token, tasks, limit, guard,
-              guard_limit, optimizer]  # fmt: skip
+              guard_limit, optimizer, from_tasks]  # fmt: skip
     start.click(h.validate_recipe, recipe, None, api_visibility="private", **LIGHT).success(
         handler.search, inputs, [job, log, chart, recipe, record], api_name="search", **FOLLOW
     )
