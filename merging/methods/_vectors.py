@@ -205,9 +205,13 @@ class OrderStatistics:
             with self.lock:
                 self.low_hists[bucket] += counts
 
+    def locate_buckets(self) -> None:
+        """`buckets` from the high-half histogram (the first half of `end_pass` of pass 0)."""
+        self.buckets = [self._locate(self.high_hist, k) for k in self.ks]
+
     def end_pass(self, step: int) -> None:
         if step == 0:
-            self.buckets = [self._locate(self.high_hist, k) for k in self.ks]
+            self.locate_buckets()
             self.low_hists = {b: torch.zeros(1 << 16, dtype=torch.int64) for b, _ in self.buckets}
             return
         self.values = []

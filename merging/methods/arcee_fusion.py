@@ -161,11 +161,14 @@ class ArceeFusionKernel(Kernel):
         else:
             self.quantiles.observe(step - 1, self._importance(base, other, offset))
 
-    def _cut_rows(self) -> list[tuple[int, list[Tensor]]]:
-        """The rows cut by chunk boundaries, their KL into `kl`."""
+    def _cut_rows(self, kl_of: KL = row_kl) -> list[tuple[int, list[Tensor]]]:
+        """The rows cut by chunk boundaries, their KL into `kl` (one ``kl_of`` call over all of
+        them, stacked: a row's KL does not depend on the rows beside it)."""
         rows = self.cut.rows()
-        for row, (base_row, other_row) in rows:
-            self.kl[row] = row_kl(other_row.unsqueeze(0), base_row.unsqueeze(0))[0].cpu()
+        if rows:
+            bases = torch.stack([pieces[0] for _, pieces in rows])
+            others = torch.stack([pieces[1] for _, pieces in rows])
+            self.kl[[row for row, _ in rows]] = kl_of(others, bases).cpu()
         return rows
 
     def end_pass(self, step: int) -> None:
@@ -275,14 +278,14 @@ class _FastFusion:
         quantiles = self.kernel.quantiles
         if step == 0:
             counts = self._thread_counts()
-            for row, (base_row, other_row) in self.kernel._cut_rows():
+            for row, (base_row, other_row) in self.kernel._cut_rows(row_kl_in_place):
                 kl = self.kernel.kl.numpy()[row : row + 1]
                 self.loops.high_counts(as_array(base_row), as_array(other_row), kl, 0,
                                        base_row.numel(), counts)  # fmt: skip
             total = sum(c[0] + c[1] for c in self.counts.values())
             self.counts.clear()
             quantiles.high_hist = torch.from_numpy(np.asarray(total, dtype=np.int64))
-            quantiles.end_pass(0)
+            quantiles.locate_buckets()  # (no low-half histograms: pass 1 gathers instead)
             for bucket, _ in quantiles.buckets:
                 self.wanted[bucket] = 1
             return

@@ -68,3 +68,14 @@ def test_order_statistics_are_exact_kth_largest(values, chunk, data):
         stats.end_pass(step)
     ordered = x.sort(descending=True).values
     assert [float(v) for v in stats.values] == [float(ordered[k - 1]) for k in ks]
+
+
+def test_locate_buckets_is_the_first_pass_end_without_low_histograms():
+    torch.manual_seed(2)
+    x = torch.rand(5000) * 3
+    located, ended = OrderStatistics([1, 2500, 5000]), OrderStatistics([1, 2500, 5000])
+    for stats in (located, ended):
+        stats.observe(0, x)
+    located.locate_buckets()
+    ended.end_pass(0)
+    assert located.buckets == ended.buckets and not located.low_hists
