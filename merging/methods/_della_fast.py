@@ -55,7 +55,7 @@ def keep_mask(
     table = thresholds(rows.shape[1]).to(torch.int32).contiguous().numpy()
     out = np.empty(rows.shape, dtype=np.bool_)
     loops = modules[0]
-    loops.keep_rows(keys, draws, table, out, *loops.scratch(rows.shape[1]))
+    loops.keep_rows(keys, draws, table, out, loops.scratch(rows.shape[1]))
     return torch.from_numpy(out)
 
 

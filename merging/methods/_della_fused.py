@@ -125,8 +125,7 @@ class FusedDella:
         assert mask is not None
         before, after = rows.observe_rows(
             self.base[start:stop], self.inputs[index][start:stop], cols, states, incs,
-            start - start // BLOCK * BLOCK, self.tables[index], mask[start:stop], raws, keys,
-            *work,
+            start - start // BLOCK * BLOCK, self.tables[index], mask[start:stop], raws, keys, work,
         )  # fmt: skip
         with self.lock:
             self.sums[(index, offset)] = (before, after)

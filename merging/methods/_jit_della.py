@@ -10,7 +10,7 @@ bucket holding the ranks [lo, hi) is kept if u < T[lo] and dropped if u ≥ T[hi
 its place inside the bucket. Only the rest (about bucket size × 2ε / n of the elements) need
 their exact rank: it is counted among the members of their bucket (ties by position, as a
 stable sort orders them), or, where many in one bucket need it, read off a stable sort of
-the bucket's members (none needed when they all have one value, as bf16 ties often do).
+the bucket's members.
 
 The buckets cover the row's top `SPAN` binades (bit patterns below go to the first bucket):
 a zero or a tiny magnitude would otherwise stretch the range and crowd the rest into a few
@@ -18,11 +18,18 @@ large buckets. Eight binades (less one pattern, so 2048- and 5632-element rows g
 of 2¹⁶ and 2¹⁴ patterns) left the fewest undecided elements on bf16 task vectors of a 1B
 Llama: ~1.4 a row, against 2.5 and 5 with six binades, the first bucket's small magnitudes
 most of them; wider buckets mix values. Which bucket an element lands in never changes a
-decision, only how often its exact rank is needed. A draw below T[0] keeps and one from
-T[n − 1] on drops whatever the rank, so only the others (2ε of them) look at their bucket; in
-a bucket whose keys are all equal the place among its members (counted in position order) is
-the exact rank; and a few pending elements are ranked by comparing them with the whole row
-instead of grouping the buckets' members.
+decision, only how often its exact rank is needed.
+
+The passes of `keep_row`: (1, vectorised) each element's bucket, the decision of the draws
+below T[0] (kept) or from T[n − 1] on (dropped) whatever the rank, and a flag on the others
+(2ε of them, the candidates); (2, `_count`) one uint64 per bucket, its count (low half) and
+its one key so far or `MIXED` (high half), each element's place among its bucket's members
+(counted in position order), and the candidates' list, each with that place; (3) the counts
+become each bucket's first rank (low half) and, where its keys differ, count − 1 (high half);
+(4) each candidate's decision from its bucket's rank range — in a bucket of equal keys (ties
+are common in bf16 task vectors) its place there gives the exact rank; (5) the few still
+pending are ranked by comparing them with the whole row (`_scan_rank`), or, where there are
+many, by grouping their buckets' members (`_group_rank`).
 """
 
 from __future__ import annotations
@@ -34,7 +41,10 @@ import numpy as np
 
 _jit = numba.njit(nogil=True, cache=True, boundscheck=False)
 FEW_ASKED = 12  # exact ranks by counting for up to this many in a bucket; a stable sort beyond
-EMPTY, MIXED = np.uint32(0xFFFFFFFE), np.uint32(0xFFFFFFFF)  # never keys (no sign bit set)
+SCAN_SHARE = 64  # pending elements are each scanned against the row while pending·64 <= n
+LOW = np.uint64(0xFFFFFFFF)  # the low half of a bucket's word
+HALF = np.uint64(32)
+MIXED = np.uint64(0xFFFFFFFF)  # high half of a bucket's word: its keys differ (never a key)
 SPAN = np.uint32((8 << 23) - 1)  # bit patterns of the top 8 binades: the bucketed range
 
 
@@ -51,10 +61,15 @@ def scratch(n: int) -> tuple[Any, ...]:
     """The work arrays of `keep_row` for rows of up to n elements (reused row after row)."""
     bins = 1 << bins_log2(n)
     return (
-        np.zeros((6, bins), np.int32),  # count, start, pure, extra, fill, asked
-        np.zeros(bins, np.uint8),  # flagged
-        np.empty((5, n + 1), np.int32),  # pending, bucket, member index, exact rank, within
-        np.empty(max(n, bins), np.uint32),  # member keys (first: each bucket's one key or MIXED)
+        np.zeros(bins, np.uint64),  # per bucket: count | key or MIXED, then first rank | extra
+        np.empty(n + 1, np.uint16),  # each element's bucket
+        np.empty(n + 1, np.uint8),  # each element's candidate flag
+        np.empty(n + 1, np.uint64),  # the candidates: index | place in the bucket
+        np.empty(n + 1, np.int32),  # the pending elements
+        np.zeros(bins, np.uint8),  # (grouping) flagged buckets
+        np.zeros((2, bins), np.int32),  # (grouping) fill, asked
+        np.empty((2, n + 1), np.int32),  # (grouping) member index, exact rank
+        np.empty(n + 1, np.uint32),  # (grouping) member keys
     )
 
 
@@ -70,131 +85,144 @@ def extremes(keys: Any) -> Any:
 
 @_jit
 def _scan_rank(keys: Any, j: int) -> int:
-    """The stable rank of keys[j] by comparing it with every key of the row (vectorised)."""
+    """The stable rank of keys[j] by comparing it with every key of the row (vectorised: both
+    loops index views from 0, which LLVM reads as contiguous vectors)."""
     k = keys[j]
     rank = np.uint32(0)  # (uint32 lanes, rows < 2³¹: numba widens bool sums to int64)
-    for q in range(j):
-        rank = np.uint32(rank + np.uint32(keys[q] <= k))
-    for q in range(j + 1, keys.size):
-        rank = np.uint32(rank + np.uint32(keys[q] < k))
+    head = keys[:j]
+    for q in range(head.size):
+        rank = np.uint32(rank + np.uint32(head[q] <= k))
+    tail = keys[j + 1 :]
+    for q in range(tail.size):
+        rank = np.uint32(rank + np.uint32(tail[q] < k))
     return np.int64(rank)
 
 
 @_jit
-def keep_row(keys: Any, draws: Any, table: Any, out: Any, top: Any, bottom: Any, work: Any,
-             flagged: Any, slots: Any, member_keys: Any) -> None:  # fmt: skip
-    """out[j] ← draws[j] < table[stable rank of keys[j]] for one row (``scratch``'s arrays;
-    ``top``/``bottom``: the largest and smallest key)."""
-    n = keys.size
-    bins = 1 << bins_log2(n)
-    count, start, pure, extra, fill, asked = work[0], work[1], work[2], work[3], work[4], work[5]
-    pending, bucket, member_index, exact, within = slots[0], slots[1], slots[2], slots[3], slots[4]
-    floor = top - SPAN if top - bottom > SPAN else bottom
-    shift = np.uint32(0)
-    while ((top - floor) >> shift) >= np.uint32(bins):
-        shift += np.uint32(1)
-    count[:bins] = 0
-    last = member_keys[:bins]  # the bucket's one key so far, EMPTY, or MIXED once two differ
-    last[:] = EMPTY
-    candidates = exact  # (until the decisions: the elements whose rank decides)
-    t_low, t_high = table[0], table[n - 1]
+def _count(keys: Any, bucket: Any, flags: Any, words: Any, candidates: Any) -> int:
+    """Pass 2 of `keep_row` (a loop of its own: fewer live values, no spills): each bucket's
+    count and key (or MIXED), and the flagged elements as index | earlier members of their
+    bucket; returns how many. (The list's slot is written for every element, and only
+    advanced past a candidate: no branch on a coin flip.)"""
     waiting = 0
-    for j in range(n):  # (vectorised) buckets; below T[0]: kept, from T[n − 1] on: dropped
-        k = keys[j]
-        bucket[j] = np.int32((k - floor) >> shift) if k > floor else np.int32(0)
-        u = np.int32(draws[j])
-        out[j] = u < t_low
-        candidates[j] = np.int32((u >= t_low) & (u < t_high))  # (the flag, then the list)
-    for j in range(n):  # place among the bucket's members, whether they all agree; candidates
-        k = keys[j]
+    for j in range(keys.size):
+        k = np.uint64(keys[j])
         b = bucket[j]
-        c = count[b]
-        within[j] = c
-        count[b] = c + 1
-        held = last[b]  # (no use of the count: two independent chains through memory)
-        last[b] = k if (held == k) | (held == EMPTY) else MIXED
-        flag = candidates[j]  # (read before the list, which is never ahead of j, overwrites it)
-        candidates[waiting] = j
-        waiting += flag
-    for b in range(bins):  # (vectorised)
-        one = last[b] != MIXED
-        pure[b] = one
-        extra[b] = 0 if one else count[b] - 1
-    total = 0
-    for b in range(bins):
-        start[b] = total
-        total += count[b]
-    asked_for = waiting
-    waiting = 0
-    for p in range(asked_for):  # branch-free: keep/drop is a coin flip the CPU cannot predict
-        j = candidates[p]
-        b = bucket[j]
-        lo = start[b] + within[j] * pure[b]  # a bucket of equal keys: the exact rank
-        u = np.int32(draws[j])
-        first = table[lo]
-        out[j] = u < first
-        pending[waiting] = j
-        waiting += (u >= first) & (u < table[lo + extra[b]])
-    if waiting == 0:
-        return
-    if waiting * 512 <= n:  # a few: each compared with the whole row
-        for p in range(waiting):
-            j = pending[p]
-            out[j] = np.int32(draws[j]) < table[_scan_rank(keys, j)]
-        return
-    for p in range(waiting):
+        word = words[b]
+        count = word & LOW
+        same = ((word >> HALF) == k) | (count == np.uint64(0))
+        words[b] = ((k if same else MIXED) << HALF) | (count + np.uint64(1))
+        candidates[waiting] = np.uint64(j) | (word << HALF)
+        waiting += flags[j]
+    return waiting
+
+
+@_jit
+def _group_rank(
+    keys: Any, draws: Any, table: Any, out: Any, words: Any, bucket: Any, pending: Any,
+    flagged: Any, marks: Any, group: Any, member_keys: Any,
+) -> None:  # fmt: skip
+    """The exact ranks of many pending elements (all in buckets of mixed keys): their buckets'
+    members are grouped by bucket in position order, then each is counted among its bucket's
+    members, or read off a stable sort of a bucket where more than `FEW_ASKED` ask."""
+    fill, asked = marks[0], marks[1]
+    member_index, exact = group[0], group[1]
+    for p in range(pending.size):
         b = bucket[pending[p]]
         if flagged[b] == 0:
             flagged[b] = 1
-            fill[b] = start[b]
+            fill[b] = np.int32(words[b] & LOW)
             asked[b] = 0
         asked[b] += 1
-    for j in range(n):  # the flagged buckets' members, grouped by bucket, in position order
+    for j in range(keys.size):  # the flagged buckets' members by bucket, in position order
         b = bucket[j]
         if flagged[b] != 0:
             slot = fill[b]
             member_keys[slot] = keys[j]
             member_index[slot] = j
             fill[b] = slot + 1
-    for p in range(waiting):
+    for p in range(pending.size):
         b = bucket[pending[p]]
         if flagged[b] == 1 and asked[b] > FEW_ASKED:  # sort it once: ranks of all
-            first = start[b]
-            members = member_keys[first : first + count[b]]
-            same = True
-            for s in range(1, count[b]):
-                same = same and members[s] == members[0]
-            if same:  # one value (ties are common in bf16 task vectors): position order
-                for s in range(count[b]):
-                    exact[member_index[first + s]] = first + s
-            else:
-                order = np.argsort(members, kind="mergesort")
-                for s in range(count[b]):
-                    exact[member_index[first + order[s]]] = first + s
+            first = np.int64(words[b] & LOW)
+            count = np.int64(words[b] >> HALF) + 1
+            order = np.argsort(member_keys[first : first + count], kind="mergesort")
+            for s in range(count):
+                exact[member_index[first + order[s]]] = first + s
             flagged[b] = 2
-    for p in range(waiting):
+    for p in range(pending.size):
         j = pending[p]
         k = keys[j]
         b = bucket[j]
         if flagged[b] == 2:
-            rank = exact[j]
+            rank = np.int64(exact[j])
         else:
-            rank = start[b]
-            for q in range(start[b], start[b] + count[b]):
+            first = np.int64(words[b] & LOW)
+            rank = first
+            for q in range(first, first + np.int64(words[b] >> HALF) + 1):
                 other = member_keys[q]
                 if other < k or (other == k and member_index[q] < j):
                     rank += 1
         out[j] = np.int32(draws[j]) < table[rank]
-    for p in range(waiting):
+    for p in range(pending.size):
         flagged[bucket[pending[p]]] = 0
 
 
 @_jit
-def keep_rows(keys: Any, draws: Any, table: Any, out: Any, work: Any, flagged: Any,
-              slots: Any, member_keys: Any) -> None:  # fmt: skip
+def keep_row(keys: Any, draws: Any, table: Any, out: Any, top: Any, bottom: Any,
+             work: Any) -> None:  # fmt: skip
+    """out[j] ← draws[j] < table[stable rank of keys[j]] for one row (``work``: `scratch`'s
+    arrays; ``top``/``bottom``: the largest and smallest key). The passes: module docstring."""
+    words, bucket, flags, candidates, pending, flagged, marks, group, member_keys = work
+    n = keys.size
+    bins = 1 << bins_log2(n)
+    floor = top - SPAN if top - bottom > SPAN else bottom
+    shift = np.uint32(0)
+    while ((top - floor) >> shift) >= np.uint32(bins):
+        shift += np.uint32(1)
+    row_words = words[:bins]
+    row_words[:] = 0
+    t_low = table[0]
+    span = np.uint32(table[n - 1] - t_low)
+    for j in range(n):  # (vectorised) buckets; below T[0]: kept, from T[n − 1] on: dropped
+        k = keys[j]
+        bucket[j] = np.uint16((k - floor) >> shift) if k > floor else np.uint16(0)
+        u = np.int32(draws[j])
+        out[j] = u < t_low
+        flags[j] = np.uint32(u - t_low) < span
+    asked_for = _count(keys, bucket, flags, row_words, candidates)
+    total = np.uint64(0)
+    for b in range(bins):  # count | key → first rank | (count − 1 where the keys differ)
+        word = row_words[b]
+        count = word & LOW
+        mixed = (word >> HALF) == MIXED
+        row_words[b] = total | ((count - np.uint64(1) if mixed else np.uint64(0)) << HALF)
+        total += count
+    waiting = 0
+    for p in range(asked_for):  # branch-free: keep/drop is a coin flip the CPU cannot predict
+        entry = candidates[p]
+        j = np.int64(entry & LOW)
+        word = row_words[bucket[j]]
+        extra = word >> HALF
+        lo = (word & LOW) + ((entry >> HALF) if extra == np.uint64(0) else np.uint64(0))
+        u = np.int32(draws[j])
+        first = table[lo]
+        out[j] = u < first
+        pending[waiting] = j
+        waiting += (u >= first) & (u < table[lo + extra])
+    if waiting * SCAN_SHARE <= n:  # a few: each compared with the whole row
+        for p in range(waiting):
+            j = pending[p]
+            out[j] = np.int32(draws[j]) < table[_scan_rank(keys, j)]
+        return
+    _group_rank(keys, draws, table, out, row_words, bucket, pending[:waiting], flagged, marks,
+                group, member_keys)  # fmt: skip
+
+
+@_jit
+def keep_rows(keys: Any, draws: Any, table: Any, out: Any, work: Any) -> None:
     """keys: uint32[rows, n] (bit patterns of non-negative float32); draws: int32[rows, n];
     table: int32[n] (T[rank]); out: bool[rows, n] ← draws < T[stable rank of the key]."""
     for row in range(keys.shape[0]):
         top, bottom = extremes(keys[row])
-        keep_row(keys[row], draws[row], table, out[row], top, bottom, work, flagged, slots,
-                 member_keys)  # fmt: skip
+        keep_row(keys[row], draws[row], table, out[row], top, bottom, work)

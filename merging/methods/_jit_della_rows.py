@@ -5,7 +5,10 @@
 draws (PCG64DXSM per 65,536-element block, as `della.draws` gets them from NumPy; the
 generator's lanes are `_jit_loops.PCG_LANES`), then per row |δ| = |x − base| from the stored
 values (bf16 widened in registers), the ranked keep mask (`_jit_della.keep_row`) and the row's
-L1 norms before and after it, in float64. `linear_apply` is DELLA-linear's output pass, each
+L1 norms before and after it, in float64: the sums of four interleaved partial sums, which
+are exact (and so any order's, here a vectorised integer sum's) wherever the keys are all
+multiples of a unit small enough for the row's sum (`_unit`), as on every row of the bf16 1B
+benchmark's task vectors. `linear_apply` is DELLA-linear's output pass, each
 value rounded as the torch kernel rounds it.
 """
 
@@ -26,19 +29,65 @@ from merging.methods._jit_loops import (
 )
 from merging.methods._jit_loops import _value as value_at
 
+FINITE = np.uint32(0x7F800000)  # keys from here on are infinities or NaNs: never summed exactly
+
 
 @_jit
 def _keys(x: Any, base: Any, keys: Any) -> Any:
-    """keys ← bit patterns of |x − base|; returns (largest, smallest key, Σ|δ| in float64:
-    four interleaved partial sums)."""
+    """keys ← bit patterns of |x − base|; returns (largest, smallest key). (Vectorised.)"""
     top, bottom = np.uint32(0), np.uint32(0xFFFFFFFF)
-    a0, a1, a2, a3 = 0.0, 0.0, 0.0, 0.0
-    n = keys.size
-    for j in range(n):
+    for j in range(keys.size):
         k = _float_to_bits(abs(value_at(x, j) - value_at(base, j)))
         keys[j] = k
         top = max(top, k)
         bottom = min(bottom, k)
+    return top, bottom
+
+
+@_jit
+def _unit(top: Any, n: int) -> Any:
+    """2^E for the smallest E with n non-negative float32 values of at most ``top`` (a key)
+    summing to below 2^(53 + E): multiples of 2^E, every partial sum of theirs is a float64
+    exactly (never below 2⁻¹⁴⁹, the float32 values' own unit)."""
+    length = 0
+    while (1 << length) < n:
+        length += 1
+    exponent = max(-149, np.int64(top >> np.uint32(23)) - 126 + length - 53)
+    return np.float64(2.0) ** exponent
+
+
+@_jit
+def _exact_sum(keys: Any, unit: Any) -> Any:
+    """(whether every key is a multiple of ``unit``, Σ|δ| in float64). Where they all are, the
+    sum is exact, as every partial sum in any order: the same float64 as `_lane_sum`'s, from a
+    vectorised integer sum of the keys in units."""
+    scale = np.float64(1.0) / unit
+    exact = True
+    total = np.int64(0)
+    for j in range(keys.size):
+        units = np.float64(_bits_to_float(keys[j])) * scale
+        whole = np.int64(units)
+        exact &= np.float64(whole) == units
+        total += whole
+    return exact, np.float64(total) * unit
+
+
+@_jit
+def _exact_kept_sum(keys: Any, keep: Any, unit: Any) -> Any:
+    """Σ|δ| over the kept elements where `_exact_sum` found every key a multiple of ``unit``
+    (the same exact float64 as `_kept_sum`'s)."""
+    scale = np.float64(1.0) / unit
+    total = np.int64(0)
+    for j in range(keys.size):
+        total += np.int64(np.float64(_bits_to_float(keys[j])) * scale) * np.int64(keep[j])
+    return np.float64(total) * unit
+
+
+@_jit
+def _lane_sum(keys: Any) -> Any:
+    """Σ|δ| in float64, four interleaved partial sums (the order where a sum is not exact)."""
+    a0, a1, a2, a3 = 0.0, 0.0, 0.0, 0.0
+    n = keys.size
     for j in range(0, n - 3, 4):
         a0 += np.float64(_bits_to_float(keys[j]))
         a1 += np.float64(_bits_to_float(keys[j + 1]))
@@ -46,7 +95,7 @@ def _keys(x: Any, base: Any, keys: Any) -> Any:
         a3 += np.float64(_bits_to_float(keys[j + 3]))
     for j in range(n - n % 4, n):
         a0 += np.float64(_bits_to_float(keys[j]))
-    return top, bottom, (a0 + a1) + (a2 + a3)
+    return (a0 + a1) + (a2 + a3)
 
 
 @_jit
@@ -75,12 +124,14 @@ def _kept_sum(keys: Any, keep: Any) -> Any:
 @_jit
 def observe_rows(
     base: Any, x: Any, cols: int, states: Any, incs: Any, draw_start: int, table: Any,
-    keep: Any, raws: Any, keys: Any, work: Any, flagged: Any, slots: Any, member_keys: Any,
+    keep: Any, raws: Any, keys: Any, work: Any,
 ) -> Any:  # fmt: skip
     """keep (bool, the rows' elements) ← DELLA's keep mask of consecutive whole rows of
     ``cols``; ``base``/``x`` hold those rows, the draws start at ``draw_start`` in the first
-    of the blocks ``states``/``incs`` seed. Returns the L1 norms (before, after) in float64,
-    summed row by row."""
+    of the blocks ``states``/``incs`` seed; ``work``: `_jit_della.scratch`'s arrays. Returns
+    the L1 norms (before, after) in float64, summed row by row: each row's sums four
+    interleaved partial sums (`_lane_sum`, `_kept_sum`), computed exactly and so faster
+    where the row's keys allow (`_exact_sum`)."""
     for b in range(states.shape[0]):
         _pcg_raws(states[b], incs[b], raws[b * RAWS_PER_BLOCK : (b + 1) * RAWS_PER_BLOCK])
     draws = raws.view(np.uint16)[draw_start:]
@@ -88,12 +139,17 @@ def observe_rows(
     before, after = 0.0, 0.0
     for row in range(x.size // cols):
         lo = row * cols
-        top, bottom, total = _keys(x[lo : lo + cols], base[lo : lo + cols], row_keys)
+        top, bottom = _keys(x[lo : lo + cols], base[lo : lo + cols], row_keys)
+        unit = _unit(top, cols)
+        exact, total = _exact_sum(row_keys, unit) if top < FINITE else (False, 0.0)
         row_keep = keep[lo : lo + cols]
-        keep_row(row_keys, draws[lo : lo + cols], table, row_keep, top, bottom, work, flagged,
-                 slots, member_keys)  # fmt: skip
-        before += total
-        after += _kept_sum(row_keys, row_keep)
+        keep_row(row_keys, draws[lo : lo + cols], table, row_keep, top, bottom, work)
+        if exact:
+            before += total
+            after += _exact_kept_sum(row_keys, row_keep, unit)
+        else:
+            before += _lane_sum(row_keys)
+            after += _kept_sum(row_keys, row_keep)
     return before, after
 
 
