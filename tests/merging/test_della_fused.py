@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given
@@ -117,3 +118,22 @@ def test_probability_rescale_keeps_the_torch_path():
     base, inputs = _models(4, (4, 100), 1, torch.float32)
     _, fused = merged("della", base, inputs, [1.0], chunk=64, density=0.5, rescale="probability")
     assert not fused
+
+
+def test_block_streams_seeded_once_are_each_chunks_own():
+    """The generator states of the whole tensor, seeded at the first chunk, sliced per chunk:
+    the states block_streams seeds for that chunk alone."""
+    from merging.methods._streams import block_streams
+
+    params, sources = validated("della", [0.5, 0.5], {"density": 0.5})
+    shape = (3, 100_000)
+    kernel = METHODS.get("della").kernel(params, sources, random_stream(4, "w"), shape)
+    base = torch.zeros(shape).reshape(-1)
+    fused = _della_fused.FusedDella.create(kernel, base, [base + 1, base - 1])
+    assert fused is not None
+    seeder = _della_fused._modules()[2].seed_streams
+    for index, start, stop in [(1, 100_000, 200_000), (0, 0, 300_000), (1, 0, 65_536)]:
+        states, incs = fused._streams(index, start // 65_536, (stop - 1) // 65_536 + 1)
+        want = block_streams(fused.keys, index, start, stop - start, seeder)
+        assert np.array_equal(states, want[0])
+        assert np.array_equal(incs, want[1])
