@@ -78,4 +78,5 @@ def test_locate_buckets_is_the_first_pass_end_without_low_histograms():
         stats.observe(0, x)
     located.locate_buckets()
     ended.end_pass(0)
-    assert located.buckets == ended.buckets and not located.low_hists
+    assert located.buckets == ended.buckets
+    assert not located.low_hists
