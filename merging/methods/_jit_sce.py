@@ -171,6 +171,7 @@ def sce_gather(base: Any, xs: Any, low: int, high: int, out: Any) -> int:
 
 @_jit
 def _erase(s: Any, sign: Any, weight: Any) -> Any:
+    """eᵢ = max(sign(sᵢ)·sign, 0)·wᵢ (sign(0) = 0; a −0 product stays −0, as ``clamp``)."""
     zero, one = np.float32(0.0), np.float32(1.0)
     vote = one if s > zero else (-one if s < zero else zero)
     agree = vote * sign
@@ -179,30 +180,22 @@ def _erase(s: Any, sign: Any, weight: Any) -> Any:
 
 @_jit
 def sce_apply(base: Any, xs: Any, select: bool, threshold: int, weights: Any, out: Any) -> None:
-    models = len(xs)
+    """`sce.erase_and_mix` of the selected task vectors (Var bits ≥ ``threshold`` with
+    ``select``, else all), per element: sᵢ = δᵢ·[kept], the sign of Σ sᵢ (+ at 0), eᵢ
+    (`_erase`), θ = Σ sᵢ·eᵢ (fused multiply-adds, as ``addcmul_``) / max(Σ eᵢ, 1e-6) + base."""
     zero, one = np.float32(0.0), np.float32(1.0)
-    k = np.float32(models)
     floor = np.float32(1e-6)
     cut = np.uint32(threshold)
     for j in range(np.uint64(base.size)):  # (unsigned indices: no wraparound check)
         b = _value(base, j)
-        total = zero
-        for m in range(models):
-            d = _value(xs[m], j) - b
-            total = d if m == 0 else total + d
-        mean = total / k
-        spread = zero
-        for m in range(models):
-            d = (_value(xs[m], j) - b) - mean
-            spread = spread + d * d
-        keep = one if (not select or _float_to_bits(spread / k) >= cut) else zero
+        keep = one if (not select or _float_to_bits(_variance_at(base, xs, j)) >= cut) else zero
         score = zero
-        for m in range(models):
+        for m in range(len(xs)):
             s = (_value(xs[m], j) - b) * keep
             score = s if m == 0 else score + s
         sign = -one if score < zero else one
         merged, divisor = zero, zero
-        for m in range(models):
+        for m in range(len(xs)):
             s = (_value(xs[m], j) - b) * keep
             erased = _erase(s, sign, weights[m])
             merged = _fma(s, erased, merged)
