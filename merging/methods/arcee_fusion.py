@@ -53,23 +53,28 @@ def fusion_threshold(q1: Tensor, median: Tensor, q3: Tensor) -> Tensor:
     return median + 1.5 * (q3 - q1)
 
 
-def row_kl(b_rows: Tensor, a_rows: Tensor) -> Tensor:
-    """KL_row = Σⱼ pⱼ·log(pⱼ/qⱼ) per row (float32, mergekit's operations), clamped at 0 as +0.0
-    (negative only by rounding; importances must be non-negative floats for the radix select)."""
-    p = F.softmax(b_rows, dim=-1).add_(PROBABILITY_FLOOR)  # (in place: the same values)
-    q = F.softmax(a_rows, dim=-1).add_(PROBABILITY_FLOOR)
+def _kl_of_softmaxes(p: Tensor, q: Tensor) -> Tensor:
+    """Σⱼ pⱼ·log(pⱼ/qⱼ) per row of the softmaxes ``p`` and ``q`` (both overwritten), after the
+    1e-8 floor, clamped at 0 as +0.0 (negative only by rounding; importances must be
+    non-negative floats for the radix select)."""
+    p.add_(PROBABILITY_FLOOR)  # (in place: the same values)
+    q.add_(PROBABILITY_FLOOR)
     terms = torch.div(p, q, out=q)  # log(p/q)·p: the same products as p·log(p/q)
     return torch.sum(terms.log_().mul_(p), dim=-1).clamp(min=0).add_(0.0)
+
+
+def row_kl(b_rows: Tensor, a_rows: Tensor) -> Tensor:
+    """KL_row = Σⱼ pⱼ·log(pⱼ/qⱼ) per row (float32, mergekit's operations), with
+    p = softmax(b) + 1e-8 and q = softmax(a) + 1e-8."""
+    return _kl_of_softmaxes(F.softmax(b_rows, dim=-1), F.softmax(a_rows, dim=-1))
 
 
 def row_kl_in_place(b_rows: Tensor, a_rows: Tensor) -> Tensor:
     """`row_kl` with each softmax written over its own input (contiguous rows, which it
     overwrites): the same operations and bits without the two chunk-sized temporaries (torch's
     CPU allocator does not cache them, and their fresh pages fault in on every chunk)."""
-    p = torch.softmax(b_rows, dim=-1, out=b_rows).add_(PROBABILITY_FLOOR)
-    q = torch.softmax(a_rows, dim=-1, out=a_rows).add_(PROBABILITY_FLOOR)
-    terms = torch.div(p, q, out=q)
-    return torch.sum(terms.log_().mul_(p), dim=-1).clamp(min=0).add_(0.0)
+    p = torch.softmax(b_rows, dim=-1, out=b_rows)
+    return _kl_of_softmaxes(p, torch.softmax(a_rows, dim=-1, out=a_rows))
 
 
 def importance_of(a: Tensor, b: Tensor) -> Tensor:
