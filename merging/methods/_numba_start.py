@@ -16,6 +16,11 @@ two of its costs, both on the critical path of the first large tensor and holdin
   the probe is answered "absent" while numba starts when SciPy's linear algebra is not
   imported yet — and only then: the entry is removed right after, so that any later
   ``import scipy.linalg`` works as usual.
+
+It also chooses the vector width LLVM compiles the loops for (`vector_features`): on CPUs with
+AVX-512 that do not slow down for it, 512-bit vectors (LLVM's default there is 256-bit). The
+loops round every element exactly as before (no fast-math: no reassociated sums), so only the
+speed changes; ``HUBMERGE_VECTOR_BITS=256`` keeps LLVM's choice.
 """
 
 from __future__ import annotations
@@ -38,6 +43,10 @@ _PROBES = ("scipy.linalg.cython_blas", "scipy.linalg.cython_lapack")
 _lock = threading.RLock()
 _started = False
 _loaded: dict[str, ModuleType] = {}  # fully imported loop modules
+# LLVM's names of the CPUs whose clocks drop under 512-bit vector code (Skylake-SP family)
+SLOWED_BY_WIDE_VECTORS = ("skylake-avx512", "cascadelake", "cooperlake", "cannonlake")
+WIDE = ",-prefer-256-bit"
+DEFAULT_BITS = "256"  # TEMPORARY (session 9, while paired timings of other changes run)
 LIGHT_LOADS = ("0.60", "0.61", "0.62", "0.63", "0.64", "0.65", "0.66", "0.67", "0.68")
 
 
@@ -67,9 +76,40 @@ def _light_loads() -> bool:
     return True
 
 
+def vector_features(name: str, features: str, bits: str | None) -> str | None:
+    """The CPU features numba should compile for on a host of LLVM CPU ``name`` with
+    ``features`` (LLVM's flattened list), or None for its own choice: 512-bit vectors
+    preferred where the host has AVX-512F, is not `SLOWED_BY_WIDE_VECTORS`, and ``bits``
+    (``HUBMERGE_VECTOR_BITS``) is not "256"."""
+    if bits == "256" or "+avx512f" not in features.split(","):
+        return None
+    if name in SLOWED_BY_WIDE_VECTORS and bits != "512":
+        return None
+    return features + WIDE
+
+
+def _choose_vector_width() -> None:
+    """Set numba's CPU features (`vector_features`) before its code generator exists; left
+    alone where the user set ``NUMBA_CPU_FEATURES`` / ``NUMBA_CPU_NAME`` or numba already
+    compiled something in this process."""
+    import llvmlite.binding as ll
+    from numba.core import config
+    from numba.core.registry import cpu_target
+
+    settings = vars(config)  # (numba sets its config's names from the environment at import)
+    started = "_toplevel_target_context" in vars(cpu_target)
+    if started or settings.get("CPU_FEATURES") is not None or settings.get("CPU_NAME") is not None:
+        return
+    bits = os.environ.get("HUBMERGE_VECTOR_BITS", DEFAULT_BITS)
+    chosen = vector_features(ll.get_host_cpu_name(), ll.get_host_cpu_features().flatten(), bits)
+    if chosen is not None:
+        settings["CPU_FEATURES"] = chosen
+
+
 def _start() -> None:
     global _started
     if not _started:
+        _choose_vector_width()
         loaded = "scipy.linalg" in sys.modules
         blocked = [] if loaded else [p for p in _PROBES if p not in sys.modules]
         for name in blocked:

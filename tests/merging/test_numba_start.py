@@ -1,5 +1,7 @@
-"""Starting numba for the merge loops skips SciPy's BLAS probe and leaves SciPy importable."""
+"""Starting numba for the merge loops skips SciPy's BLAS probe and leaves SciPy importable,
+and picks the vector width the loops are compiled for."""
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -7,6 +9,8 @@ import textwrap
 import pytest
 
 pytest.importorskip("numba")
+
+from merging.methods import _numba_start
 
 SCRIPT = textwrap.dedent(
     """
@@ -104,3 +108,53 @@ def test_cache_loads_skip_the_registries_and_compiles_still_work():
     loaded, light = done.stdout.split("cache load: ")[1].split()[:2]
     assert light == "False" or loaded == "False", done.stdout
     assert done.stdout.strip().endswith("8.0")
+
+
+AVX512 = "+sse2,+avx2,+avx512f,+avx512bw,-amx-tile"
+
+
+@pytest.mark.parametrize(
+    ("name", "features", "bits", "wanted"),
+    [
+        ("sapphirerapids", AVX512, None, AVX512 + _numba_start.WIDE),
+        ("znver4", AVX512, "512", AVX512 + _numba_start.WIDE),
+        ("sapphirerapids", AVX512, "256", None),  # the user keeps LLVM's choice
+        ("skylake-avx512", AVX512, None, None),  # clocks drop under 512-bit code
+        ("skylake-avx512", AVX512, "512", AVX512 + _numba_start.WIDE),  # unless asked
+        ("haswell", "+sse2,+avx2,-avx512f", "512", None),  # no AVX-512 to prefer
+    ],
+)
+def test_vector_features_prefer_512_bits_only_where_the_host_has_and_keeps_speed(
+    name, features, bits, wanted
+):
+    assert _numba_start.vector_features(name, features, bits) == wanted
+
+
+WIDTH_SCRIPT = textwrap.dedent(
+    """
+    import numba
+    from merging.methods._numba_start import import_loops
+
+    import_loops("merging.methods._jit_loops")
+    print(repr(numba.config.CPU_FEATURES))
+    """
+)
+
+
+def _features_after_start(**env: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-c", WIDTH_SCRIPT], capture_output=True, text=True, timeout=300,
+        env={**os.environ, **env},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout.strip().splitlines()[-1]
+
+
+def test_start_sets_the_chosen_features_and_leaves_a_users_own_alone():
+    import llvmlite.binding as ll
+
+    host = ll.get_host_cpu_features().flatten()
+    chosen = _numba_start.vector_features(ll.get_host_cpu_name(), host, "512")
+    assert _features_after_start(HUBMERGE_VECTOR_BITS="512") == repr(chosen)
+    assert _features_after_start(HUBMERGE_VECTOR_BITS="256") == "None"
+    assert _features_after_start(NUMBA_CPU_FEATURES=host) == repr(host)
