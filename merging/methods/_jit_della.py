@@ -46,6 +46,10 @@ LOW = np.uint64(0xFFFFFFFF)  # the low half of a bucket's word
 HALF = np.uint64(32)
 MIXED = np.uint64(0xFFFFFFFF)  # high half of a bucket's word: its keys differ (never a key)
 SPAN = np.uint32((8 << 23) - 1)  # bit patterns of the top 8 binades: the bucketed range
+EVEN = np.uint32(0xFFFF)  # the low bits of a key: zero in an even key
+EVEN_SHIFT = 16  # buckets up to 2¹⁶ patterns wide: one even key at most in each
+EVEN_ROW = 0xFFFF  # rows up to this long: index and place fit 16 bits each
+PLACE = np.uint32(0xFFFF)  # a 32-bit candidate entry's index (its place: the high half)
 
 
 @_jit
@@ -70,6 +74,8 @@ def scratch(n: int) -> tuple[Any, ...]:
         np.zeros((2, bins), np.int32),  # (grouping) fill, asked
         np.empty((2, n + 1), np.int32),  # (grouping) member index, exact rank
         np.empty(n + 1, np.uint32),  # (grouping) member keys
+        np.zeros(bins, np.uint32),  # (even keys) per bucket: its count
+        np.zeros(bins + 1, np.uint8),  # (even keys) per bucket: whether it holds an odd key
     )
 
 
@@ -169,11 +175,64 @@ def _group_rank(
 
 
 @_jit
+def _count_even(bucket: Any, flags: Any, counts: Any, odd: Any, candidates: Any) -> int:
+    """`_rank_even`'s count: each bucket's count, its odd mark (an element of flag bit 1 marks
+    its bucket; the others mark the spare last slot: a store, no branch), and the flagged
+    elements as index | earlier members of their bucket << 16; returns how many."""
+    waiting = 0
+    spare = odd.size - 1
+    for j in range(bucket.size):
+        b = bucket[j]
+        count = counts[b]
+        counts[b] = count + np.uint32(1)
+        candidates[waiting] = np.uint32(j) | (count << np.uint32(16))
+        f = flags[j]
+        waiting += f & np.uint8(1)
+        odd[b if f > np.uint8(1) else spare] = 1
+    return waiting
+
+
+@_jit
+def _rank_even(keys: Any, draws: Any, t_low: Any, span: Any, floor: Any, shift: Any, out: Any,
+               work: Any) -> int:  # fmt: skip
+    """Passes 1 to 3 of `keep_row` where its buckets are at most 2¹⁶ patterns wide
+    (`EVEN_SHIFT`) and rows at most `EVEN_ROW` long: an even key (low 16 bits zero, as most
+    |δ| of bf16 values are) shares its bucket with no other even key, so a bucket holds one
+    key unless it holds an odd key (or is the first bucket, which also takes every key below
+    the bucketed range). Pass 2 is then a plain count (`_count_even`) instead of comparing
+    each element's key with its bucket's. Leaves the words and candidates as those passes do
+    (the candidates as 32-bit entries); returns how many candidates."""
+    words, bucket, flags, candidates = work[0], work[1], work[2], work[3].view(np.uint32)
+    counts, odd = work[9], work[10]
+    n = keys.size
+    bins = 1 << bins_log2(n)
+    for j in range(n):  # (vectorised) buckets, the sure decisions, candidate and odd flags
+        k = keys[j]
+        bucket[j] = np.uint16((k - floor) >> shift) if k > floor else np.uint16(0)
+        u = np.int32(draws[j])
+        out[j] = u < t_low
+        odd_key = np.uint8((k & EVEN) != np.uint32(0)) << np.uint8(1)
+        flags[j] = np.uint8(np.uint32(u - t_low) < span) | odd_key
+    row_counts, row_odd = counts[:bins], odd[: bins + 1]
+    row_counts[:] = 0
+    row_odd[:] = 0
+    asked_for = _count_even(bucket[:n], flags, row_counts, row_odd, candidates)
+    row_odd[0] = 1
+    total = np.uint64(0)
+    for b in range(bins):  # first rank | (count − 1 where the bucket may hold several keys)
+        count = np.uint64(row_counts[b])
+        extra = count - np.uint64(1) if row_odd[b] != 0 else np.uint64(0)
+        words[b] = total | (extra << HALF)
+        total += count
+    return asked_for
+
+
+@_jit
 def keep_row(keys: Any, draws: Any, table: Any, out: Any, top: Any, bottom: Any,
              work: Any) -> None:  # fmt: skip
     """out[j] ← draws[j] < table[stable rank of keys[j]] for one row (``work``: `scratch`'s
     arrays; ``top``/``bottom``: the largest and smallest key). The passes: module docstring."""
-    words, bucket, flags, candidates, pending, flagged, marks, group, member_keys = work
+    words, bucket, flags, candidates, pending, flagged, marks, group, member_keys = work[:9]
     n = keys.size
     bins = 1 << bins_log2(n)
     floor = top - SPAN if top - bottom > SPAN else bottom
@@ -181,35 +240,52 @@ def keep_row(keys: Any, draws: Any, table: Any, out: Any, top: Any, bottom: Any,
     while ((top - floor) >> shift) >= np.uint32(bins):
         shift += np.uint32(1)
     row_words = words[:bins]
-    row_words[:] = 0
     t_low = table[0]
     span = np.uint32(table[n - 1] - t_low)
-    for j in range(n):  # (vectorised) buckets; below T[0]: kept, from T[n − 1] on: dropped
-        k = keys[j]
-        bucket[j] = np.uint16((k - floor) >> shift) if k > floor else np.uint16(0)
-        u = np.int32(draws[j])
-        out[j] = u < t_low
-        flags[j] = np.uint32(u - t_low) < span
-    asked_for = _count(keys, bucket, flags, row_words, candidates)
-    total = np.uint64(0)
-    for b in range(bins):  # count | key → first rank | (count − 1 where the keys differ)
-        word = row_words[b]
-        count = word & LOW
-        mixed = (word >> HALF) == MIXED
-        row_words[b] = total | ((count - np.uint64(1) if mixed else np.uint64(0)) << HALF)
-        total += count
-    waiting = 0
-    for p in range(asked_for):  # branch-free: keep/drop is a coin flip the CPU cannot predict
-        entry = candidates[p]
-        j = np.int64(entry & LOW)
-        word = row_words[bucket[j]]
-        extra = word >> HALF
-        lo = (word & LOW) + ((entry >> HALF) if extra == np.uint64(0) else np.uint64(0))
-        u = np.int32(draws[j])
-        first = table[lo]
-        out[j] = u < first
-        pending[waiting] = j
-        waiting += (u >= first) & (u < table[lo + extra])
+    if shift <= EVEN_SHIFT and n <= EVEN_ROW:
+        asked_for = _rank_even(keys, draws, t_low, span, floor, shift, out, work)
+        entries = candidates.view(np.uint32)
+        waiting = 0
+        for p in range(asked_for):  # (as below, from 32-bit entries)
+            entry = entries[p]
+            j = np.int64(entry & PLACE)
+            word = row_words[bucket[j]]
+            extra = word >> HALF
+            place = np.uint64(entry >> np.uint32(16))
+            lo = (word & LOW) + (place if extra == np.uint64(0) else np.uint64(0))
+            u = np.int32(draws[j])
+            first = table[lo]
+            out[j] = u < first
+            pending[waiting] = j
+            waiting += (u >= first) & (u < table[lo + extra])
+    else:
+        row_words[:] = 0
+        for j in range(n):  # (vectorised) buckets; below T[0]: kept, from T[n − 1] on: dropped
+            k = keys[j]
+            bucket[j] = np.uint16((k - floor) >> shift) if k > floor else np.uint16(0)
+            u = np.int32(draws[j])
+            out[j] = u < t_low
+            flags[j] = np.uint32(u - t_low) < span
+        asked_for = _count(keys, bucket, flags, row_words, candidates)
+        total = np.uint64(0)
+        for b in range(bins):  # count | key → first rank | (count − 1 where the keys differ)
+            word = row_words[b]
+            count = word & LOW
+            mixed = (word >> HALF) == MIXED
+            row_words[b] = total | ((count - np.uint64(1) if mixed else np.uint64(0)) << HALF)
+            total += count
+        waiting = 0
+        for p in range(asked_for):  # branch-free: keep/drop is a coin flip the CPU cannot predict
+            entry = candidates[p]
+            j = np.int64(entry & LOW)
+            word = row_words[bucket[j]]
+            extra = word >> HALF
+            lo = (word & LOW) + ((entry >> HALF) if extra == np.uint64(0) else np.uint64(0))
+            u = np.int32(draws[j])
+            first = table[lo]
+            out[j] = u < first
+            pending[waiting] = j
+            waiting += (u >= first) & (u < table[lo + extra])
     if waiting * SCAN_SHARE <= n:  # a few: each compared with the whole row
         for p in range(waiting):
             j = pending[p]

@@ -49,6 +49,50 @@ def test_crowded_rows_rank_like_the_torch_path(n, buckets, density, seed):
     assert torch.equal(got, expected)
 
 
+def _task_vector_rows(rows: int, n: int, seed: int, odd: float) -> torch.Tensor:
+    """|δ| of bf16 weights: even keys (low 16 bits zero) with many ties and zeros, and about
+    ``odd`` of them replaced by odd keys (the low bits set), some equal to each other."""
+    g = np.random.default_rng(seed)
+    base = torch.from_numpy(g.standard_normal((rows, n)).astype(np.float32) * 0.02).bfloat16()
+    x = (base.float() + torch.from_numpy(g.standard_normal((rows, n)).astype(np.float32))
+         * 2e-3).bfloat16()  # fmt: skip
+    keys = (x.float() - base.float()).abs().numpy().view(np.uint32).copy()
+    chosen = g.random((rows, n)) < odd
+    keys[chosen] |= g.integers(1, 4, int(chosen.sum())).astype(np.uint32) << np.uint32(3)
+    return torch.from_numpy(keys.view(np.float32))
+
+
+@SETTINGS
+@given(n=st.sampled_from([1025, 2048, 5632, 9000]), odd=st.sampled_from([0.0, 0.05, 0.5]),
+       density=st.floats(0.2, 0.8), seed=st.integers(0, 99))  # fmt: skip
+def test_even_key_rows_rank_like_the_torch_path(n, odd, density, seed):
+    """Rows whose buckets are at most 2¹⁶ patterns wide take the plain count (`_rank_even`):
+    a bucket holding no odd key (other than the first) holds one key, so its members' places
+    are their exact ranks; buckets with odd keys, equal or not, stay ranges."""
+    jit_della, _ = _loops()
+    assert jit_della.bins_log2(n) >= 10  # (8 binades in at most 2¹⁰ buckets: 2¹⁶ wide)
+    magnitudes = _task_vector_rows(3, n, seed, odd)
+    draw = torch.randint(0, 65536, magnitudes.shape, dtype=torch.int32,
+                         generator=torch.Generator().manual_seed(seed))  # fmt: skip
+    expected = draw < (keep_probabilities(magnitudes, density, 0.15) * 65536).round_()
+    got = _della_fast.keep_mask(magnitudes, draw, lambda k: keep_thresholds(k, density, 0.15))
+    assert got is not None
+    assert torch.equal(got, expected)
+
+
+def test_long_rows_take_the_compared_count():
+    """Rows longer than EVEN_ROW (indices past 16 bits) rank like the torch path too."""
+    jit_della, _ = _loops()
+    n = jit_della.EVEN_ROW + 5
+    magnitudes = _task_vector_rows(1, n, 3, 0.05)
+    draw = torch.randint(0, 65536, magnitudes.shape, dtype=torch.int32,
+                         generator=torch.Generator().manual_seed(3))  # fmt: skip
+    expected = draw < (keep_probabilities(magnitudes, 0.5, 0.15) * 65536).round_()
+    got = _della_fast.keep_mask(magnitudes, draw, lambda k: keep_thresholds(k, 0.5, 0.15))
+    assert got is not None
+    assert torch.equal(got, expected)
+
+
 def test_scan_rank_is_the_stable_rank():
     jit_della, _ = _loops()
     keys = np.random.default_rng(1).integers(0, 40, 3001).astype(np.uint32)  # many ties
