@@ -10,6 +10,11 @@ generator, hubmerge from a per-tensor seeded stream, so only the distribution ca
 those the table gives the kept fraction of the task vector's entries and its L1 norm, both
 relative to mergekit's (≈ 0 when the distributions agree).
 
+Arcee Fusion keeps or drops whole elements by their importance against a threshold, and its
+KL is the exact value where mergekit's is float32 (which keeps only the KL's leading digits):
+for it the table counts the elements where the two outputs differ (each one the base's value
+in one output and the model's in the other) and the largest |importance/τ − 1| among them.
+
 Usage:
     python -m benchmarks.mergekit_parity --mergekit /tmp/mk-venv/bin/mergekit-yaml [--only della]
 """
@@ -82,6 +87,7 @@ RECIPES: dict[str, str] = {
     "ramplus_tl": BASE + _models("a", "b", "c") + "parameters: {{r: 0.2, alpha: 0.5}}\n",
 }  # fmt: skip
 RANDOMIZED = {"della", "della_linear"}
+MASKED = {"arcee_fusion"}
 
 
 def distribution_gap(
@@ -91,6 +97,33 @@ def distribution_gap(
     kept = [sum(float(((m[k] - base[k]) != 0).float().mean()) for k in base) for m in (mine, ref)]
     l1 = [sum(float((m[k] - base[k]).abs().sum()) for k in base) for m in (mine, ref)]
     return f"kept {kept[0] / kept[1] - 1:+.3f}, L1 {l1[0] / l1[1] - 1:+.3f}"
+
+
+def mask_gap(
+    mine: dict[str, torch.Tensor],
+    ref: dict[str, torch.Tensor],
+    base: dict[str, torch.Tensor],
+    other: dict[str, torch.Tensor],
+) -> str:
+    """Elements where two Arcee Fusion outputs differ, whether each is a flip (base in one,
+    the other model in the other), and the largest |importance/τ − 1| among them."""
+    from merging.methods.arcee_fusion import fusion_threshold, importance_of, quantile_ranks
+
+    differ = flips = total = 0
+    nearest = 0.0
+    for k in ref:
+        changed = mine[k] != ref[k]
+        total += changed.numel()
+        if not bool(changed.any()):
+            continue
+        a, b = base[k].float(), other[k].float()
+        flipped = ((mine[k] == a) & (ref[k] == b)) | ((mine[k] == b) & (ref[k] == a))
+        differ, flips = differ + int(changed.sum()), flips + int((changed & flipped).sum())
+        importance = importance_of(a, b)
+        ordered = importance.reshape(-1).sort().values
+        tau = fusion_threshold(*(ordered[r] for r in quantile_ranks(ordered.numel())))
+        nearest = max(nearest, float((importance[changed] / tau - 1).abs().max()))
+    return f"mask: {differ} of {total} differ ({flips} flips, |imp/τ − 1| ≤ {nearest:.2g})"
 
 
 def main() -> None:
@@ -130,6 +163,10 @@ def main() -> None:
         if case in RANDOMIZED:
             gap = distribution_gap(mine, ref, base_tensors)
             print(f"| {case} | {len(ref)} | random: {gap} | {scale:.3g} |")
+            continue
+        if case in MASKED:
+            gap = mask_gap(mine, ref, base_tensors, state_dict(models["a"]))
+            print(f"| {case} | {len(ref)} | {gap} | {scale:.3g} |")
             continue
         diff = max(float((mine[k].float() - ref[k].float()).abs().max()) for k in ref)
         print(f"| {case} | {len(ref)} | {diff:.3g} | {scale:.3g} |")

@@ -5,19 +5,167 @@ imported lazily (`_method_loops`).
 Each loop walks a span of flat elements that starts ``column`` elements into a row of ``cols``;
 ``kl[r]`` is the KL of the span's r-th row. The importance |x − base|·KL_row is computed as the
 torch path computes it (a float32 subtraction, its absolute value, one multiply), so its bits,
-the quantiles and the output are the torch path's.
+the quantiles and the output follow from the rows' KL as on the torch path.
+
+The row KL (`row_kl`) computes `arcee_fusion.row_kl`'s value (the exact KL rounded once to
+float32) by an algebra without cancellation, in float32 vectors with float64 sums; rows it
+cannot bound take a float64 loop of the formula itself (see `row_kl`).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
+import numba
 import numpy as np
+from numba import types
+from numba.extending import intrinsic
 
-from merging.methods._jit_loops import BLOCK, _decode, _float_to_bits, _jit, _store, _value
+from merging.methods._jit_loops import (
+    BLOCK,
+    _bits_to_float,
+    _float_to_bits,
+    _fma,
+    _jit,
+    _store,
+    _value,
+)
 
+# sums in an order LLVM may choose (vectorised lanes): float64 sums of float32 terms
+_jit_sum = numba.njit(nogil=True, cache=True, error_model="numpy", boundscheck=False,
+                      fastmath={"reassoc"})  # fmt: skip
 _HIGH = np.uint32(16)
 _BUCKET = np.uint32(0x7FFF)  # (a NaN's sign bit aside: the histograms have 2¹⁵ buckets)
+F = np.float32
+FLOOR = 1e-8  # `arcee_fusion.PROBABILITY_FLOOR`
+_ABS = np.uint32(0x7FFFFFFF)
+_INPUT_LIMIT = np.uint32(0x42800000)  # |base| ≤ 64: exp(base) neither overflows nor is subnormal
+_CHANGE_LIMIT = np.uint32(0x3D000000)  # |expm1(x − base)| ≤ 1/32: the series below are exact
+_KL_SCRATCH = 3  # float32 rows of scratch `row_kl` takes
+_SHORT_ROW = 64  # shorter rows take the float64 loop (too few terms to average the rounding)
+
+
+@intrinsic
+def _wide(typingctx: Any) -> Any:
+    """Let LLVM vectorise the calling function with 512-bit vectors where the CPU has them
+    (its ``prefer-vector-width`` attribute; LLVM prefers 256 bits on AVX-512 CPUs)."""
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        set.add(builder.function.attributes, '"prefer-vector-width"="512"')  # (not in _known)
+        return context.get_dummy_value()
+
+    return types.none(), codegen
+
+
+@_jit
+def _exp_and_change(base: Any, x: Any, e: Any, g: Any) -> None:
+    """e = exp(base) (Cephes' expf: 2ᵏ·P(r), |r| ≤ ln2/2, ~1 ulp), g = expm1(x − base) (its
+    Taylor series to the 5th power: exact for |x − base| ≤ 1/32), elementwise in float32."""
+    _wide()
+    for j in range(base.size):
+        a = _value(base, j)
+        d = _value(x, j) - a
+        k = _fma(a, F(1.4426950408889634), F(12582912.0)) - F(12582912.0)  # round(a/ln2)
+        r = _fma(k, F(2.12194440e-4), _fma(k, F(-0.693359375), a))  # a − k·ln2 in two parts
+        y = _fma(_fma(_fma(F(1.9875691500e-4), r, F(1.3981999507e-3)), r, F(8.3334519073e-3)),
+                 r, F(4.1665795894e-2))  # fmt: skip
+        y = _fma(_fma(_fma(y, r, F(1.6666665459e-1)), r, F(5.0000001201e-1)), r * r, r)
+        scale = _bits_to_float(np.uint32((np.int32(k) + np.int32(127)) << np.int32(23)))
+        e[j] = (y + F(1.0)) * scale
+        series = _fma(_fma(_fma(F(1.0 / 120), d, F(1.0 / 24)), d, F(1.0 / 6)), d, F(0.5))
+        g[j] = _fma(series * d, d, d)
+
+
+@_jit_sum
+def _weights(base: Any, e: Any, g: Any) -> tuple[float, float, Any]:
+    """(Σ e, Σ e·g) in float64, and the larger of max |base| / 64 and max |g| / (1/32) as a
+    test (> 1 where the row must take the float64 loop; NaN compares larger)."""
+    _wide()
+    total, changes = 0.0, 0.0
+    largest, largest_change = np.uint32(0), np.uint32(0)
+    for j in range(base.size):
+        total += np.float64(e[j])
+        changes += np.float64(e[j]) * np.float64(g[j])
+        largest = max(largest, _float_to_bits(_value(base, j)) & _ABS)
+        largest_change = max(largest_change, _float_to_bits(g[j]) & _ABS)
+    return total, changes, largest <= _INPUT_LIMIT and largest_change <= _CHANGE_LIMIT
+
+
+@_jit_sum
+def _divergence(e: Any, g: Any, mean: Any, scale: Any, floor: Any) -> float:
+    """Σ e·t²·h·ψ(t·scale·h) in float64, t = g − mean, h = e / (e + floor), ψ(r) = ((1 + r)·
+    ln(1 + r) − r)/r² by its series to r⁵ (exact to float32 for |r| ≤ 1/15)."""
+    _wide()
+    total = 0.0
+    for j in range(e.size):
+        t = g[j] - mean
+        h = e[j] / (e[j] + floor)
+        r = t * (scale * h)
+        psi = _fma(_fma(_fma(F(-1.0 / 42), r, F(1.0 / 30)), r, F(-1.0 / 20)), r, F(1.0 / 12))
+        psi = _fma(_fma(psi, r, F(-1.0 / 6)), r, F(0.5))
+        total += np.float64(e[j] * t * t * h * psi)
+    return total
+
+
+@_jit
+def _exact_kl(base: Any, x: Any) -> Any:
+    """The formula itself in float64 (`arcee_fusion.row_kl`'s operations, one element at a
+    time): rows with large values or changes, infinities or NaNs."""
+    top_a, top_b = -math.inf, -math.inf
+    for j in range(base.size):
+        top_a = max(top_a, np.float64(_value(base, j)))
+        top_b = max(top_b, np.float64(_value(x, j)))
+    sum_a, sum_b = 0.0, 0.0
+    for j in range(base.size):
+        sum_a += math.exp(np.float64(_value(base, j)) - top_a)
+        sum_b += math.exp(np.float64(_value(x, j)) - top_b)
+    total = 0.0
+    for j in range(base.size):
+        q = math.exp(np.float64(_value(base, j)) - top_a) / sum_a + FLOOR
+        p = math.exp(np.float64(_value(x, j)) - top_b) / sum_b + FLOOR
+        total += p * math.log(p / q)
+    if total != total or math.isinf(top_a) or math.isinf(top_b):
+        return F(math.nan)
+    return F(max(total, 0.0))
+
+
+@_jit
+def row_kl(base: Any, x: Any, scratch: Any) -> Any:
+    """KL(softmax(x) + 1e-8 ‖ softmax(base) + 1e-8) of one row, rounded to float32 (within an
+    ulp of the exact value; ``scratch``: (`_KL_SCRATCH`, ≥ row) float32).
+
+    With e = exp(base), q̃ = e/Σe, g = expm1(x − base), μ = Σ q̃·g (so that p̃ = q̃·(1 + g)/(1 + μ)
+    sums to 1), q = q̃ + 1e-8 and r = p/q − 1 = (g − μ)/(1 + μ)·q̃/q:
+    KL = Σ p·ln(p/q) = Σ q·((1 + r)·ln(1 + r) − r) (as Σ p = Σ q), a sum of non-negative
+    terms, none of them cancelling: float32 terms suffice where the float32 softmaxes and
+    their log-ratios (whose sum cancels to ~10⁻³ of its terms here) do not.
+    """
+    if base.size < _SHORT_ROW:
+        return _exact_kl(base, x)
+    e, g = scratch[0][: base.size], scratch[1][: base.size]
+    _exp_and_change(base, x, e, g)
+    total, changes, bounded = _weights(base, e, g)
+    if not bounded:
+        return _exact_kl(base, x)
+    mean = changes / total
+    scale = 1.0 / (1.0 + mean)
+    divergence = _divergence(e, g, F(mean), F(scale), F(FLOOR * total))
+    return F(divergence * (scale * scale) / total)
+
+
+@_jit
+def kl_high_counts(base: Any, x: Any, cols: int, kl: Any, counts: Any) -> None:
+    """For each row of ``cols`` elements of the span (whole rows): its KL into ``kl``, then,
+    the row still in cache, counts[h] += #(its importance bits >> 16 == h), into two
+    interleaved sub-histograms (counts[0], counts[1]) so that consecutive equal buckets do not
+    wait on each other's store."""
+    scratch = np.empty((_KL_SCRATCH, cols), dtype=np.float32)
+    bits = np.empty(BLOCK, dtype=np.uint32)
+    for row in range(base.size // cols):
+        b, o = base[row * cols : (row + 1) * cols], x[row * cols : (row + 1) * cols]
+        kl[row] = row_kl(b, o, scratch)
+        _high_counts_row(b, o, kl[row], counts[0], counts[1], bits)
 
 
 @_jit
@@ -38,18 +186,6 @@ def _high_counts_row(base: Any, x: Any, kl: Any, even: Any, odd: Any, bits: Any)
             odd[np.intp((bits[j + 1] >> _HIGH) & _BUCKET)] += 1
         if pairs < size:  # (the last block's: BLOCK is even, so j's parity in the row)
             even[np.intp((bits[pairs] >> _HIGH) & _BUCKET)] += 1
-
-
-@_jit
-def high_counts(base: Any, x: Any, kl: Any, column: int, cols: int, counts: Any) -> None:
-    """counts[h] += #(importance bits >> 16 == h), two interleaved sub-histograms (counts[0],
-    counts[1]) so that consecutive equal buckets do not wait on each other's store."""
-    n, start, row, col = base.size, 0, 0, column
-    bits = np.empty(BLOCK, dtype=np.uint32)
-    while start < n:
-        stop = min(n, start + cols - col)
-        _high_counts_row(base[start:stop], x[start:stop], kl[row], counts[0], counts[1], bits)
-        start, row, col = stop, row + 1, 0
 
 
 @_jit
@@ -105,10 +241,9 @@ def warm_up() -> None:
     """Compile (or load) the loops for bf16 and float32 inputs and outputs."""
     kl = np.ones(4, dtype=np.float32)
     counts = np.zeros((2, 1 << 15), dtype=np.int64)
-    _decode(np.zeros(4, dtype=np.uint16), np.empty(4, dtype=np.float32))  # bf16 chunks widened
     for dtype in (np.uint16, np.float32):
         base, x = np.zeros(4, dtype=dtype), np.zeros(4, dtype=dtype)
-        high_counts(base, x, kl, 0, 2, counts)
+        kl_high_counts(base, x, 2, kl, counts)
         gather_buckets(base, x, kl, 0, 2, np.zeros(1 << 15, dtype=np.uint8),
                        np.empty(4, dtype=np.uint32))  # fmt: skip
         for out in (np.empty(4, dtype=np.uint16), np.empty(4, dtype=np.float32)):

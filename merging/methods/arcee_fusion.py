@@ -11,11 +11,17 @@ With a = θ_base and b = θ₁, per row (the last dimension; a vector is one row
 
 Quantiles are exact over the whole tensor. mergekit computes them on 10⁶ elements sampled
 with replacement from torch's global generator once a tensor has more than 10⁶ elements, so
-there its threshold differs from this one by sampling noise; up to 10⁶ elements they agree
-exactly. Softmaxes and KL sums are computed per row in float32 with mergekit's operations
-(a row's KL, a sum of terms that nearly cancel, must round the same way for the elements next
-to the threshold to fall on the same side). On CPU with numba (bf16 or float32 inputs) the
-passes after the KL run as compiled loops (`_FastFusion`), with the same values bit for bit.
+there its threshold differs from this one by sampling noise; up to 10⁶ elements both take
+the same order statistics. The KL is the formula's value rounded once to float32 (`row_kl`:
+evaluated in float64). mergekit evaluates it in float32, where the sum cancels: its terms are
+~10³ times a fine-tune's row KL (~10⁻⁶), and the float32 softmaxes leave it a few ε₃₂ off in
+absolute terms, 5-30 % of the KL, in digits that depend on the kernels torch picks (AVX2 and
+AVX-512 flip ~1 % of the mask elements of a 0.25B fine-tune against each other; this KL flips
+~0.7 % against mergekit's AVX-512 one, all with importances within ~25 % of the threshold). On
+CPU with numba (bf16 or float32 inputs) the passes run as compiled loops (`_FastFusion`): the
+KL by an algebra without cancellation (`_jit_fusion.row_kl`, within 2 float32 ulps of the
+float64 value plus float64's own rounding, equal in most rows), the passes after it with the
+torch path's values bit for bit.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from __future__ import annotations
 import math
 import threading
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -40,7 +46,6 @@ from merging.methods._vectors import CutRows, Layout, OrderStatistics, vectors_o
 
 PROBABILITY_FLOOR = 1e-8
 QUANTILES = (0.25, 0.5, 0.75)
-KL = Callable[[Tensor, Tensor], Tensor]  # (b_rows, a_rows) → KL per row
 
 
 def quantile_ranks(numel: int) -> list[int]:
@@ -53,28 +58,17 @@ def fusion_threshold(q1: Tensor, median: Tensor, q3: Tensor) -> Tensor:
     return median + 1.5 * (q3 - q1)
 
 
-def _kl_of_softmaxes(p: Tensor, q: Tensor) -> Tensor:
-    """Σⱼ pⱼ·log(pⱼ/qⱼ) per row of the softmaxes ``p`` and ``q`` (both overwritten), after the
-    1e-8 floor, clamped at 0 as +0.0 (negative only by rounding; importances must be
-    non-negative floats for the radix select)."""
-    p.add_(PROBABILITY_FLOOR)  # (in place: the same values)
-    q.add_(PROBABILITY_FLOOR)
-    terms = torch.div(p, q, out=q)  # log(p/q)·p: the same products as p·log(p/q)
-    return torch.sum(terms.log_().mul_(p), dim=-1).clamp(min=0).add_(0.0)
-
-
 def row_kl(b_rows: Tensor, a_rows: Tensor) -> Tensor:
-    """KL_row = Σⱼ pⱼ·log(pⱼ/qⱼ) per row (float32, mergekit's operations), with
-    p = softmax(b) + 1e-8 and q = softmax(a) + 1e-8."""
-    return _kl_of_softmaxes(F.softmax(b_rows, dim=-1), F.softmax(a_rows, dim=-1))
-
-
-def row_kl_in_place(b_rows: Tensor, a_rows: Tensor) -> Tensor:
-    """`row_kl` with each softmax written over its own input (contiguous rows, which it
-    overwrites): the same operations and bits without the two chunk-sized temporaries (torch's
-    CPU allocator does not cache them, and their fresh pages fault in on every chunk)."""
-    p = torch.softmax(b_rows, dim=-1, out=b_rows)
-    return _kl_of_softmaxes(p, torch.softmax(a_rows, dim=-1, out=a_rows))
+    """KL_row = Σⱼ pⱼ·log(pⱼ/qⱼ) per row, p = softmax(b) + 1e-8, q = softmax(a) + 1e-8: the
+    semantics, evaluated in float64 and rounded once to float32, clamped at 0 as +0.0
+    (importances must be non-negative floats for the radix select). Float64 because the sum
+    cancels: its terms are ~10³ times the KL of a fine-tune's rows, so float32 softmaxes and
+    log-ratios (mergekit's operations) leave only the leading digits of the KL, and which ones
+    depends on the kernels torch picks. The compiled passes compute the same value
+    (`_jit_fusion.row_kl`, within an ulp)."""
+    p = F.softmax(b_rows.double(), dim=-1).add_(PROBABILITY_FLOOR)
+    q = F.softmax(a_rows.double(), dim=-1).add_(PROBABILITY_FLOOR)
+    return torch.sum(p * (p / q).log_(), dim=-1).float().clamp(min=0).add_(0.0)
 
 
 def importance_of(a: Tensor, b: Tensor) -> Tensor:
@@ -91,9 +85,11 @@ def importance_of(a: Tensor, b: Tensor) -> Tensor:
     max_inputs=1,
     kernel=lambda p, s, rng, shape: ArceeFusionKernel(shape),
     semantics=lambda p: (
-        "Importance = |θ₁ − θ_base| times the row's KL(softmax θ₁ ‖ softmax θ_base); keep the "
-        "other model's change where importance ≥ median + 1.5·IQR (exact quantiles over the "
-        "tensor; mergekit samples 10⁶ elements above 10⁶)."
+        "Importance = |θ₁ − θ_base| times the row's KL(softmax θ₁ ‖ softmax θ_base), its "
+        "exact value rounded to float32 (mergekit's float32 KL keeps only its leading digits, "
+        "which flips ~1 % of the elements near the threshold); keep the other model's change "
+        "where importance ≥ median + 1.5·IQR (exact quantiles over the tensor; mergekit "
+        "samples 10⁶ elements above 10⁶)."
     ),
 )
 def arcee_fusion(
@@ -141,19 +137,15 @@ class ArceeFusionKernel(Kernel):
             self.raw_inputs, self.reductions = True, 2
             self.max_chunk = ELEMENTWISE_CHUNK  # (a row's KL is the same in any batch of rows)
 
-    def _kl_rows(
-        self, base: Tensor, other: Tensor, offset: int, kl_of: KL = row_kl
-    ) -> tuple[int, int]:
-        """KL of the chunk's complete rows into `kl` (by ``kl_of``, after the cut rows' pieces
-        are kept: `row_kl_in_place` may then overwrite the complete rows); the span."""
+    def _kl_rows(self, base: Tensor, other: Tensor, offset: int) -> None:
+        """KL of the chunk's complete rows into `kl`; the cut rows' pieces are kept."""
         self.cut.keep(offset, [base, other])
         first, last = self.cut.complete(offset, base.numel())
         if first < last:
             inner = slice(first - offset, last - offset)
             cols = self.layout.size
-            kl = kl_of(other[inner].reshape(-1, cols), base[inner].reshape(-1, cols))
+            kl = row_kl(other[inner].reshape(-1, cols), base[inner].reshape(-1, cols))
             self.kl[first // cols : last // cols] = kl.cpu()  # disjoint rows: no lock
-        return first, last
 
     def reduce(self, step: int, base: Tensor | None, inputs: Sequence[Tensor], offset: int) -> None:
         assert base is not None
@@ -166,15 +158,14 @@ class ArceeFusionKernel(Kernel):
         else:
             self.quantiles.observe(step - 1, self._importance(base, other, offset))
 
-    def _cut_rows(self, kl_of: KL = row_kl) -> list[tuple[int, list[Tensor]]]:
-        """The rows cut by chunk boundaries, their KL into `kl` (one ``kl_of`` call over all of
+    def _cut_rows(self) -> None:
+        """The KL of the rows cut by chunk boundaries into `kl` (one `row_kl` call over all of
         them, stacked: a row's KL does not depend on the rows beside it)."""
         rows = self.cut.rows()
         if rows:
             bases = torch.stack([pieces[0] for _, pieces in rows])
             others = torch.stack([pieces[1] for _, pieces in rows])
-            self.kl[[row for row, _ in rows]] = kl_of(others, bases).cpu()
-        return rows
+            self.kl[[row for row, _ in rows]] = row_kl(others, bases).cpu()
 
     def end_pass(self, step: int) -> None:
         if self.fast is not None:
@@ -207,16 +198,18 @@ class ArceeFusionKernel(Kernel):
         return (other - base).mul_(keep).add_(base)
 
 
-_scratch = threading.local()  # per thread: the float32 chunks `_FastFusion._widened` fills
+_scratch = threading.local()  # per thread: the buffer `_FastFusion.reduce` gathers into
 
 
 class _FastFusion:
     """The compiled passes (`_jit_fusion`), two over the inputs and the output pass: pass 0
-    computes each row's KL (torch, as above) and, in the same pass, histograms the high 16 bits
-    of the chunk's importances (the cut rows' at the end of the pass, from their kept pieces);
-    pass 1 gathers the importances in the (at most three) buckets that hold the quantiles, whose
-    exact values a partition then picks; the output pass fuses. Same importances, quantiles and
-    outputs as the torch path (bit for bit), which takes one more pass and torch's histograms."""
+    computes each row's KL (`_jit_fusion.row_kl`, the value `row_kl` computes, within an ulp)
+    and, the row still in cache, histograms the high 16 bits of its importances (the cut rows'
+    at the end of the pass, from their kept pieces); pass 1 gathers the importances in the (at
+    most three) buckets that hold the quantiles, whose exact values a partition then picks;
+    the output pass fuses. From the rows' KL on, the same importances, quantiles and outputs
+    as the torch path would give (bit for bit), which takes one more pass and torch's
+    histograms."""
 
     def __init__(self, kernel: ArceeFusionKernel) -> None:
         self.kernel = weakref.proxy(kernel)  # (no cycle: the kernel's memory goes with it)
@@ -226,7 +219,6 @@ class _FastFusion:
         self.wanted = np.zeros(HIGH_BUCKETS, dtype=np.uint8)
         self.gathered: dict[int, np.ndarray] = {}
         self.lock = threading.Lock()
-        self.widen = _method_loops.loops("_jit_loops")._decode
 
     def _span(self, offset: int, length: int) -> tuple[np.ndarray, int]:
         """The KL of the rows a span of ``length`` elements from ``offset`` touches, and the
@@ -243,32 +235,16 @@ class _FastFusion:
                 counts = self.counts[key] = np.zeros((2, HIGH_BUCKETS), dtype=np.int64)
         return counts
 
-    def _widened(self, base: Tensor, other: Tensor) -> list[Tensor]:
-        """The chunks as float32 in this thread's buffers (bf16 widened by a compiled loop,
-        ~10x faster than torch's conversion, float32 copied; the same values), which
-        `row_kl_in_place` then overwrites."""
-        buffers = getattr(_scratch, "buffers", None)
-        if buffers is None or buffers[0].numel() < base.numel():
-            buffers = _scratch.buffers = [torch.empty(base.numel()) for _ in range(2)]
-        widened = []
-        for x, buffer in zip((base, other), buffers, strict=True):
-            target = buffer[: x.numel()]
-            if x.dtype == torch.float32:
-                target.copy_(x)
-            else:
-                self.widen(as_array(x), target.numpy())
-            widened.append(target)
-        return widened
-
     def reduce(self, step: int, base: Tensor, other: Tensor, offset: int) -> None:
         if step == 0:
-            wide_base, wide_other = self._widened(base, other)
-            first, last = self.kernel._kl_rows(wide_base, wide_other, offset, row_kl_in_place)
+            cut = self.kernel.cut
+            cut.keep(offset, [base, other])
+            first, last = cut.complete(offset, base.numel())
             if first < last:
                 inner = slice(first - offset, last - offset)
-                kl, column = self._span(first, last - first)
-                self.loops.high_counts(as_array(base[inner]), as_array(other[inner]), kl,
-                                       column, self.cols, self._thread_counts())  # fmt: skip
+                kl = self.kernel.kl.numpy()[first // self.cols : last // self.cols]
+                self.loops.kl_high_counts(as_array(base[inner]), as_array(other[inner]),
+                                          self.cols, kl, self._thread_counts())  # fmt: skip
             return
         kl, column = self._span(offset, base.numel())
         found = getattr(_scratch, "found", None)  # (reused: a fresh buffer faults in per chunk)
@@ -283,10 +259,10 @@ class _FastFusion:
         quantiles = self.kernel.quantiles
         if step == 0:
             counts = self._thread_counts()
-            for row, (base_row, other_row) in self.kernel._cut_rows(row_kl_in_place):
+            for row, (base_row, other_row) in self.kernel.cut.rows():
                 kl = self.kernel.kl.numpy()[row : row + 1]
-                self.loops.high_counts(as_array(base_row), as_array(other_row), kl, 0,
-                                       base_row.numel(), counts)  # fmt: skip
+                self.loops.kl_high_counts(as_array(base_row), as_array(other_row),
+                                          base_row.numel(), kl, counts)  # fmt: skip
             total = sum(c[0] + c[1] for c in self.counts.values())
             self.counts.clear()
             quantiles.high_hist = torch.from_numpy(np.asarray(total, dtype=np.int64))
