@@ -134,7 +134,8 @@ class ArceeFusionKernel(Kernel):
         assert base is not None
         if _method_loops.takes([base, *inputs], self.dtype, self.device):
             self.fast = _FastFusion(self)
-            self.raw_inputs, self.reductions = True, 2
+            self.fast.predict(base, inputs[0])
+            self.raw_inputs, self.reductions = True, 1
             self.max_chunk = ELEMENTWISE_CHUNK  # (a row's KL is the same in any batch of rows)
 
     def _kl_rows(self, base: Tensor, other: Tensor, offset: int) -> None:
@@ -198,17 +199,29 @@ class ArceeFusionKernel(Kernel):
         return (other - base).mul_(keep).add_(base)
 
 
-_scratch = threading.local()  # per thread: the buffer `_FastFusion.reduce` gathers into
+_scratch = threading.local()  # per thread: the buffer `_FastFusion` gathers into
+SAMPLE_ROWS = 64  # rows, spread over the tensor, whose importances predict the quantiles' buckets
+MARGIN = 0.015  # the predicted buckets: the sample's quantiles ± this fraction of its elements
+
+
+def _found(length: int) -> np.ndarray:
+    """This thread's gather buffer, at least ``length`` long (reused: a fresh buffer's pages
+    fault in on every chunk)."""
+    found = getattr(_scratch, "found", None)
+    if found is None or found.size < length:
+        found = _scratch.found = np.empty(length, dtype=np.uint32)
+    return found
 
 
 class _FastFusion:
-    """The compiled passes (`_jit_fusion`), two over the inputs and the output pass: pass 0
-    computes each row's KL (`_jit_fusion.row_kl`, the value `row_kl` computes, within an ulp)
-    and, the row still in cache, histograms the high 16 bits of its importances (the cut rows'
-    at the end of the pass, from their kept pieces); pass 1 gathers the importances in the (at
-    most three) buckets that hold the quantiles, whose exact values a partition then picks;
-    the output pass fuses. From the rows' KL on, the same importances, quantiles and outputs
-    as the torch path would give (bit for bit), which takes one more pass and torch's
+    """The compiled passes (`_jit_fusion`): pass 0 computes each row's KL
+    (`_jit_fusion.row_kl`, the value `row_kl` computes, within an ulp) and, the row still in
+    cache, histograms the high 16 bits of its importances and gathers those in the buckets
+    a sample predicted for the quantiles (the cut rows at the end of the pass, from their
+    kept pieces); the exact values are then picked from the gathered ones by a partition.
+    Where a quantile's bucket was not predicted, pass 1 gathers the buckets that hold them.
+    Then the output pass. From the rows' KL on, the same importances, quantiles and outputs as
+    the torch path would give (bit for bit), which takes one or two more passes and torch's
     histograms."""
 
     def __init__(self, kernel: ArceeFusionKernel) -> None:
@@ -219,6 +232,25 @@ class _FastFusion:
         self.wanted = np.zeros(HIGH_BUCKETS, dtype=np.uint8)
         self.gathered: dict[int, np.ndarray] = {}
         self.lock = threading.Lock()
+
+    def predict(self, base: Tensor, other: Tensor) -> None:
+        """Mark in `wanted` the buckets of the importances of `SAMPLE_ROWS` rows (all rows
+        when there are no more) between the ranks (q ± `MARGIN`)·(m − 1) for each quantile."""
+        rows = base.numel() // self.cols
+        if rows == 0:
+            return
+        picked = np.unique(np.linspace(0, rows - 1, min(SAMPLE_ROWS, rows)).astype(np.int64))
+        spans = [slice(int(r) * self.cols, (int(r) + 1) * self.cols) for r in picked]
+        sample = [np.concatenate([as_array(x)[span] for span in spans]) for x in (base, other)]
+        counts = np.zeros((2, HIGH_BUCKETS), dtype=np.int64)
+        kl = np.empty(picked.size, dtype=np.float32)
+        self.loops.kl_high_counts(*sample, self.cols, kl, counts, self.wanted, _found(1))
+        below = np.cumsum(counts[0] + counts[1])  # below[h] = #sample elements in buckets ≤ h
+        last = sample[0].size - 1
+        for q in QUANTILES:
+            low, high = (min(last, max(0, int((q + m) * last))) for m in (-MARGIN, MARGIN))
+            first, final = np.searchsorted(below, [low, high], side="right")
+            self.wanted[first : final + 1] = 1
 
     def _span(self, offset: int, length: int) -> tuple[np.ndarray, int]:
         """The KL of the rows a span of ``length`` elements from ``offset`` touches, and the
@@ -235,6 +267,10 @@ class _FastFusion:
                 counts = self.counts[key] = np.zeros((2, HIGH_BUCKETS), dtype=np.int64)
         return counts
 
+    def _keep(self, key: int, found: np.ndarray) -> None:
+        with self.lock:
+            self.gathered[key] = found.copy()
+
     def reduce(self, step: int, base: Tensor, other: Tensor, offset: int) -> None:
         if step == 0:
             cut = self.kernel.cut
@@ -243,17 +279,17 @@ class _FastFusion:
             if first < last:
                 inner = slice(first - offset, last - offset)
                 kl = self.kernel.kl.numpy()[first // self.cols : last // self.cols]
-                self.loops.kl_high_counts(as_array(base[inner]), as_array(other[inner]),
-                                          self.cols, kl, self._thread_counts())  # fmt: skip
+                found = _found(last - first)
+                size = self.loops.kl_high_counts(as_array(base[inner]), as_array(other[inner]),
+                                                 self.cols, kl, self._thread_counts(),
+                                                 self.wanted, found)  # fmt: skip
+                self._keep(offset, found[:size])
             return
         kl, column = self._span(offset, base.numel())
-        found = getattr(_scratch, "found", None)  # (reused: a fresh buffer faults in per chunk)
-        if found is None or found.size < base.numel():
-            found = _scratch.found = np.empty(base.numel(), dtype=np.uint32)
+        found = _found(base.numel())
         size = self.loops.gather_buckets(as_array(base), as_array(other), kl, column, self.cols,
                                          self.wanted, found)  # fmt: skip
-        with self.lock:
-            self.gathered[offset] = found[:size].copy()
+        self._keep(offset, found[:size])
 
     def end_pass(self, step: int) -> None:
         quantiles = self.kernel.quantiles
@@ -261,20 +297,38 @@ class _FastFusion:
             counts = self._thread_counts()
             for row, (base_row, other_row) in self.kernel.cut.rows():
                 kl = self.kernel.kl.numpy()[row : row + 1]
-                self.loops.kl_high_counts(as_array(base_row), as_array(other_row),
-                                          base_row.numel(), kl, counts)  # fmt: skip
+                found = _found(base_row.numel())
+                size = self.loops.kl_high_counts(as_array(base_row), as_array(other_row),
+                                                 base_row.numel(), kl, counts, self.wanted,
+                                                 found)  # fmt: skip
+                self._keep(-1 - row, found[:size])  # (any key: the order does not matter)
             total = sum(c[0] + c[1] for c in self.counts.values())
             self.counts.clear()
             quantiles.high_hist = torch.from_numpy(np.asarray(total, dtype=np.int64))
-            quantiles.locate_buckets()  # (no low-half histograms: pass 1 gathers instead)
+            quantiles.locate_buckets()  # (no low-half histograms: the gathered values instead)
+            if all(self.wanted[bucket] for bucket, _ in quantiles.buckets):
+                self._select()
+                return
+            self.gathered.clear()  # a bucket not predicted: pass 1 gathers the right ones
+            self.wanted[:] = 0
             for bucket, _ in quantiles.buckets:
                 self.wanted[bucket] = 1
+            self.kernel.reductions = 2
             return
-        values = np.concatenate([self.gathered[o] for o in sorted(self.gathered)])
+        self._select()
+
+    def _select(self) -> None:
+        """The quantiles, from the gathered values, and the threshold."""
+        quantiles = self.kernel.quantiles
+        parts = [self.gathered[o] for o in sorted(self.gathered)]
         self.gathered.clear()
+        out = np.empty(sum(part.size for part in parts), dtype=np.uint32)
         quantiles.values = []
         for bucket, need in quantiles.buckets:  # the need-th largest of the bucket
-            inside = values[(values >> 16) == bucket]
+            size = 0
+            for part in parts:
+                size += self.loops.in_bucket(part, bucket, out[size:])
+            inside = out[:size]
             index = inside.size - need
             bits = int(np.partition(inside, index)[index])
             quantiles.values.append(from_halves(bits >> 16, bits & 0xFFFF))

@@ -183,7 +183,9 @@ def compiled_kl(base, other):
     kl = np.empty(base.shape[0], dtype=np.float32)
     counts = np.zeros((2, 1 << 15), dtype=np.int64)
     rows = [_method_loops.as_array(x.reshape(-1)) for x in (base, other)]
-    _method_loops.loops("_jit_fusion").kl_high_counts(*rows, base.shape[-1], kl, counts)
+    none, found = np.zeros(1 << 15, dtype=np.uint8), np.empty(1, dtype=np.uint32)
+    _method_loops.loops("_jit_fusion").kl_high_counts(*rows, base.shape[-1], kl, counts, none,
+                                                      found)  # fmt: skip
     return torch.from_numpy(kl)
 
 
@@ -233,3 +235,31 @@ def test_compiled_row_kl_of_rows_outside_its_bounds():
     assert torch.equal(got.isnan(), expected.isnan())
     assert expected[1:3].isnan().all()
     assert int(ulps_apart(got, expected).max()) <= 1
+
+
+@pytest.mark.skipif(not _compiled.available, reason="numba missing or HUBMERGE_NO_JIT set")
+@pytest.mark.parametrize(("rows", "margin", "passes"), [(64, 0.015, 1), (1, 0.0, 2)])
+def test_compiled_passes_with_predicted_buckets_or_not(monkeypatch, rows, margin, passes):
+    """The quantiles' buckets predicted from a sample of rows (pass 0 gathers them: one
+    reduction pass) or not (a one-row sample, no margin: pass 1 gathers the right buckets):
+    the torch path's output either way."""
+    from merging.methods import arcee_fusion
+
+    base, other = fine_tune_rows(600, 700, 1e-2, torch.bfloat16, seed=9)
+    other[::7] = (other[::7].float() * 3).bfloat16()  # rows whose KL stands out
+    expected = stored_kernel("arcee_fusion", base, [other], compiled=False,
+                             monkeypatch=monkeypatch)  # fmt: skip
+    monkeypatch.setattr(arcee_fusion, "SAMPLE_ROWS", rows)
+    monkeypatch.setattr(arcee_fusion, "MARGIN", margin)
+    seen = []
+    end_pass = arcee_fusion._FastFusion.end_pass
+
+    def counted(self, step):
+        seen.append(step)
+        end_pass(self, step)
+
+    monkeypatch.setattr(arcee_fusion._FastFusion, "end_pass", counted)
+    got = stored_kernel("arcee_fusion", base, [other], compiled=True, monkeypatch=monkeypatch,
+                        chunk=5000, threads=2)  # fmt: skip
+    assert same_bits(got, expected)
+    assert seen == list(range(passes))
