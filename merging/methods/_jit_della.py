@@ -30,6 +30,15 @@ become each bucket's first rank (low half) and, where its keys differ, count −
 are common in bf16 task vectors) its place there gives the exact rank; (5) the few still
 pending are ranked by comparing them with the whole row (`_scan_rank`), or, where there are
 many, by grouping their buckets' members (`_group_rank`).
+
+Rows of 1,025 to 65,535 elements take 1,024 buckets of 2¹⁶ patterns (`_rank_even`): |δ| of
+bf16 weights is mostly an even key (the low 16 bits zero; ~95 % of them in a 1B Llama's task
+vectors), and two even keys never share such a bucket, so a bucket holds one key unless it
+holds an odd key (or is the first). Pass 2 (`_count_even`) then counts each bucket's members
+and odd members in one uint32, with no key comparison, and pass 3 marks a bucket's keys as
+differing where it has an odd member: the buckets' rank ranges are the same as the keys'
+comparison gives wherever they matter (a bucket whose keys are all one odd key is only
+treated as a range), so the decisions are too.
 """
 
 from __future__ import annotations
@@ -48,8 +57,9 @@ MIXED = np.uint64(0xFFFFFFFF)  # high half of a bucket's word: its keys differ (
 SPAN = np.uint32((8 << 23) - 1)  # bit patterns of the top 8 binades: the bucketed range
 EVEN = np.uint32(0xFFFF)  # the low bits of a key: zero in an even key
 EVEN_SHIFT = 16  # buckets up to 2¹⁶ patterns wide: one even key at most in each
+EVEN_BINS = 1 << 10  # buckets of rows longer than this (8 binades: 2¹⁶ patterns each)
 EVEN_ROW = 0xFFFF  # rows up to this long: index and place fit 16 bits each
-PLACE = np.uint32(0xFFFF)  # a 32-bit candidate entry's index (its place: the high half)
+PLACE = np.uint64(0xFFFF)  # `_count_even`'s entries: index, place (16 bits each), bucket
 
 
 @_jit
@@ -74,8 +84,7 @@ def scratch(n: int) -> tuple[Any, ...]:
         np.zeros((2, bins), np.int32),  # (grouping) fill, asked
         np.empty((2, n + 1), np.int32),  # (grouping) member index, exact rank
         np.empty(n + 1, np.uint32),  # (grouping) member keys
-        np.zeros(bins, np.uint32),  # (even keys) per bucket: its count
-        np.zeros(bins + 1, np.uint8),  # (even keys) per bucket: whether it holds an odd key
+        np.zeros(bins, np.uint32),  # (even keys) per bucket: count | odd keys << 16
     )
 
 
@@ -175,37 +184,36 @@ def _group_rank(
 
 
 @_jit
-def _count_even(bucket: Any, flags: Any, counts: Any, odd: Any, candidates: Any) -> int:
-    """`_rank_even`'s count: each bucket's count, its odd mark (an element of flag bit 1 marks
-    its bucket; the others mark the spare last slot: a store, no branch), and the flagged
-    elements as index | earlier members of their bucket << 16; returns how many."""
-    waiting = 0
-    spare = odd.size - 1
+def _count_even(bucket: Any, flags: Any, counts: Any, candidates: Any) -> int:
+    """`_rank_even`'s count: per bucket one uint32, its count (low half) and how many of its
+    members have odd keys (flag bit 1; high half), and the candidates (flag bit 0) as index |
+    earlier members of their bucket << 16 | bucket << 32; returns how many. (Every element
+    writes the list's next slot, only a candidate advances it: no branch on a coin flip.)"""
+    waiting = np.uint64(0)  # (unsigned indices: no wraparound check per element)
     for j in range(bucket.size):
-        b = bucket[j]
-        count = counts[b]
-        counts[b] = count + np.uint32(1)
-        candidates[waiting] = np.uint32(j) | (count << np.uint32(16))
-        f = flags[j]
-        waiting += f & np.uint8(1)
-        odd[b if f > np.uint8(1) else spare] = 1
-    return waiting
+        b = np.uint64(bucket[j])
+        word = counts[b]
+        f = np.uint32(flags[j])
+        counts[b] = word + (np.uint32(1) | ((f >> np.uint32(1)) << np.uint32(16)))
+        place = np.uint64(word & np.uint32(0xFFFF))
+        candidates[waiting] = np.uint64(j) | (place << np.uint64(16)) | (b << HALF)
+        waiting += np.uint64(f & np.uint32(1))
+    return np.int64(waiting)
 
 
 @_jit
-def _rank_even(keys: Any, draws: Any, t_low: Any, span: Any, floor: Any, shift: Any, out: Any,
-               work: Any) -> int:  # fmt: skip
+def _rank_even(keys: Any, draws: Any, t_low: Any, span: Any, floor: Any, shift: Any, bins: int,
+               out: Any, work: Any) -> int:  # fmt: skip
     """Passes 1 to 3 of `keep_row` where its buckets are at most 2¹⁶ patterns wide
     (`EVEN_SHIFT`) and rows at most `EVEN_ROW` long: an even key (low 16 bits zero, as most
     |δ| of bf16 values are) shares its bucket with no other even key, so a bucket holds one
     key unless it holds an odd key (or is the first bucket, which also takes every key below
     the bucketed range). Pass 2 is then a plain count (`_count_even`) instead of comparing
-    each element's key with its bucket's. Leaves the words and candidates as those passes do
-    (the candidates as 32-bit entries); returns how many candidates."""
-    words, bucket, flags, candidates = work[0], work[1], work[2], work[3].view(np.uint32)
-    counts, odd = work[9], work[10]
+    each element's key with its bucket's. Leaves the words as those passes do, the candidates
+    as `_count_even` lists them; returns how many."""
+    words, bucket, flags, candidates = work[0], work[1], work[2], work[3]
+    counts = work[9]
     n = keys.size
-    bins = 1 << bins_log2(n)
     for j in range(n):  # (vectorised) buckets, the sure decisions, candidate and odd flags
         k = keys[j]
         bucket[j] = np.uint16((k - floor) >> shift) if k > floor else np.uint16(0)
@@ -213,18 +221,39 @@ def _rank_even(keys: Any, draws: Any, t_low: Any, span: Any, floor: Any, shift: 
         out[j] = u < t_low
         odd_key = np.uint8((k & EVEN) != np.uint32(0)) << np.uint8(1)
         flags[j] = np.uint8(np.uint32(u - t_low) < span) | odd_key
-    row_counts, row_odd = counts[:bins], odd[: bins + 1]
+    row_counts = counts[:bins]
     row_counts[:] = 0
-    row_odd[:] = 0
-    asked_for = _count_even(bucket[:n], flags, row_counts, row_odd, candidates)
-    row_odd[0] = 1
+    asked_for = _count_even(bucket[:n], flags, row_counts, candidates)
+    row_counts[0] |= np.uint32(1 << 16)  # (the first bucket: keys below the range too)
     total = np.uint64(0)
     for b in range(bins):  # first rank | (count − 1 where the bucket may hold several keys)
-        count = np.uint64(row_counts[b])
-        extra = count - np.uint64(1) if row_odd[b] != 0 else np.uint64(0)
+        word = row_counts[b]
+        count = np.uint64(word & np.uint32(0xFFFF))
+        extra = count - np.uint64(1) if word > np.uint32(0xFFFF) else np.uint64(0)
         words[b] = total | (extra << HALF)
         total += count
     return asked_for
+
+
+@_jit
+def _decide_even(candidates: Any, words: Any, draws: Any, table: Any, out: Any,
+                 pending: Any) -> int:  # fmt: skip
+    """Pass 4 of `keep_row` on `_count_even`'s entries (the bucket read from the entry, not
+    looked up by index); returns how many are pending."""
+    waiting = np.uint64(0)
+    for p in range(candidates.size):  # branch-free, as in `keep_row`
+        entry = candidates[p]
+        j = entry & PLACE
+        word = words[entry >> HALF]
+        extra = word >> HALF
+        place = (entry >> np.uint64(16)) & PLACE
+        lo = (word & LOW) + (place if extra == np.uint64(0) else np.uint64(0))
+        u = np.int32(draws[j])
+        first = table[lo]
+        out[j] = u < first
+        pending[waiting] = j
+        waiting += np.uint64((u >= first) & (u < table[lo + extra]))
+    return np.int64(waiting)
 
 
 @_jit
@@ -234,7 +263,8 @@ def keep_row(keys: Any, draws: Any, table: Any, out: Any, top: Any, bottom: Any,
     arrays; ``top``/``bottom``: the largest and smallest key). The passes: module docstring."""
     words, bucket, flags, candidates, pending, flagged, marks, group, member_keys = work[:9]
     n = keys.size
-    bins = 1 << bins_log2(n)
+    even = EVEN_BINS < n <= EVEN_ROW  # (2¹⁶-pattern buckets: fewer for longer rows)
+    bins = EVEN_BINS if even else 1 << bins_log2(n)
     floor = top - SPAN if top - bottom > SPAN else bottom
     shift = np.uint32(0)
     while ((top - floor) >> shift) >= np.uint32(bins):
@@ -242,22 +272,9 @@ def keep_row(keys: Any, draws: Any, table: Any, out: Any, top: Any, bottom: Any,
     row_words = words[:bins]
     t_low = table[0]
     span = np.uint32(table[n - 1] - t_low)
-    if shift <= EVEN_SHIFT and n <= EVEN_ROW:
-        asked_for = _rank_even(keys, draws, t_low, span, floor, shift, out, work)
-        entries = candidates.view(np.uint32)
-        waiting = 0
-        for p in range(asked_for):  # (as below, from 32-bit entries)
-            entry = entries[p]
-            j = np.int64(entry & PLACE)
-            word = row_words[bucket[j]]
-            extra = word >> HALF
-            place = np.uint64(entry >> np.uint32(16))
-            lo = (word & LOW) + (place if extra == np.uint64(0) else np.uint64(0))
-            u = np.int32(draws[j])
-            first = table[lo]
-            out[j] = u < first
-            pending[waiting] = j
-            waiting += (u >= first) & (u < table[lo + extra])
+    if even and shift <= EVEN_SHIFT:
+        asked_for = _rank_even(keys, draws, t_low, span, floor, shift, bins, out, work)
+        waiting = _decide_even(candidates[:asked_for], row_words, draws, table, out, pending)
     else:
         row_words[:] = 0
         for j in range(n):  # (vectorised) buckets; below T[0]: kept, from T[n − 1] on: dropped

@@ -80,6 +80,24 @@ def test_even_key_rows_rank_like_the_torch_path(n, odd, density, seed):
     assert torch.equal(got, expected)
 
 
+@SETTINGS
+@given(n=st.sampled_from([2048, 5632]), density=st.floats(0.2, 0.8), seed=st.integers(0, 99))
+def test_keys_below_the_bucketed_range_rank_like_the_torch_path(n, density, seed):
+    """The first bucket also takes every key more than 8 binades below the row's largest:
+    there, even keys differ (zeros and tiny magnitudes, each many times), so its members'
+    places are not their ranks."""
+    g = np.random.default_rng(seed)
+    values = g.choice(np.float32([0.0, 2.0**-30, 2.0**-29, 3 * 2.0**-29, 2.0**-12]), n)
+    values[g.integers(0, n)] = 1.0
+    magnitudes = torch.from_numpy(values.astype(np.float32))[None]
+    draw = torch.randint(0, 65536, magnitudes.shape, dtype=torch.int32,
+                         generator=torch.Generator().manual_seed(seed))  # fmt: skip
+    expected = draw < (keep_probabilities(magnitudes, density, 0.15) * 65536).round_()
+    got = _della_fast.keep_mask(magnitudes, draw, lambda k: keep_thresholds(k, density, 0.15))
+    assert got is not None
+    assert torch.equal(got, expected)
+
+
 def test_long_rows_take_the_compared_count():
     """Rows longer than EVEN_ROW (indices past 16 bits) rank like the torch path too."""
     jit_della, _ = _loops()
