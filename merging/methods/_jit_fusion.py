@@ -236,14 +236,20 @@ def gather_buckets(base: Any, x: Any, kl: Any, column: int, cols: int, wanted: A
 
 
 @_jit
-def in_bucket(values: Any, bucket: int, out: Any) -> int:
-    """Write the ``values`` whose high 16 bits equal ``bucket`` to ``out``; return how many."""
-    k, high = 0, np.uint32(bucket)
-    for j in range(values.size):
-        if values[j] >> _HIGH == high:
-            out[k] = values[j]
-            k += 1
-    return k
+def in_buckets(values: Any, buckets: Any, out: Any, sizes: Any) -> None:
+    """Append the ``values`` whose high 16 bits equal ``buckets[i]`` to ``out[i]`` from
+    ``sizes[i]`` on (branch-free, every bucket in one sweep), counting them into ``sizes``."""
+    first, second, third = out[0], out[1], out[2]
+    low, middle, high = np.uint32(buckets[0]), np.uint32(buckets[1]), np.uint32(buckets[2])
+    i, j, k = np.uint64(sizes[0]), np.uint64(sizes[1]), np.uint64(sizes[2])
+    for n in range(values.size):
+        value = values[n]
+        bucket = value >> _HIGH
+        first[i], second[j], third[k] = value, value, value
+        i += np.uint64(bucket == low)
+        j += np.uint64(bucket == middle)
+        k += np.uint64(bucket == high)
+    sizes[0], sizes[1], sizes[2] = i, j, k
 
 
 @_jit
@@ -271,7 +277,8 @@ def warm_up() -> None:
     kl = np.ones(4, dtype=np.float32)
     counts = np.zeros((2, 1 << 15), dtype=np.int64)
     wanted, found = np.zeros(1 << 15, dtype=np.uint8), np.empty(4, dtype=np.uint32)
-    in_bucket(np.zeros(4, dtype=np.uint32), 0, found)
+    in_buckets(found, np.zeros(3, dtype=np.uint32), np.empty((3, 5), dtype=np.uint32),
+               np.zeros(3, dtype=np.int64))  # fmt: skip
     for dtype in (np.uint16, np.float32):
         base, x = np.zeros(4, dtype=dtype), np.zeros(4, dtype=dtype)
         kl_high_counts(base, x, 2, kl, counts, wanted, found)

@@ -322,15 +322,15 @@ class _FastFusion:
         quantiles = self.kernel.quantiles
         parts = [self.gathered[o] for o in sorted(self.gathered)]
         self.gathered.clear()
-        out = np.empty(sum(part.size for part in parts), dtype=np.uint32)
+        buckets = np.array([bucket for bucket, _ in quantiles.buckets], dtype=np.uint32)
+        out = np.empty((3, sum(part.size for part in parts) + 1), dtype=np.uint32)
+        sizes = np.zeros(3, dtype=np.int64)
+        for part in parts:
+            self.loops.in_buckets(part, buckets, out, sizes)
         quantiles.values = []
-        for bucket, need in quantiles.buckets:  # the need-th largest of the bucket
-            size = 0
-            for part in parts:
-                size += self.loops.in_bucket(part, bucket, out[size:])
-            inside = out[:size]
-            index = inside.size - need
-            bits = int(np.partition(inside, index)[index])
+        for (_, need), inside, size in zip(quantiles.buckets, out, sizes, strict=True):
+            index = int(size) - need  # the need-th largest of the bucket
+            bits = int(np.partition(inside[:size], index)[index])
             quantiles.values.append(from_halves(bits >> 16, bits & 0xFFFF))
         self.kernel.threshold = fusion_threshold(*quantiles.values)
 

@@ -263,3 +263,21 @@ def test_compiled_passes_with_predicted_buckets_or_not(monkeypatch, rows, margin
                         chunk=5000, threads=2)  # fmt: skip
     assert same_bits(got, expected)
     assert seen == list(range(passes))
+
+
+@pytest.mark.skipif(not _compiled.available, reason="numba missing or HUBMERGE_NO_JIT set")
+def test_in_buckets_appends_each_buckets_values_in_order():
+    import numpy as np
+
+    from merging.methods import _method_loops
+
+    rng = np.random.default_rng(0)
+    parts = [(rng.integers(40, 46, n, dtype=np.uint32) << 16) | rng.integers(0, 1 << 16, n,
+             dtype=np.uint32) for n in (0, 1, 999, 5000)]  # fmt: skip
+    buckets = np.array([41, 44, 41], dtype=np.uint32)
+    out, sizes = np.empty((3, 6001), dtype=np.uint32), np.zeros(3, dtype=np.int64)
+    for part in parts:
+        _method_loops.loops("_jit_fusion").in_buckets(part, buckets, out, sizes)
+    values = np.concatenate(parts)
+    for bucket, got, size in zip(buckets, out, sizes, strict=True):
+        assert np.array_equal(got[:size], values[values >> 16 == bucket])
