@@ -31,14 +31,14 @@ are common in bf16 task vectors) its place there gives the exact rank; (5) the f
 pending are ranked by comparing them with the whole row (`_scan_rank`), or, where there are
 many, by grouping their buckets' members (`_group_rank`).
 
-Rows of 1,025 to 65,535 elements take 1,024 buckets of 2¹⁶ patterns (`_rank_even`): |δ| of
-bf16 weights is mostly an even key (the low 16 bits zero; ~95 % of them in a 1B Llama's task
-vectors), and two even keys never share such a bucket, so a bucket holds one key unless it
-holds an odd key (or is the first). Pass 2 (`_count_even`) then counts each bucket's members
-and odd members in one uint32, with no key comparison, and pass 3 marks a bucket's keys as
-differing where it has an odd member: the buckets' rank ranges are the same as the keys'
-comparison gives wherever they matter (a bucket whose keys are all one odd key is only
-treated as a range), so the decisions are too.
+Rows of 1,025 to 65,535 elements take buckets of at most 2¹⁶ patterns, about one per four
+elements (`_rank_even`: 1,024 for rows of 2,048, 2,048 for 5,632; on real task vectors the
+fewest pending elements and buckets to add up together). |δ| of bf16 weights is mostly an
+even key (the low 16 bits zero; ~95 % of a 1B Llama's task vectors), and two even keys never
+share such a bucket, so a bucket holds one key unless it holds an odd key (or is the first).
+Pass 2 (`_count_even`) then counts each bucket's members and odd members in one uint32, with
+no key comparison, and pass 3 takes a bucket with an odd member as a range of ranks (also
+where its keys are all one odd key: only more pending, never another decision).
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ MIXED = np.uint64(0xFFFFFFFF)  # high half of a bucket's word: its keys differ (
 SPAN = np.uint32((8 << 23) - 1)  # bit patterns of the top 8 binades: the bucketed range
 EVEN = np.uint32(0xFFFF)  # the low bits of a key: zero in an even key
 EVEN_SHIFT = 16  # buckets up to 2¹⁶ patterns wide: one even key at most in each
-EVEN_BINS = 1 << 10  # buckets of rows longer than this (8 binades: 2¹⁶ patterns each)
+EVEN_BINS = 1 << 10  # the fewest buckets of `_rank_even`'s rows (8 binades, 2¹⁶ patterns each)
 EVEN_ROW = 0xFFFF  # rows up to this long: index and place fit 16 bits each
 PLACE = np.uint64(0xFFFF)  # `_count_even`'s entries: index, place (16 bits each), bucket
 
@@ -214,9 +214,10 @@ def _rank_even(keys: Any, draws: Any, t_low: Any, span: Any, floor: Any, shift: 
     words, bucket, flags, candidates = work[0], work[1], work[2], work[3]
     counts = work[9]
     n = keys.size
+    narrow = shift & np.uint32(31)  # (a shift LLVM knows is below 32: 32-bit vector lanes)
     for j in range(n):  # (vectorised) buckets, the sure decisions, candidate and odd flags
         k = keys[j]
-        bucket[j] = np.uint16((k - floor) >> shift) if k > floor else np.uint16(0)
+        bucket[j] = np.uint16(np.uint32(k - floor) >> narrow) if k > floor else np.uint16(0)
         u = np.int32(draws[j])
         out[j] = u < t_low
         odd_key = np.uint8((k & EVEN) != np.uint32(0)) << np.uint8(1)
@@ -263,8 +264,10 @@ def keep_row(keys: Any, draws: Any, table: Any, out: Any, top: Any, bottom: Any,
     arrays; ``top``/``bottom``: the largest and smallest key). The passes: module docstring."""
     words, bucket, flags, candidates, pending, flagged, marks, group, member_keys = work[:9]
     n = keys.size
-    even = EVEN_BINS < n <= EVEN_ROW  # (2¹⁶-pattern buckets: fewer for longer rows)
-    bins = EVEN_BINS if even else 1 << bins_log2(n)
+    even = EVEN_BINS < n <= EVEN_ROW
+    bins = 1 << bins_log2(n)
+    if even:  # (half as many: about one per four elements, 2¹⁶ patterns wide at most)
+        bins = max(EVEN_BINS, bins >> 1)
     floor = top - SPAN if top - bottom > SPAN else bottom
     shift = np.uint32(0)
     while ((top - floor) >> shift) >= np.uint32(bins):
@@ -277,9 +280,10 @@ def keep_row(keys: Any, draws: Any, table: Any, out: Any, top: Any, bottom: Any,
         waiting = _decide_even(candidates[:asked_for], row_words, draws, table, out, pending)
     else:
         row_words[:] = 0
+        narrow = shift & np.uint32(31)  # (as in `_rank_even`)
         for j in range(n):  # (vectorised) buckets; below T[0]: kept, from T[n − 1] on: dropped
             k = keys[j]
-            bucket[j] = np.uint16((k - floor) >> shift) if k > floor else np.uint16(0)
+            bucket[j] = np.uint16(np.uint32(k - floor) >> narrow) if k > floor else np.uint16(0)
             u = np.int32(draws[j])
             out[j] = u < t_low
             flags[j] = np.uint32(u - t_low) < span
