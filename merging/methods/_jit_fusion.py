@@ -132,8 +132,8 @@ def _exact_kl(base: Any, x: Any) -> Any:
 
 @_jit
 def row_kl(base: Any, x: Any, scratch: Any) -> Any:
-    """KL(softmax(x) + 1e-8 ‖ softmax(base) + 1e-8) of one row, rounded to float32 (within an
-    ulp of the exact value; ``scratch``: (`_KL_SCRATCH`, ≥ row) float32).
+    """KL(softmax(x) + 1e-8 ‖ softmax(base) + 1e-8) of one row, rounded to float32 (within 2
+    ulps of the exact value, mostly equal to it; ``scratch``: (`_KL_SCRATCH`, ≥ row) float32).
 
     With e = exp(base), q̃ = e/Σe, g = expm1(x − base), μ = Σ q̃·g (so that p̃ = q̃·(1 + g)/(1 + μ)
     sums to 1), q = q̃ + 1e-8 and r = p/q − 1 = (g − μ)/(1 + μ)·q̃/q:
