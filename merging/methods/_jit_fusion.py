@@ -173,6 +173,18 @@ def kl_high_counts(base: Any, x: Any, cols: int, kl: Any, counts: Any, wanted: A
 
 
 @_jit
+def sample_counts(base: Any, x: Any, cols: int, rows: Any, counts: Any) -> None:
+    """`kl_high_counts` of the rows ``rows`` (indices) of the whole flat tensors, gathering
+    nothing."""
+    scratch = np.empty((_KL_SCRATCH, cols), dtype=np.float32)
+    bits = np.empty(BLOCK, dtype=np.uint32)
+    none, found = np.zeros(counts.shape[1], dtype=np.uint8), np.empty(1, dtype=np.uint32)
+    for row in rows:
+        b, o = base[row * cols : (row + 1) * cols], x[row * cols : (row + 1) * cols]
+        _high_counts_row(b, o, row_kl(b, o, scratch), counts[0], counts[1], none, bits, found)
+
+
+@_jit
 def _importance_bits(base: Any, x: Any, kl: Any, bits: Any) -> None:
     for j in range(base.size):
         bits[j] = _float_to_bits(abs(_value(x, j) - _value(base, j)) * kl)
@@ -282,6 +294,7 @@ def warm_up() -> None:
     for dtype in (np.uint16, np.float32):
         base, x = np.zeros(4, dtype=dtype), np.zeros(4, dtype=dtype)
         kl_high_counts(base, x, 2, kl, counts, wanted, found)
+        sample_counts(base, x, 2, np.zeros(1, dtype=np.int64), counts)
         gather_buckets(base, x, kl, 0, 2, wanted, found)
         for out in (np.empty(4, dtype=np.uint16), np.empty(4, dtype=np.float32)):
             fuse(base, x, kl, 0, 2, np.float32(0.0), out)

@@ -240,13 +240,10 @@ class _FastFusion:
         if rows == 0:
             return
         picked = np.unique(np.linspace(0, rows - 1, min(SAMPLE_ROWS, rows)).astype(np.int64))
-        spans = [slice(int(r) * self.cols, (int(r) + 1) * self.cols) for r in picked]
-        sample = [np.concatenate([as_array(x)[span] for span in spans]) for x in (base, other)]
         counts = np.zeros((2, HIGH_BUCKETS), dtype=np.int64)
-        kl = np.empty(picked.size, dtype=np.float32)
-        self.loops.kl_high_counts(*sample, self.cols, kl, counts, self.wanted, _found(1))
+        self.loops.sample_counts(as_array(base), as_array(other), self.cols, picked, counts)
         below = np.cumsum(counts[0] + counts[1])  # below[h] = #sample elements in buckets ≤ h
-        last = sample[0].size - 1
+        last = picked.size * self.cols - 1
         for q in QUANTILES:
             low, high = (min(last, max(0, int((q + m) * last))) for m in (-MARGIN, MARGIN))
             first, final = np.searchsorted(below, [low, high], side="right")
