@@ -225,7 +225,7 @@ def _rank_even(keys: Any, draws: Any, t_low: Any, span: Any, floor: Any, shift: 
     row_counts = counts[:bins]
     row_counts[:] = 0
     asked_for = _count_even(bucket[:n], flags, row_counts, candidates)
-    row_counts[0] |= np.uint32(1 << 16)  # (the first bucket: keys below the range too)
+    row_counts[0] |= np.uint32(1 << 31)  # (the first bucket also takes the keys below the range)
     total = np.uint64(0)
     for b in range(bins):  # first rank | (count − 1 where the bucket may hold several keys)
         word = row_counts[b]
