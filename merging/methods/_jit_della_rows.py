@@ -57,30 +57,21 @@ def _unit(top: Any, n: int) -> Any:
 
 
 @_jit
-def _exact_sum(keys: Any, unit: Any) -> Any:
-    """(whether every key is a multiple of ``unit``, Σ|δ| in float64). Where they all are, the
-    sum is exact, as every partial sum in any order: the same float64 as `_lane_sum`'s, from a
-    vectorised integer sum of the keys in units."""
+def _exact_sums(keys: Any, keep: Any, unit: Any) -> Any:
+    """(whether every key is a multiple of ``unit``, Σ|δ|, Σ|δ| over the kept elements), in
+    float64. Where every key is, both sums are exact, as every partial sum in any order: the
+    same float64s as `_lane_sum`'s and `_kept_sum`'s, from vectorised integer sums of the keys
+    in units (one pass after the mask, which the first sum does not need)."""
     scale = np.float64(1.0) / unit
     exact = True
-    total = np.int64(0)
+    total, kept = np.int64(0), np.int64(0)
     for j in range(keys.size):
         units = np.float64(_bits_to_float(keys[j])) * scale
         whole = np.int64(units)
         exact &= np.float64(whole) == units
         total += whole
-    return exact, np.float64(total) * unit
-
-
-@_jit
-def _exact_kept_sum(keys: Any, keep: Any, unit: Any) -> Any:
-    """Σ|δ| over the kept elements where `_exact_sum` found every key a multiple of ``unit``
-    (the same exact float64 as `_kept_sum`'s)."""
-    scale = np.float64(1.0) / unit
-    total = np.int64(0)
-    for j in range(keys.size):
-        total += np.int64(np.float64(_bits_to_float(keys[j])) * scale) * np.int64(keep[j])
-    return np.float64(total) * unit
+        kept += whole * np.int64(keep[j])
+    return exact, np.float64(total) * unit, np.float64(kept) * unit
 
 
 @_jit
@@ -131,7 +122,7 @@ def observe_rows(
     of the blocks ``states``/``incs`` seed; ``work``: `_jit_della.scratch`'s arrays. Returns
     the L1 norms (before, after) in float64, summed row by row: each row's sums four
     interleaved partial sums (`_lane_sum`, `_kept_sum`), computed exactly and so faster
-    where the row's keys allow (`_exact_sum`)."""
+    where the row's keys allow (`_exact_sums`)."""
     for b in range(states.shape[0]):
         _pcg_raws(states[b], incs[b], raws[b * RAWS_PER_BLOCK : (b + 1) * RAWS_PER_BLOCK])
     draws = raws.view(np.uint16)[draw_start:]
@@ -140,13 +131,15 @@ def observe_rows(
     for row in range(x.size // cols):
         lo = row * cols
         top, bottom = _keys(x[lo : lo + cols], base[lo : lo + cols], row_keys)
-        unit = _unit(top, cols)
-        exact, total = _exact_sum(row_keys, unit) if top < FINITE else (False, 0.0)
         row_keep = keep[lo : lo + cols]
         keep_row(row_keys, draws[lo : lo + cols], table, row_keep, top, bottom, work)
+        exact, total, kept = (
+            _exact_sums(row_keys, row_keep, _unit(top, cols)) if top < FINITE else
+            (False, 0.0, 0.0)
+        )  # fmt: skip
         if exact:
             before += total
-            after += _exact_kept_sum(row_keys, row_keep, unit)
+            after += kept
         else:
             before += _lane_sum(row_keys)
             after += _kept_sum(row_keys, row_keep)
