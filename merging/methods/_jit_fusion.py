@@ -19,7 +19,9 @@ from typing import Any
 
 import numba
 import numpy as np
+from llvmlite import ir
 from numba import types
+from numba.core import cgutils
 from numba.extending import intrinsic
 
 from merging.methods._jit_loops import (
@@ -155,33 +157,27 @@ def row_kl(base: Any, x: Any, scratch: Any) -> Any:
 
 
 @_jit
-def kl_high_counts(base: Any, x: Any, cols: int, kl: Any, counts: Any, wanted: Any,
-                   out: Any) -> int:  # fmt: skip
+def kl_gather(base: Any, x: Any, cols: int, kl: Any, ranges: Any, below: Any, out: Any) -> int:
     """For each row of ``cols`` elements of the span (whole rows): its KL into ``kl``, then,
-    the row still in cache, counts[h] += #(its importance bits >> 16 == h), into two
-    interleaved sub-histograms (counts[0], counts[1]) so that consecutive equal buckets do not
-    wait on each other's store, and the bit patterns whose high half is marked in ``wanted``
-    written to ``out`` (as `gather_buckets`); returns how many."""
+    the row still in cache, `_gather_row` of its importances; returns how many it wrote."""
     scratch = np.empty((_KL_SCRATCH, cols), dtype=np.float32)
     bits = np.empty(BLOCK, dtype=np.uint32)
     k = 0
     for row in range(base.size // cols):
         b, o = base[row * cols : (row + 1) * cols], x[row * cols : (row + 1) * cols]
         kl[row] = row_kl(b, o, scratch)
-        k += _high_counts_row(b, o, kl[row], counts[0], counts[1], wanted, bits, out[k:])
+        k += _gather_row(b, o, kl[row], ranges, below, bits, out[k:])
     return k
 
 
 @_jit
-def sample_counts(base: Any, x: Any, cols: int, rows: Any, counts: Any) -> None:
-    """`kl_high_counts` of the rows ``rows`` (indices) of the whole flat tensors, gathering
-    nothing."""
+def sample_bits(base: Any, x: Any, cols: int, rows: Any, out: Any) -> None:
+    """The importance bit patterns of the rows ``rows`` (indices) of the whole flat tensors,
+    row after row, into ``out``."""
     scratch = np.empty((_KL_SCRATCH, cols), dtype=np.float32)
-    bits = np.empty(BLOCK, dtype=np.uint32)
-    none, found = np.zeros(counts.shape[1], dtype=np.uint8), np.empty(1, dtype=np.uint32)
-    for row in rows:
+    for i, row in enumerate(rows):
         b, o = base[row * cols : (row + 1) * cols], x[row * cols : (row + 1) * cols]
-        _high_counts_row(b, o, row_kl(b, o, scratch), counts[0], counts[1], none, bits, found)
+        _importance_bits(b, o, row_kl(b, o, scratch), out[i * cols : (i + 1) * cols])
 
 
 @_jit
@@ -190,77 +186,151 @@ def _importance_bits(base: Any, x: Any, kl: Any, bits: Any) -> None:
         bits[j] = _float_to_bits(abs(_value(x, j) - _value(base, j)) * kl)
 
 
-@_jit
-def _high_counts_row(base: Any, x: Any, kl: Any, even: Any, odd: Any, wanted: Any, bits: Any,
-                     out: Any) -> int:  # fmt: skip
-    """Per block: the importance bits (vectorised), then the counts (2x faster than one loop)
-    and the branch-free gather of `_gather_row`."""
-    k = np.uint32(0)
-    for start in range(0, base.size, BLOCK):
-        size = min(BLOCK, base.size - start)
-        _importance_bits(base[start : start + size], x[start : start + size], kl, bits)
-        pairs = size // 2 * 2
-        for j in range(0, pairs, 2):
-            first, second = bits[j], bits[j + 1]
-            high = np.intp((first >> _HIGH) & _BUCKET)
-            next_high = np.intp((second >> _HIGH) & _BUCKET)
-            even[high] += 1
-            odd[next_high] += 1
-            out[k] = first
-            k = np.uint32(k + np.uint32(wanted[high]))
-            out[k] = second
-            k = np.uint32(k + np.uint32(wanted[next_high]))
-        if pairs < size:  # (the last block's: BLOCK is even, so j's parity in the row)
-            high = np.intp((bits[pairs] >> _HIGH) & _BUCKET)
-            even[high] += 1
-            out[k] = bits[pairs]
-            k = np.uint32(k + np.uint32(wanted[high]))
-    return np.int64(k)
+GROUP = 16  # uint32 lanes of `_compress_ranges`' vectors (one AVX-512 register)
+
+
+@intrinsic
+def _compress_ranges(typingctx: Any, bits: Any, groups: Any, ranges: Any, below: Any,
+                     out: Any, start: Any) -> Any:  # fmt: skip
+    """Over the first `GROUP`·``groups`` of ``bits``: below[i] += #(bits < ranges[0][i]), and
+    the bits inside a range (ranges[0][i] ≤ bits ≤ ranges[1][i], i < 3) written in order to
+    ``out`` from ``start`` on; returns the position after them. One vector of `GROUP` per
+    step and LLVM's ``masked.compressstore`` (AVX-512's vpcompressd; a scalar sequence on
+    CPUs without it), where a plain loop stores every element and advances by a flag."""
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        i32, i64, index_type = ir.IntType(32), ir.IntType(64), args[1].type
+        vector, mask = ir.VectorType(i32, GROUP), ir.VectorType(ir.IntType(1), GROUP)
+        data = [context.make_array(signature.args[n])(context, builder, args[n]).data
+                for n in (0, 2, 3, 4)]  # fmt: skip
+        bits_at, ranges_at, below_at, out_at = data
+        bits_at = builder.bitcast(bits_at, vector.as_pointer())
+        zeros = ir.Constant(ir.VectorType(i32, GROUP), [0] * GROUP)
+
+        def splat(value: Any) -> Any:
+            first = builder.insert_element(ir.Constant(vector, ir.Undefined), value,
+                                           ir.Constant(i32, 0))  # fmt: skip
+            return builder.shuffle_vector(first, ir.Constant(vector, ir.Undefined), zeros)
+
+        bounds = [splat(builder.load(builder.gep(ranges_at, [ir.Constant(i64, n)])))
+                  for n in range(6)]  # fmt: skip
+        signature_of_store = ir.FunctionType(ir.VoidType(), [vector, i32.as_pointer(), mask])
+        name = f"llvm.masked.compressstore.v{GROUP}i32"
+        store = cgutils.get_or_insert_function(builder.module, signature_of_store, name)
+        popcount = builder.module.declare_intrinsic("llvm.ctpop", [ir.IntType(GROUP)])
+
+        def count(flags: Any) -> Any:
+            return builder.zext(builder.call(popcount, [builder.bitcast(flags, ir.IntType(
+                GROUP))]), i64)  # fmt: skip
+
+        entry = builder.block
+        loop, body, done = (builder.append_basic_block(name) for name in ("loop", "body", "done"))
+        builder.branch(loop)
+        builder.position_at_end(loop)
+        index, position = builder.phi(index_type), builder.phi(i64)
+        index.add_incoming(ir.Constant(index_type, 0), entry)
+        position.add_incoming(builder.sext(args[5], i64), entry)
+        totals = [builder.phi(i64) for _ in range(3)]
+        for total in totals:
+            total.add_incoming(ir.Constant(i64, 0), entry)
+        builder.cbranch(builder.icmp_signed("<", index, args[1]), body, done)
+        builder.position_at_end(body)
+        value = builder.load(builder.gep(bits_at, [index]), align=4)
+        inside = None
+        for n, total in enumerate(totals):
+            low, high = bounds[n], bounds[3 + n]
+            total.add_incoming(builder.add(total, count(builder.icmp_unsigned("<", value, low))),
+                               body)  # fmt: skip
+            this = builder.and_(builder.icmp_unsigned(">=", value, low),
+                                builder.icmp_unsigned("<=", value, high))  # fmt: skip
+            inside = this if inside is None else builder.or_(inside, this)
+        builder.call(store, [value, builder.gep(out_at, [position]), inside])
+        position.add_incoming(builder.add(position, count(inside)), body)
+        index.add_incoming(builder.add(index, ir.Constant(index_type, 1)), body)
+        builder.branch(loop)
+        builder.position_at_end(done)
+        for n, total in enumerate(totals):
+            at = builder.gep(below_at, [ir.Constant(i64, n)])
+            builder.store(builder.add(builder.load(at), total), at)
+        return position
+
+    u32, ok = types.uint32, ((bits, 1), (ranges, 2), (below, 1), (out, 1))
+    if not all(isinstance(a, types.Array) and a.layout == "C" and a.ndim == k for a, k in ok):
+        return None  # (vector loads and compressed stores need contiguous elements)
+    if (bits.dtype, ranges.dtype, below.dtype, out.dtype) != (u32, u32, types.int64, u32):
+        return None
+    return types.int64(bits, types.intp, ranges, below, out, types.int64), codegen
 
 
 @_jit
-def _gather_row(base: Any, x: Any, kl: Any, wanted: Any, bits: Any, out: Any) -> int:
-    """Per block: the importance bits (a loop that vectorises), then a branch-free gather with
-    a uint32 store position (the span has < 2³² elements; 2x faster than one int64 loop)."""
-    k = np.uint32(0)
+def _gather_row(base: Any, x: Any, kl: Any, ranges: Any, below: Any, bits: Any,
+                out: Any) -> int:  # fmt: skip
+    """Per block: the importance bits (a loop that vectorises), then `_compress_ranges` of
+    its whole groups and the same, a plain branch-free loop, of the rest."""
+    lows, highs = ranges[0], ranges[1]
+    k = np.int64(0)
     for start in range(0, base.size, BLOCK):
         size = min(BLOCK, base.size - start)
         _importance_bits(base[start : start + size], x[start : start + size], kl, bits)
-        for j in range(size):
+        groups = size // GROUP
+        k = _compress_ranges(bits, groups, ranges, below, out, k)
+        for j in range(groups * GROUP, size):
             value = bits[j]
             out[k] = value
-            k = np.uint32(k + np.uint32(wanted[np.intp((value >> _HIGH) & _BUCKET)]))
-    return np.int64(k)
+            inside = False
+            for i in range(3):
+                below[i] += value < lows[i]
+                inside |= (value >= lows[i]) & (value <= highs[i])
+            k += np.int64(inside)
+    return k
 
 
 @_jit
-def gather_buckets(base: Any, x: Any, kl: Any, column: int, cols: int, wanted: Any,
-                   out: Any) -> int:  # fmt: skip
-    """Write the importance bit patterns whose high half is marked in ``wanted`` (a byte per
-    bucket) to ``out`` (at least one element longer than the span); return how many."""
+def gather_ranges(base: Any, x: Any, kl: Any, column: int, cols: int, ranges: Any, below: Any,
+                  out: Any) -> int:  # fmt: skip
+    """Write the importance bit patterns inside ``ranges`` (`_gather_row`) to ``out`` (at
+    least one element longer than the span), count those below each range into ``below``;
+    return how many were written."""
     n, start, row, col, k = base.size, 0, 0, column, 0
     bits = np.empty(BLOCK, dtype=np.uint32)
     while start < n:
         stop = min(n, start + cols - col)
-        k += _gather_row(base[start:stop], x[start:stop], kl[row], wanted, bits, out[k:])
+        k += _gather_row(base[start:stop], x[start:stop], kl[row], ranges, below, bits, out[k:])
         start, row, col = stop, row + 1, 0
     return k
 
 
 @_jit
-def in_buckets(values: Any, buckets: Any, out: Any, sizes: Any) -> None:
-    """Append the ``values`` whose high 16 bits equal ``buckets[i]`` to ``out[i]`` from
-    ``sizes[i]`` on (branch-free, every bucket in one sweep), counting them into ``sizes``."""
+def high_counts(base: Any, x: Any, kl: Any, column: int, cols: int, counts: Any) -> None:
+    """counts[h] += #(importance bits >> 16 == h) over the span."""
+    n, start, row, col = base.size, 0, 0, column
+    bits = np.empty(BLOCK, dtype=np.uint32)
+    while start < n:
+        stop = min(n, start + cols - col)
+        b, o = base[start:stop], x[start:stop]
+        for first in range(0, b.size, BLOCK):
+            size = min(BLOCK, b.size - first)
+            _importance_bits(b[first : first + size], o[first : first + size], kl[row], bits)
+            for j in range(size):
+                counts[np.intp(bits[j] >> _HIGH)] += 1
+        start, row, col = stop, row + 1, 0
+
+
+@_jit
+def in_ranges(values: Any, ranges: Any, out: Any, sizes: Any) -> None:
+    """Append the ``values`` inside range i (``ranges[0][i]`` ≤ value ≤ ``ranges[1][i]``) to
+    ``out[i]`` from ``sizes[i]`` on (branch-free, every range in one sweep), counting them
+    into ``sizes``."""
     first, second, third = out[0], out[1], out[2]
-    low, middle, high = np.uint32(buckets[0]), np.uint32(buckets[1]), np.uint32(buckets[2])
+    low0, low1, low2 = ranges[0][0], ranges[0][1], ranges[0][2]
+    high0, high1, high2 = ranges[1][0], ranges[1][1], ranges[1][2]
     i, j, k = np.uint64(sizes[0]), np.uint64(sizes[1]), np.uint64(sizes[2])
     for n in range(values.size):
         value = values[n]
-        bucket = value >> _HIGH
         first[i], second[j], third[k] = value, value, value
-        i += np.uint64(bucket == low)
-        j += np.uint64(bucket == middle)
-        k += np.uint64(bucket == high)
+        i += np.uint64((value >= low0) & (value <= high0))
+        j += np.uint64((value >= low1) & (value <= high1))
+        k += np.uint64((value >= low2) & (value <= high2))
     sizes[0], sizes[1], sizes[2] = i, j, k
 
 
@@ -287,14 +357,15 @@ def fuse(base: Any, x: Any, kl: Any, column: int, cols: int, threshold: Any, out
 def warm_up() -> None:
     """Compile (or load) the loops for bf16 and float32 inputs and outputs."""
     kl = np.ones(4, dtype=np.float32)
-    counts = np.zeros((2, 1 << 15), dtype=np.int64)
-    wanted, found = np.zeros(1 << 15, dtype=np.uint8), np.empty(4, dtype=np.uint32)
-    in_buckets(found, np.zeros(3, dtype=np.uint32), np.empty((3, 5), dtype=np.uint32),
-               np.zeros(3, dtype=np.int64))  # fmt: skip
+    counts = np.zeros(1 << 15, dtype=np.int64)
+    ranges, below = np.zeros((2, 3), dtype=np.uint32), np.zeros(3, dtype=np.int64)
+    found = np.empty(5, dtype=np.uint32)
+    in_ranges(found, ranges, np.empty((3, 6), dtype=np.uint32), np.zeros(3, dtype=np.int64))
     for dtype in (np.uint16, np.float32):
         base, x = np.zeros(4, dtype=dtype), np.zeros(4, dtype=dtype)
-        kl_high_counts(base, x, 2, kl, counts, wanted, found)
-        sample_counts(base, x, 2, np.zeros(1, dtype=np.int64), counts)
-        gather_buckets(base, x, kl, 0, 2, wanted, found)
+        kl_gather(base, x, 2, kl, ranges, below, found)
+        sample_bits(base, x, 2, np.zeros(1, dtype=np.int64), found)
+        gather_ranges(base, x, kl, 0, 2, ranges, below, found)
+        high_counts(base, x, kl, 0, 2, counts)
         for out in (np.empty(4, dtype=np.uint16), np.empty(4, dtype=np.float32)):
             fuse(base, x, kl, 0, 2, np.float32(0.0), out)

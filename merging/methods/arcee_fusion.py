@@ -216,38 +216,41 @@ def _found(length: int) -> np.ndarray:
 class _FastFusion:
     """The compiled passes (`_jit_fusion`): pass 0 computes each row's KL
     (`_jit_fusion.row_kl`: `row_kl`'s value within 2 float32 ulps) and, the row still in
-    cache, histograms the high 16 bits of its importances and gathers those in the buckets
-    a sample predicted for the quantiles (the cut rows at the end of the pass, from their
-    kept pieces); the exact values are then picked from the gathered ones by a partition.
-    Where a quantile's bucket was not predicted, pass 1 gathers the buckets that hold them.
-    Then the output pass. From the rows' KL on, the same importances, quantiles and outputs as
-    the torch path would give (bit for bit), which takes one or two more passes and torch's
+    cache, counts the importances below each of three ranges of bit patterns a sample
+    predicted for the quantiles and gathers those inside them (the cut rows at the end of the
+    pass, from their kept pieces); each exact quantile is then picked from its range's values
+    by a partition. Where a quantile is outside its range, pass 1 histograms the high 16 bits
+    of the importances and pass 2 gathers the buckets that hold the quantiles. Then the
+    output pass. From the rows' KL on, the same importances, quantiles and outputs as the
+    torch path would give (bit for bit), which takes one or two more passes and torch's
     histograms."""
 
     def __init__(self, kernel: ArceeFusionKernel) -> None:
         self.kernel = weakref.proxy(kernel)  # (no cycle: the kernel's memory goes with it)
         self.loops = _method_loops.loops("_jit_fusion")
         self.cols = kernel.layout.size
-        self.counts: dict[int, np.ndarray] = {}  # thread → its two sub-histograms
-        self.wanted = np.zeros(HIGH_BUCKETS, dtype=np.uint8)
+        self.ranks = quantile_ranks(kernel.layout.numel)
+        self.counts: dict[int, np.ndarray] = {}  # thread → its histogram (pass 1)
+        self.below: dict[int, np.ndarray] = {}  # thread → its counts below each range
+        # per quantile: lowest and highest bit pattern gathered (none until `predict`)
+        self.ranges = np.array([[0xFFFFFFFF] * 3, [0] * 3], dtype=np.uint32)
         self.gathered: dict[int, np.ndarray] = {}
         self.lock = threading.Lock()
 
     def predict(self, base: Tensor, other: Tensor) -> None:
-        """Mark in `wanted` the buckets of the importances of `SAMPLE_ROWS` rows (all rows
-        when there are no more) between the ranks (q ± `MARGIN`)·(m − 1) for each quantile."""
+        """Set `ranges` to the importances of `SAMPLE_ROWS` rows (all rows when there are no
+        more) of ranks (q ± `MARGIN`)·(m − 1) for each quantile q."""
         rows = base.numel() // self.cols
         if rows == 0:
             return
         picked = np.unique(np.linspace(0, rows - 1, min(SAMPLE_ROWS, rows)).astype(np.int64))
-        counts = np.zeros((2, HIGH_BUCKETS), dtype=np.int64)
-        self.loops.sample_counts(as_array(base), as_array(other), self.cols, picked, counts)
-        below = np.cumsum(counts[0] + counts[1])  # below[h] = #sample elements in buckets ≤ h
-        last = picked.size * self.cols - 1
-        for q in QUANTILES:
+        sample = np.empty(picked.size * self.cols, dtype=np.uint32)
+        self.loops.sample_bits(as_array(base), as_array(other), self.cols, picked, sample)
+        sample.sort()
+        last = sample.size - 1
+        for i, q in enumerate(QUANTILES):
             low, high = (min(last, max(0, int((q + m) * last))) for m in (-MARGIN, MARGIN))
-            first, final = np.searchsorted(below, [low, high], side="right")
-            self.wanted[first : final + 1] = 1
+            self.ranges[:, i] = sample[low], sample[high]
 
     def _span(self, offset: int, length: int) -> tuple[np.ndarray, int]:
         """The KL of the rows a span of ``length`` elements from ``offset`` touches, and the
@@ -256,19 +259,20 @@ class _FastFusion:
         last = (offset + length - 1) // self.cols + 1
         return self.kernel.kl.numpy()[first:last], offset - first * self.cols
 
-    def _thread_counts(self) -> np.ndarray:
+    def _thread_array(self, arrays: dict[int, np.ndarray], size: int) -> np.ndarray:
         key = threading.get_ident()
         with self.lock:
-            counts = self.counts.get(key)
-            if counts is None:
-                counts = self.counts[key] = np.zeros((2, HIGH_BUCKETS), dtype=np.int64)
-        return counts
+            array = arrays.get(key)
+            if array is None:
+                array = arrays[key] = np.zeros(size, dtype=np.int64)
+        return array
 
     def _keep(self, key: int, found: np.ndarray) -> None:
         with self.lock:
             self.gathered[key] = found.copy()
 
     def reduce(self, step: int, base: Tensor, other: Tensor, offset: int) -> None:
+        below = self._thread_array(self.below, 3)
         if step == 0:
             cut = self.kernel.cut
             cut.keep(offset, [base, other])
@@ -277,59 +281,70 @@ class _FastFusion:
                 inner = slice(first - offset, last - offset)
                 kl = self.kernel.kl.numpy()[first // self.cols : last // self.cols]
                 found = _found(last - first)
-                size = self.loops.kl_high_counts(as_array(base[inner]), as_array(other[inner]),
-                                                 self.cols, kl, self._thread_counts(),
-                                                 self.wanted, found)  # fmt: skip
+                size = self.loops.kl_gather(as_array(base[inner]), as_array(other[inner]),
+                                            self.cols, kl, self.ranges, below, found)  # fmt: skip
                 self._keep(offset, found[:size])
             return
         kl, column = self._span(offset, base.numel())
+        if step == 1:
+            counts = self._thread_array(self.counts, HIGH_BUCKETS)
+            self.loops.high_counts(as_array(base), as_array(other), kl, column, self.cols, counts)
+            return
         found = _found(base.numel())
-        size = self.loops.gather_buckets(as_array(base), as_array(other), kl, column, self.cols,
-                                         self.wanted, found)  # fmt: skip
+        size = self.loops.gather_ranges(as_array(base), as_array(other), kl, column, self.cols,
+                                        self.ranges, below, found)  # fmt: skip
         self._keep(offset, found[:size])
 
     def end_pass(self, step: int) -> None:
-        quantiles = self.kernel.quantiles
         if step == 0:
-            counts = self._thread_counts()
+            below = self._thread_array(self.below, 3)
             for row, (base_row, other_row) in self.kernel.cut.rows():
                 kl = self.kernel.kl.numpy()[row : row + 1]
                 found = _found(base_row.numel())
-                size = self.loops.kl_high_counts(as_array(base_row), as_array(other_row),
-                                                 base_row.numel(), kl, counts, self.wanted,
-                                                 found)  # fmt: skip
+                size = self.loops.kl_gather(as_array(base_row), as_array(other_row),
+                                            base_row.numel(), kl, self.ranges, below,
+                                            found)  # fmt: skip
                 self._keep(-1 - row, found[:size])  # (any key: the order does not matter)
-            total = sum(c[0] + c[1] for c in self.counts.values())
-            self.counts.clear()
-            quantiles.high_hist = torch.from_numpy(np.asarray(total, dtype=np.int64))
-            quantiles.locate_buckets()  # (no low-half histograms: the gathered values instead)
-            if all(self.wanted[bucket] for bucket, _ in quantiles.buckets):
-                self._select()
-                return
-            self.gathered.clear()  # a bucket not predicted: pass 1 gathers the right ones
-            self.wanted[:] = 0
-            for bucket, _ in quantiles.buckets:
-                self.wanted[bucket] = 1
-            self.kernel.reductions = 2
+        if step == 1:
+            self._bucket_ranges()
             return
-        self._select()
+        if not self._select():
+            assert step == 0, "the buckets located in pass 1 hold the quantiles"
+            self.gathered.clear()  # a quantile outside its range: passes 1 and 2
+            self.below.clear()
+            self.kernel.reductions = 3
 
-    def _select(self) -> None:
-        """The quantiles, from the gathered values, and the threshold."""
+    def _bucket_ranges(self) -> None:
+        """`ranges` = the high-half buckets that hold the quantiles, from pass 1's counts."""
         quantiles = self.kernel.quantiles
-        parts = [self.gathered[o] for o in sorted(self.gathered)]
+        total = sum(self.counts.values())
+        self.counts.clear()
+        quantiles.high_hist = torch.from_numpy(np.asarray(total, dtype=np.int64))
+        quantiles.locate_buckets()
+        for i, (bucket, _) in enumerate(quantiles.buckets):
+            self.ranges[:, i] = bucket << 16, (bucket << 16) | 0xFFFF
+
+    def _select(self) -> bool:
+        """The quantiles, from the gathered values, and the threshold; False where a quantile
+        is not inside its range."""
+        parts = list(self.gathered.values())
         self.gathered.clear()
-        buckets = np.array([bucket for bucket, _ in quantiles.buckets], dtype=np.uint32)
+        below = sum(self.below.values(), np.zeros(3, dtype=np.int64))
+        self.below.clear()
         out = np.empty((3, sum(part.size for part in parts) + 1), dtype=np.uint32)
         sizes = np.zeros(3, dtype=np.int64)
         for part in parts:
-            self.loops.in_buckets(part, buckets, out, sizes)
-        quantiles.values = []
-        for (_, need), inside, size in zip(quantiles.buckets, out, sizes, strict=True):
-            index = int(size) - need  # the need-th largest of the bucket
+            self.loops.in_ranges(part, self.ranges, out, sizes)
+        values = []
+        for rank, lower, inside, size in zip(self.ranks, below, out, sizes, strict=True):
+            index = rank - int(lower)  # the quantile's ascending rank among its range's values
+            if not 0 <= index < size:
+                return False
             bits = int(np.partition(inside[:size], index)[index])
-            quantiles.values.append(from_halves(bits >> 16, bits & 0xFFFF))
-        self.kernel.threshold = fusion_threshold(*quantiles.values)
+            values.append(from_halves(bits >> 16, bits & 0xFFFF))
+        self.kernel.quantiles.values = values
+        self.kernel.threshold = fusion_threshold(*values)
+        return True
 
     def apply(self, base: Tensor, other: Tensor, offset: int, out: Tensor) -> None:
         kl, column = self._span(offset, base.numel())

@@ -17,7 +17,7 @@ def test_warm_up_compiles_bf16_and_float32_variants_of_every_loop():
     _method_loops.warm_up()
     for name, loops in (("_jit_ram", ("ram_counts", "ram_apply")),
                         ("_jit_sce", ("sce_observe", "sce_gather", "sce_apply")),
-                        ("_jit_fusion", ("kl_high_counts", "gather_buckets", "fuse"))):  # fmt: skip
+                        ("_jit_fusion", ("kl_gather", "gather_ranges", "fuse"))):  # fmt: skip
         module = _method_loops.loops(name)
         for loop in loops:
             kinds = {str(signature[0].dtype) for signature in getattr(module, loop).signatures}

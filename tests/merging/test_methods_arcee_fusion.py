@@ -175,17 +175,17 @@ def test_row_kl_is_the_float64_formula_rounded_once():
 
 
 def compiled_kl(base, other):
-    """The compiled pass 0's KL per row (`_jit_fusion.kl_high_counts`)."""
+    """The compiled pass 0's KL per row (`_jit_fusion.kl_gather`)."""
     import numpy as np
 
     from merging.methods import _method_loops
 
     kl = np.empty(base.shape[0], dtype=np.float32)
-    counts = np.zeros((2, 1 << 15), dtype=np.int64)
     rows = [_method_loops.as_array(x.reshape(-1)) for x in (base, other)]
-    none, found = np.zeros(1 << 15, dtype=np.uint8), np.empty(1, dtype=np.uint32)
-    _method_loops.loops("_jit_fusion").kl_high_counts(*rows, base.shape[-1], kl, counts, none,
-                                                      found)  # fmt: skip
+    none = np.array([[1] * 3, [0] * 3], dtype=np.uint32)  # (empty ranges: nothing gathered)
+    below, found = np.zeros(3, dtype=np.int64), np.empty(1, dtype=np.uint32)
+    _method_loops.loops("_jit_fusion").kl_gather(*rows, base.shape[-1], kl, none, below,
+                                                 found)  # fmt: skip
     return torch.from_numpy(kl)
 
 
@@ -238,11 +238,11 @@ def test_compiled_row_kl_of_rows_outside_its_bounds():
 
 
 @pytest.mark.skipif(not _compiled.available, reason="numba missing or HUBMERGE_NO_JIT set")
-@pytest.mark.parametrize(("rows", "margin", "passes"), [(64, 0.015, 1), (1, 0.0, 2)])
-def test_compiled_passes_with_predicted_buckets_or_not(monkeypatch, rows, margin, passes):
-    """The quantiles' buckets predicted from a sample of rows (pass 0 gathers them: one
-    reduction pass) or not (a one-row sample, no margin: pass 1 gathers the right buckets):
-    the torch path's output either way."""
+@pytest.mark.parametrize(("rows", "margin", "passes"), [(64, 0.015, 1), (1, 0.0, 3)])
+def test_compiled_passes_with_predicted_ranges_or_not(monkeypatch, rows, margin, passes):
+    """The quantiles' ranges predicted from a sample of rows (pass 0 gathers them: one
+    reduction pass) or not (a one-row sample, no margin: pass 1 histograms, pass 2 gathers
+    the right buckets): the torch path's output either way."""
     from merging.methods import arcee_fusion
 
     base, other = fine_tune_rows(600, 700, 1e-2, torch.bfloat16, seed=9)
@@ -266,18 +266,45 @@ def test_compiled_passes_with_predicted_buckets_or_not(monkeypatch, rows, margin
 
 
 @pytest.mark.skipif(not _compiled.available, reason="numba missing or HUBMERGE_NO_JIT set")
-def test_in_buckets_appends_each_buckets_values_in_order():
+def test_in_ranges_appends_each_ranges_values_in_order():
     import numpy as np
 
     from merging.methods import _method_loops
 
     rng = np.random.default_rng(0)
-    parts = [(rng.integers(40, 46, n, dtype=np.uint32) << 16) | rng.integers(0, 1 << 16, n,
-             dtype=np.uint32) for n in (0, 1, 999, 5000)]  # fmt: skip
-    buckets = np.array([41, 44, 41], dtype=np.uint32)
+    parts = [rng.integers(0, 1000, n, dtype=np.uint32) for n in (0, 1, 999, 5000)]
+    ranges = np.array([[100, 500, 100], [300, 500, 999]], dtype=np.uint32)  # (overlapping)
     out, sizes = np.empty((3, 6001), dtype=np.uint32), np.zeros(3, dtype=np.int64)
     for part in parts:
-        _method_loops.loops("_jit_fusion").in_buckets(part, buckets, out, sizes)
+        _method_loops.loops("_jit_fusion").in_ranges(part, ranges, out, sizes)
     values = np.concatenate(parts)
-    for bucket, got, size in zip(buckets, out, sizes, strict=True):
-        assert np.array_equal(got[:size], values[values >> 16 == bucket])
+    for low, high, got, size in zip(*ranges, out, sizes, strict=True):
+        assert np.array_equal(got[:size], values[(values >= low) & (values <= high)])
+
+
+@pytest.mark.skipif(not _compiled.available, reason="numba missing or HUBMERGE_NO_JIT set")
+def test_gathered_ranges_and_counts_below_them():
+    import numpy as np
+
+    from merging.methods import _method_loops
+
+    loops = _method_loops.loops("_jit_fusion")
+    base, other = fine_tune_rows(6, 3000, 1e-2, torch.bfloat16, seed=3)
+    a, b = (_method_loops.as_array(x.reshape(-1)) for x in (base, other))
+    kl = np.linspace(0.5, 2.0, 6).astype(np.float32)
+    importance = (other.float() - base.float()).abs() * torch.from_numpy(kl)[:, None]
+    bits = importance.reshape(-1).view(torch.int32).numpy().view(np.uint32)
+    ranges = np.array([np.quantile(bits, [0.2, 0.5, 0.7]), np.quantile(bits, [0.3, 0.5, 0.8])],
+                      dtype=np.uint32)  # fmt: skip
+    column = 1234
+    below, out = np.zeros(3, dtype=np.int64), np.empty(bits.size - column + 1, dtype=np.uint32)
+    size = loops.gather_ranges(a[column:], b[column:], kl, column, 3000, ranges, below, out)
+    rest = bits[column:]
+    inside = np.zeros(rest.size, dtype=bool)
+    for i, (low, high) in enumerate(zip(*ranges, strict=True)):
+        inside |= (rest >= low) & (rest <= high)
+        assert below[i] == np.count_nonzero(rest < low)
+    assert np.array_equal(out[:size], rest[inside])
+    counts = np.zeros(1 << 15, dtype=np.int64)
+    loops.high_counts(a[column:], b[column:], kl, column, 3000, counts)
+    assert np.array_equal(counts, np.bincount(rest >> 16, minlength=1 << 15))
