@@ -46,7 +46,6 @@ _loaded: dict[str, ModuleType] = {}  # fully imported loop modules
 # LLVM's names of the CPUs whose clocks drop under 512-bit vector code (Skylake-SP family)
 SLOWED_BY_WIDE_VECTORS = ("skylake-avx512", "cascadelake", "cooperlake", "cannonlake")
 WIDE = ",-prefer-256-bit"
-DEFAULT_BITS = "256"  # TEMPORARY (session 9, while paired timings of other changes run)
 LIGHT_LOADS = ("0.60", "0.61", "0.62", "0.63", "0.64", "0.65", "0.66", "0.67", "0.68")
 
 
@@ -100,7 +99,7 @@ def _choose_vector_width() -> None:
     started = "_toplevel_target_context" in vars(cpu_target)
     if started or settings.get("CPU_FEATURES") is not None or settings.get("CPU_NAME") is not None:
         return
-    bits = os.environ.get("HUBMERGE_VECTOR_BITS", DEFAULT_BITS)
+    bits = os.environ.get("HUBMERGE_VECTOR_BITS")
     chosen = vector_features(ll.get_host_cpu_name(), ll.get_host_cpu_features().flatten(), bits)
     if chosen is not None:
         settings["CPU_FEATURES"] = chosen

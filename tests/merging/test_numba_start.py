@@ -34,10 +34,13 @@ SCRIPT = textwrap.dedent(
 
 
 def test_start_skips_the_blas_probe_and_scipy_still_imports():
-    done = subprocess.run(
-        [sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=300
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    """Run twice: on a cold cache the first run compiles the loop, and numba's compiler loads
+    SciPy's linear algebra itself (only cache loads skip the probe)."""
+    for _ in range(2):
+        done = subprocess.run(
+            [sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=300
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
     assert "scipy.linalg loaded by the start: False" in done.stdout
     assert done.stdout.strip().endswith("2.0")
 
