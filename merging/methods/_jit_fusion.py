@@ -157,27 +157,27 @@ def row_kl(base: Any, x: Any, scratch: Any) -> Any:
 
 
 @_jit
-def kl_gather(base: Any, x: Any, cols: int, kl: Any, ranges: Any, below: Any, out: Any) -> int:
+def kl_gather(base: Any, x: Any, cols: int, kl: Any, ranges: Any, below: Any, out: Any,
+              ends: Any) -> None:  # fmt: skip
     """For each row of ``cols`` elements of the span (whole rows): its KL into ``kl``, then,
-    the row still in cache, `_gather_row` of its importances; returns how many it wrote."""
+    the row still in cache, `_gather_row` of its importances (as `gather_ranges`)."""
     scratch = np.empty((_KL_SCRATCH, cols), dtype=np.float32)
     bits = np.empty(BLOCK, dtype=np.uint32)
-    k = 0
     for row in range(base.size // cols):
         b, o = base[row * cols : (row + 1) * cols], x[row * cols : (row + 1) * cols]
         kl[row] = row_kl(b, o, scratch)
-        k += _gather_row(b, o, kl[row], ranges, below, bits, out[k:])
-    return k
+        _gather_row(b, o, kl[row], ranges, below, bits, out, ends)
 
 
 @_jit
-def sample_bits(base: Any, x: Any, cols: int, rows: Any, out: Any) -> None:
-    """The importance bit patterns of the rows ``rows`` (indices) of the whole flat tensors,
-    row after row, into ``out``."""
+def sample_counts(base: Any, x: Any, cols: int, rows: Any, counts: Any) -> None:
+    """`high_counts` of the rows ``rows`` (indices) of the whole flat tensors, their KL
+    computed as `kl_gather` does."""
     scratch = np.empty((_KL_SCRATCH, cols), dtype=np.float32)
-    for i, row in enumerate(rows):
+    bits = np.empty(BLOCK, dtype=np.uint32)
+    for row in rows:
         b, o = base[row * cols : (row + 1) * cols], x[row * cols : (row + 1) * cols]
-        _importance_bits(b, o, row_kl(b, o, scratch), out[i * cols : (i + 1) * cols])
+        _count_row(b, o, row_kl(b, o, scratch), bits, counts)
 
 
 @_jit
@@ -191,20 +191,25 @@ GROUP = 16  # uint32 lanes of `_compress_ranges`' vectors (one AVX-512 register)
 
 @intrinsic
 def _compress_ranges(typingctx: Any, bits: Any, groups: Any, ranges: Any, below: Any,
-                     out: Any, start: Any) -> Any:  # fmt: skip
-    """Over the first `GROUP`·``groups`` of ``bits``: below[i] += #(bits < ranges[0][i]), and
-    the bits inside a range (ranges[0][i] ≤ bits ≤ ranges[1][i], i < 3) written in order to
-    ``out`` from ``start`` on; returns the position after them. One vector of `GROUP` per
-    step and LLVM's ``masked.compressstore`` (AVX-512's vpcompressd; a scalar sequence on
-    CPUs without it), where a plain loop stores every element and advances by a flag."""
+                     out: Any, ends: Any) -> Any:  # fmt: skip
+    """Over the first `GROUP`·``groups`` of ``bits``, for each range i < 3: below[i] +=
+    #(bits < ranges[0][i]), and the bits inside it (ranges[0][i] ≤ bits ≤ ranges[1][i])
+    written in order to ``out[i]`` from ``ends[i]`` on, ``ends[i]`` moved past them. One
+    vector of `GROUP` per step and LLVM's ``masked.compressstore`` (AVX-512's vpcompressd; a
+    scalar sequence on CPUs without it), where a plain loop stores every element and
+    advances by a flag."""
 
     def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
         i32, i64, index_type = ir.IntType(32), ir.IntType(64), args[1].type
         vector, mask = ir.VectorType(i32, GROUP), ir.VectorType(ir.IntType(1), GROUP)
-        data = [context.make_array(signature.args[n])(context, builder, args[n]).data
-                for n in (0, 2, 3, 4)]  # fmt: skip
-        bits_at, ranges_at, below_at, out_at = data
-        bits_at = builder.bitcast(bits_at, vector.as_pointer())
+        arrays = {n: context.make_array(signature.args[n])(context, builder, args[n])
+                  for n in (0, 2, 3, 4, 5)}  # fmt: skip
+        bits_at = builder.bitcast(arrays[0].data, vector.as_pointer())
+        ranges_at, below_at, out_at, ends_at = (arrays[n].data for n in (2, 3, 4, 5))
+        row_length = cgutils.unpack_tuple(builder, arrays[4].strides, 2)[0]  # (bytes)
+        rows_at = [builder.bitcast(builder.gep(builder.bitcast(out_at, ir.IntType(8).as_pointer()),
+                   [builder.mul(row_length, ir.Constant(row_length.type, n))]), i32.as_pointer())
+                   for n in range(3)]  # fmt: skip
         zeros = ir.Constant(ir.VectorType(i32, GROUP), [0] * GROUP)
 
         def splat(value: Any) -> Any:
@@ -212,8 +217,11 @@ def _compress_ranges(typingctx: Any, bits: Any, groups: Any, ranges: Any, below:
                                            ir.Constant(i32, 0))  # fmt: skip
             return builder.shuffle_vector(first, ir.Constant(vector, ir.Undefined), zeros)
 
-        bounds = [splat(builder.load(builder.gep(ranges_at, [ir.Constant(i64, n)])))
-                  for n in range(6)]  # fmt: skip
+        def at(pointer: Any, n: int) -> Any:
+            return builder.gep(pointer, [ir.Constant(i64, n)])
+
+        bounds = [splat(builder.load(at(ranges_at, n))) for n in range(6)]
+        starts = [builder.load(at(ends_at, n)) for n in range(3)]
         signature_of_store = ir.FunctionType(ir.VoidType(), [vector, i32.as_pointer(), mask])
         name = f"llvm.masked.compressstore.v{GROUP}i32"
         store = cgutils.get_or_insert_function(builder.module, signature_of_store, name)
@@ -227,77 +235,80 @@ def _compress_ranges(typingctx: Any, bits: Any, groups: Any, ranges: Any, below:
         loop, body, done = (builder.append_basic_block(name) for name in ("loop", "body", "done"))
         builder.branch(loop)
         builder.position_at_end(loop)
-        index, position = builder.phi(index_type), builder.phi(i64)
+        index = builder.phi(index_type)
         index.add_incoming(ir.Constant(index_type, 0), entry)
-        position.add_incoming(builder.sext(args[5], i64), entry)
-        totals = [builder.phi(i64) for _ in range(3)]
-        for total in totals:
+        totals = [builder.phi(i64) for _ in range(3)]  # counts below each range
+        positions = [builder.phi(i64) for _ in range(3)]  # each range's next store
+        for total, position, start in zip(totals, positions, starts, strict=True):
             total.add_incoming(ir.Constant(i64, 0), entry)
+            position.add_incoming(start, entry)
         builder.cbranch(builder.icmp_signed("<", index, args[1]), body, done)
         builder.position_at_end(body)
         value = builder.load(builder.gep(bits_at, [index]), align=4)
-        inside = None
-        for n, total in enumerate(totals):
+        for n, (total, position) in enumerate(zip(totals, positions, strict=True)):
             low, high = bounds[n], bounds[3 + n]
             total.add_incoming(builder.add(total, count(builder.icmp_unsigned("<", value, low))),
                                body)  # fmt: skip
-            this = builder.and_(builder.icmp_unsigned(">=", value, low),
-                                builder.icmp_unsigned("<=", value, high))  # fmt: skip
-            inside = this if inside is None else builder.or_(inside, this)
-        builder.call(store, [value, builder.gep(out_at, [position]), inside])
-        position.add_incoming(builder.add(position, count(inside)), body)
+            inside = builder.and_(builder.icmp_unsigned(">=", value, low),
+                                  builder.icmp_unsigned("<=", value, high))  # fmt: skip
+            builder.call(store, [value, builder.gep(rows_at[n], [position]), inside])
+            position.add_incoming(builder.add(position, count(inside)), body)
         index.add_incoming(builder.add(index, ir.Constant(index_type, 1)), body)
         builder.branch(loop)
         builder.position_at_end(done)
-        for n, total in enumerate(totals):
-            at = builder.gep(below_at, [ir.Constant(i64, n)])
-            builder.store(builder.add(builder.load(at), total), at)
-        return position
+        for n, (total, position) in enumerate(zip(totals, positions, strict=True)):
+            builder.store(builder.add(builder.load(at(below_at, n)), total), at(below_at, n))
+            builder.store(position, at(ends_at, n))
+        return context.get_dummy_value()
 
-    u32, ok = types.uint32, ((bits, 1), (ranges, 2), (below, 1), (out, 1))
-    if not all(isinstance(a, types.Array) and a.layout == "C" and a.ndim == k for a, k in ok):
+    u32, i64 = types.uint32, types.int64
+    ok = ((bits, u32, 1), (ranges, u32, 2), (below, i64, 1), (out, u32, 2), (ends, i64, 1))
+    if not all(isinstance(a, types.Array) and a.layout == "C" and (a.dtype, a.ndim) == (d, k)
+               for a, d, k in ok):  # fmt: skip
         return None  # (vector loads and compressed stores need contiguous elements)
-    if (bits.dtype, ranges.dtype, below.dtype, out.dtype) != (u32, u32, types.int64, u32):
-        return None
-    return types.int64(bits, types.intp, ranges, below, out, types.int64), codegen
+    return types.void(bits, types.intp, ranges, below, out, ends), codegen
 
 
 @_jit
-def _gather_row(base: Any, x: Any, kl: Any, ranges: Any, below: Any, bits: Any,
-                out: Any) -> int:  # fmt: skip
+def _gather_row(base: Any, x: Any, kl: Any, ranges: Any, below: Any, bits: Any, out: Any,
+                ends: Any) -> None:  # fmt: skip
     """Per block: the importance bits (a loop that vectorises), then `_compress_ranges` of
     its whole groups and the same, a plain branch-free loop, of the rest."""
     lows, highs = ranges[0], ranges[1]
-    k = np.int64(0)
     for start in range(0, base.size, BLOCK):
         size = min(BLOCK, base.size - start)
         _importance_bits(base[start : start + size], x[start : start + size], kl, bits)
         groups = size // GROUP
-        k = _compress_ranges(bits, groups, ranges, below, out, k)
+        _compress_ranges(bits, groups, ranges, below, out, ends)
         for j in range(groups * GROUP, size):
             value = bits[j]
-            out[k] = value
-            inside = False
             for i in range(3):
-                below[i] += value < lows[i]
-                inside |= (value >= lows[i]) & (value <= highs[i])
-            k += np.int64(inside)
-    return k
+                below[i] += np.int64(value < lows[i])
+                out[i, ends[i]] = value
+                ends[i] += np.int64((value >= lows[i]) & (value <= highs[i]))
 
 
 @_jit
 def gather_ranges(base: Any, x: Any, kl: Any, column: int, cols: int, ranges: Any, below: Any,
-                  out: Any) -> int:  # fmt: skip
-    """Write the importance bit patterns inside ``ranges`` (`_gather_row`) to ``out`` (at
-    least one element longer than the span), count those below each range into ``below``;
-    return how many were written."""
-    n, start, row, col, k = base.size, 0, 0, column, 0
+                  out: Any, ends: Any) -> None:  # fmt: skip
+    """Write the importance bit patterns inside each range i to ``out[i]`` (`_gather_row`;
+    rows at least one element longer than the span), from ``ends[i]`` on, moving ``ends``;
+    count those below each range into ``below``."""
+    n, start, row, col = base.size, 0, 0, column
     bits = np.empty(BLOCK, dtype=np.uint32)
     while start < n:
         stop = min(n, start + cols - col)
-        k += _gather_row(base[start:stop], x[start:stop], kl[row], ranges, below, bits, out[k:])
+        _gather_row(base[start:stop], x[start:stop], kl[row], ranges, below, bits, out, ends)
         start, row, col = stop, row + 1, 0
-    return k
+
+
+@_jit
+def _count_row(base: Any, x: Any, kl: Any, bits: Any, counts: Any) -> None:
+    for first in range(0, base.size, BLOCK):
+        size = min(BLOCK, base.size - first)
+        _importance_bits(base[first : first + size], x[first : first + size], kl, bits)
+        for j in range(size):
+            counts[np.intp(bits[j] >> _HIGH)] += 1
 
 
 @_jit
@@ -307,31 +318,8 @@ def high_counts(base: Any, x: Any, kl: Any, column: int, cols: int, counts: Any)
     bits = np.empty(BLOCK, dtype=np.uint32)
     while start < n:
         stop = min(n, start + cols - col)
-        b, o = base[start:stop], x[start:stop]
-        for first in range(0, b.size, BLOCK):
-            size = min(BLOCK, b.size - first)
-            _importance_bits(b[first : first + size], o[first : first + size], kl[row], bits)
-            for j in range(size):
-                counts[np.intp(bits[j] >> _HIGH)] += 1
+        _count_row(base[start:stop], x[start:stop], kl[row], bits, counts)
         start, row, col = stop, row + 1, 0
-
-
-@_jit
-def in_ranges(values: Any, ranges: Any, out: Any, sizes: Any) -> None:
-    """Append the ``values`` inside range i (``ranges[0][i]`` ≤ value ≤ ``ranges[1][i]``) to
-    ``out[i]`` from ``sizes[i]`` on (branch-free, every range in one sweep), counting them
-    into ``sizes``."""
-    first, second, third = out[0], out[1], out[2]
-    low0, low1, low2 = ranges[0][0], ranges[0][1], ranges[0][2]
-    high0, high1, high2 = ranges[1][0], ranges[1][1], ranges[1][2]
-    i, j, k = np.uint64(sizes[0]), np.uint64(sizes[1]), np.uint64(sizes[2])
-    for n in range(values.size):
-        value = values[n]
-        first[i], second[j], third[k] = value, value, value
-        i += np.uint64((value >= low0) & (value <= high0))
-        j += np.uint64((value >= low1) & (value <= high1))
-        k += np.uint64((value >= low2) & (value <= high2))
-    sizes[0], sizes[1], sizes[2] = i, j, k
 
 
 @_jit
@@ -359,13 +347,12 @@ def warm_up() -> None:
     kl = np.ones(4, dtype=np.float32)
     counts = np.zeros(1 << 15, dtype=np.int64)
     ranges, below = np.zeros((2, 3), dtype=np.uint32), np.zeros(3, dtype=np.int64)
-    found = np.empty(5, dtype=np.uint32)
-    in_ranges(found, ranges, np.empty((3, 6), dtype=np.uint32), np.zeros(3, dtype=np.int64))
+    found, ends = np.empty((3, 5), dtype=np.uint32), np.zeros(3, dtype=np.int64)
     for dtype in (np.uint16, np.float32):
         base, x = np.zeros(4, dtype=dtype), np.zeros(4, dtype=dtype)
-        kl_gather(base, x, 2, kl, ranges, below, found)
-        sample_bits(base, x, 2, np.zeros(1, dtype=np.int64), found)
-        gather_ranges(base, x, kl, 0, 2, ranges, below, found)
+        kl_gather(base, x, 2, kl, ranges, below, found, ends)
+        sample_counts(base, x, 2, np.zeros(1, dtype=np.int64), counts)
+        gather_ranges(base, x, kl, 0, 2, ranges, below, found, ends)
         high_counts(base, x, kl, 0, 2, counts)
         for out in (np.empty(4, dtype=np.uint16), np.empty(4, dtype=np.float32)):
             fuse(base, x, kl, 0, 2, np.float32(0.0), out)

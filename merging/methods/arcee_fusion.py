@@ -199,17 +199,17 @@ class ArceeFusionKernel(Kernel):
         return (other - base).mul_(keep).add_(base)
 
 
-_scratch = threading.local()  # per thread: the buffer `_FastFusion` gathers into
+_scratch = threading.local()  # per thread: the buffers `_FastFusion` gathers into
 SAMPLE_ROWS = 64  # rows, spread over the tensor, whose importances predict the quantiles' buckets
 MARGIN = 0.015  # the predicted buckets: the sample's quantiles ± this fraction of its elements
 
 
 def _found(length: int) -> np.ndarray:
-    """This thread's gather buffer, at least ``length`` long (reused: a fresh buffer's pages
-    fault in on every chunk)."""
+    """This thread's gather buffers, one a range, each at least ``length`` + 1 long (reused: a
+    fresh buffer's pages fault in on every chunk)."""
     found = getattr(_scratch, "found", None)
-    if found is None or found.size < length:
-        found = _scratch.found = np.empty(length, dtype=np.uint32)
+    if found is None or found.shape[1] <= length:
+        found = _scratch.found = np.empty((3, length + 1), dtype=np.uint32)
     return found
 
 
@@ -234,23 +234,25 @@ class _FastFusion:
         self.below: dict[int, np.ndarray] = {}  # thread → its counts below each range
         # per quantile: lowest and highest bit pattern gathered (none until `predict`)
         self.ranges = np.array([[0xFFFFFFFF] * 3, [0] * 3], dtype=np.uint32)
-        self.gathered: dict[int, np.ndarray] = {}
+        self.gathered: dict[int, list[np.ndarray]] = {}  # per part: each range's values
         self.lock = threading.Lock()
 
     def predict(self, base: Tensor, other: Tensor) -> None:
-        """Set `ranges` to the importances of `SAMPLE_ROWS` rows (all rows when there are no
-        more) of ranks (q ± `MARGIN`)·(m − 1) for each quantile q."""
+        """Set `ranges` to the high-half buckets that hold the importances of `SAMPLE_ROWS`
+        rows (all rows when there are no more) of ranks (q ± `MARGIN`)·(m − 1), for each
+        quantile q, and those between."""
         rows = base.numel() // self.cols
         if rows == 0:
             return
         picked = np.unique(np.linspace(0, rows - 1, min(SAMPLE_ROWS, rows)).astype(np.int64))
-        sample = np.empty(picked.size * self.cols, dtype=np.uint32)
-        self.loops.sample_bits(as_array(base), as_array(other), self.cols, picked, sample)
-        sample.sort()
-        last = sample.size - 1
+        counts = np.zeros(HIGH_BUCKETS, dtype=np.int64)
+        self.loops.sample_counts(as_array(base), as_array(other), self.cols, picked, counts)
+        below = np.cumsum(counts)  # below[h] = #sample elements in buckets ≤ h
+        last = picked.size * self.cols - 1
         for i, q in enumerate(QUANTILES):
             low, high = (min(last, max(0, int((q + m) * last))) for m in (-MARGIN, MARGIN))
-            self.ranges[:, i] = sample[low], sample[high]
+            first, final = np.searchsorted(below, [low, high], side="right")
+            self.ranges[:, i] = first << 16, (final << 16) | 0xFFFF
 
     def _span(self, offset: int, length: int) -> tuple[np.ndarray, int]:
         """The KL of the rows a span of ``length`` elements from ``offset`` touches, and the
@@ -267,9 +269,10 @@ class _FastFusion:
                 array = arrays[key] = np.zeros(size, dtype=np.int64)
         return array
 
-    def _keep(self, key: int, found: np.ndarray) -> None:
+    def _keep(self, key: int, found: np.ndarray, ends: np.ndarray) -> None:
+        parts = [values[:end].copy() for values, end in zip(found, ends, strict=True)]
         with self.lock:
-            self.gathered[key] = found.copy()
+            self.gathered[key] = parts
 
     def reduce(self, step: int, base: Tensor, other: Tensor, offset: int) -> None:
         below = self._thread_array(self.below, 3)
@@ -280,31 +283,30 @@ class _FastFusion:
             if first < last:
                 inner = slice(first - offset, last - offset)
                 kl = self.kernel.kl.numpy()[first // self.cols : last // self.cols]
-                found = _found(last - first)
-                size = self.loops.kl_gather(as_array(base[inner]), as_array(other[inner]),
-                                            self.cols, kl, self.ranges, below, found)  # fmt: skip
-                self._keep(offset, found[:size])
+                found, ends = _found(last - first), np.zeros(3, dtype=np.int64)
+                self.loops.kl_gather(as_array(base[inner]), as_array(other[inner]), self.cols,
+                                     kl, self.ranges, below, found, ends)  # fmt: skip
+                self._keep(offset, found, ends)
             return
         kl, column = self._span(offset, base.numel())
         if step == 1:
             counts = self._thread_array(self.counts, HIGH_BUCKETS)
             self.loops.high_counts(as_array(base), as_array(other), kl, column, self.cols, counts)
             return
-        found = _found(base.numel())
-        size = self.loops.gather_ranges(as_array(base), as_array(other), kl, column, self.cols,
-                                        self.ranges, below, found)  # fmt: skip
-        self._keep(offset, found[:size])
+        found, ends = _found(base.numel()), np.zeros(3, dtype=np.int64)
+        self.loops.gather_ranges(as_array(base), as_array(other), kl, column, self.cols,
+                                 self.ranges, below, found, ends)  # fmt: skip
+        self._keep(offset, found, ends)
 
     def end_pass(self, step: int) -> None:
         if step == 0:
             below = self._thread_array(self.below, 3)
             for row, (base_row, other_row) in self.kernel.cut.rows():
                 kl = self.kernel.kl.numpy()[row : row + 1]
-                found = _found(base_row.numel())
-                size = self.loops.kl_gather(as_array(base_row), as_array(other_row),
-                                            base_row.numel(), kl, self.ranges, below,
-                                            found)  # fmt: skip
-                self._keep(-1 - row, found[:size])  # (any key: the order does not matter)
+                found, ends = _found(base_row.numel()), np.zeros(3, dtype=np.int64)
+                self.loops.kl_gather(as_array(base_row), as_array(other_row), base_row.numel(),
+                                     kl, self.ranges, below, found, ends)  # fmt: skip
+                self._keep(-1 - row, found, ends)  # (any key: the order does not matter)
         if step == 1:
             self._bucket_ranges()
             return
@@ -331,16 +333,13 @@ class _FastFusion:
         self.gathered.clear()
         below = sum(self.below.values(), np.zeros(3, dtype=np.int64))
         self.below.clear()
-        out = np.empty((3, sum(part.size for part in parts) + 1), dtype=np.uint32)
-        sizes = np.zeros(3, dtype=np.int64)
-        for part in parts:
-            self.loops.in_ranges(part, self.ranges, out, sizes)
         values = []
-        for rank, lower, inside, size in zip(self.ranks, below, out, sizes, strict=True):
+        for i, (rank, lower) in enumerate(zip(self.ranks, below, strict=True)):
             index = rank - int(lower)  # the quantile's ascending rank among its range's values
-            if not 0 <= index < size:
+            if not 0 <= index < sum(part[i].size for part in parts):
                 return False
-            bits = int(np.partition(inside[:size], index)[index])
+            inside = np.concatenate([part[i] for part in parts])
+            bits = int(np.partition(inside, index)[index])
             values.append(from_halves(bits >> 16, bits & 0xFFFF))
         self.kernel.quantiles.values = values
         self.kernel.threshold = fusion_threshold(*values)

@@ -183,9 +183,10 @@ def compiled_kl(base, other):
     kl = np.empty(base.shape[0], dtype=np.float32)
     rows = [_method_loops.as_array(x.reshape(-1)) for x in (base, other)]
     none = np.array([[1] * 3, [0] * 3], dtype=np.uint32)  # (empty ranges: nothing gathered)
-    below, found = np.zeros(3, dtype=np.int64), np.empty(1, dtype=np.uint32)
-    _method_loops.loops("_jit_fusion").kl_gather(*rows, base.shape[-1], kl, none, below,
-                                                 found)  # fmt: skip
+    below, ends = np.zeros(3, dtype=np.int64), np.zeros(3, dtype=np.int64)
+    found = np.empty((3, 1), dtype=np.uint32)
+    _method_loops.loops("_jit_fusion").kl_gather(*rows, base.shape[-1], kl, none, below, found,
+                                                 ends)  # fmt: skip
     return torch.from_numpy(kl)
 
 
@@ -266,23 +267,6 @@ def test_compiled_passes_with_predicted_ranges_or_not(monkeypatch, rows, margin,
 
 
 @pytest.mark.skipif(not _compiled.available, reason="numba missing or HUBMERGE_NO_JIT set")
-def test_in_ranges_appends_each_ranges_values_in_order():
-    import numpy as np
-
-    from merging.methods import _method_loops
-
-    rng = np.random.default_rng(0)
-    parts = [rng.integers(0, 1000, n, dtype=np.uint32) for n in (0, 1, 999, 5000)]
-    ranges = np.array([[100, 500, 100], [300, 500, 999]], dtype=np.uint32)  # (overlapping)
-    out, sizes = np.empty((3, 6001), dtype=np.uint32), np.zeros(3, dtype=np.int64)
-    for part in parts:
-        _method_loops.loops("_jit_fusion").in_ranges(part, ranges, out, sizes)
-    values = np.concatenate(parts)
-    for low, high, got, size in zip(*ranges, out, sizes, strict=True):
-        assert np.array_equal(got[:size], values[(values >= low) & (values <= high)])
-
-
-@pytest.mark.skipif(not _compiled.available, reason="numba missing or HUBMERGE_NO_JIT set")
 def test_gathered_ranges_and_counts_below_them():
     import numpy as np
 
@@ -297,14 +281,15 @@ def test_gathered_ranges_and_counts_below_them():
     ranges = np.array([np.quantile(bits, [0.2, 0.5, 0.7]), np.quantile(bits, [0.3, 0.5, 0.8])],
                       dtype=np.uint32)  # fmt: skip
     column = 1234
-    below, out = np.zeros(3, dtype=np.int64), np.empty(bits.size - column + 1, dtype=np.uint32)
-    size = loops.gather_ranges(a[column:], b[column:], kl, column, 3000, ranges, below, out)
     rest = bits[column:]
-    inside = np.zeros(rest.size, dtype=bool)
+    below, ends = np.zeros(3, dtype=np.int64), np.zeros(3, dtype=np.int64)
+    out = np.empty((3, rest.size + 1), dtype=np.uint32)
+    for part in (slice(column, 5000), slice(5000, None)):  # (two calls append to the ranges)
+        loops.gather_ranges(a[part], b[part], kl[part.start // 3000 :], part.start % 3000, 3000,
+                            ranges, below, out, ends)  # fmt: skip
     for i, (low, high) in enumerate(zip(*ranges, strict=True)):
-        inside |= (rest >= low) & (rest <= high)
         assert below[i] == np.count_nonzero(rest < low)
-    assert np.array_equal(out[:size], rest[inside])
+        assert np.array_equal(out[i, : ends[i]], rest[(rest >= low) & (rest <= high)])
     counts = np.zeros(1 << 15, dtype=np.int64)
     loops.high_counts(a[column:], b[column:], kl, column, 3000, counts)
     assert np.array_equal(counts, np.bincount(rest >> 16, minlength=1 << 15))
