@@ -347,12 +347,17 @@ def warm_up() -> None:
     kl = np.ones(4, dtype=np.float32)
     counts = np.zeros(1 << 15, dtype=np.int64)
     ranges, below = np.zeros((2, 3), dtype=np.uint32), np.zeros(3, dtype=np.int64)
-    found, ends = np.empty((3, 5), dtype=np.uint32), np.zeros(3, dtype=np.int64)
+
+    def room() -> tuple[np.ndarray, np.ndarray]:
+        """A gather's buffers (as `arcee_fusion._found`: every element in each range, and
+        the one spare slot the branch-free stores write to) and their fresh ends."""
+        return np.empty((3, 5), dtype=np.uint32), np.zeros(3, dtype=np.int64)
+
     for dtype in (np.uint16, np.float32):
         base, x = np.zeros(4, dtype=dtype), np.zeros(4, dtype=dtype)
-        kl_gather(base, x, 2, kl, ranges, below, found, ends)
+        kl_gather(base, x, 2, kl, ranges, below, *room())
         sample_counts(base, x, 2, np.zeros(1, dtype=np.int64), counts)
-        gather_ranges(base, x, kl, 0, 2, ranges, below, found, ends)
+        gather_ranges(base, x, kl, 0, 2, ranges, below, *room())
         high_counts(base, x, kl, 0, 2, counts)
         for out in (np.empty(4, dtype=np.uint16), np.empty(4, dtype=np.float32)):
             fuse(base, x, kl, 0, 2, np.float32(0.0), out)
