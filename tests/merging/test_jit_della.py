@@ -34,6 +34,17 @@ def _crowded(n: int, buckets: int, seed: int) -> torch.Tensor:
     return torch.from_numpy(values.astype(np.float32))[None]
 
 
+def _assert_masks_like_the_torch_path(magnitudes: torch.Tensor, density: float, seed: int) -> None:
+    """The compiled keep mask of ``magnitudes`` (seeded 16-bit draws, ε = 0.15) equals the
+    torch path's: draw < round(pᵢ·2¹⁶) from the ranks' keep probabilities."""
+    draw = torch.randint(0, 65536, magnitudes.shape, dtype=torch.int32,
+                         generator=torch.Generator().manual_seed(seed))  # fmt: skip
+    expected = draw < (keep_probabilities(magnitudes, density, 0.15) * 65536).round_()
+    got = _della_fast.keep_mask(magnitudes, draw, lambda k: keep_thresholds(k, density, 0.15))
+    assert got is not None
+    assert torch.equal(got, expected)
+
+
 @SETTINGS
 @given(n=st.sampled_from([700, 2500, 6000]), buckets=st.sampled_from([1, 4, 12, 60]),
        density=st.floats(0.2, 0.8), seed=st.integers(0, 99))  # fmt: skip
@@ -41,12 +52,7 @@ def test_crowded_rows_rank_like_the_torch_path(n, buckets, density, seed):
     """Many pending elements: a stable sort of a bucket (more than FEW_ASKED in it), counting
     among its members (a few), or scans of the whole row (fewer than n / SCAN_SHARE)."""
     magnitudes = _crowded(n, buckets, seed)
-    draw = torch.randint(0, 65536, magnitudes.shape, dtype=torch.int32,
-                         generator=torch.Generator().manual_seed(seed))  # fmt: skip
-    expected = draw < (keep_probabilities(magnitudes, density, 0.15) * 65536).round_()
-    got = _della_fast.keep_mask(magnitudes, draw, lambda k: keep_thresholds(k, density, 0.15))
-    assert got is not None
-    assert torch.equal(got, expected)
+    _assert_masks_like_the_torch_path(magnitudes, density, seed)
 
 
 def _task_vector_rows(rows: int, n: int, seed: int, odd: float) -> torch.Tensor:
@@ -72,12 +78,7 @@ def test_even_key_rows_rank_like_the_torch_path(n, odd, density, seed):
     jit_della, _ = _loops()
     assert jit_della.bins_log2(n) >= 10  # (8 binades in at most 2¹⁰ buckets: 2¹⁶ wide)
     magnitudes = _task_vector_rows(3, n, seed, odd)
-    draw = torch.randint(0, 65536, magnitudes.shape, dtype=torch.int32,
-                         generator=torch.Generator().manual_seed(seed))  # fmt: skip
-    expected = draw < (keep_probabilities(magnitudes, density, 0.15) * 65536).round_()
-    got = _della_fast.keep_mask(magnitudes, draw, lambda k: keep_thresholds(k, density, 0.15))
-    assert got is not None
-    assert torch.equal(got, expected)
+    _assert_masks_like_the_torch_path(magnitudes, density, seed)
 
 
 @SETTINGS
@@ -90,12 +91,7 @@ def test_keys_below_the_bucketed_range_rank_like_the_torch_path(n, density, seed
     values = g.choice(np.float32([0.0, 2.0**-30, 2.0**-29, 3 * 2.0**-29, 2.0**-12]), n)
     values[g.integers(0, n)] = 1.0
     magnitudes = torch.from_numpy(values.astype(np.float32))[None]
-    draw = torch.randint(0, 65536, magnitudes.shape, dtype=torch.int32,
-                         generator=torch.Generator().manual_seed(seed))  # fmt: skip
-    expected = draw < (keep_probabilities(magnitudes, density, 0.15) * 65536).round_()
-    got = _della_fast.keep_mask(magnitudes, draw, lambda k: keep_thresholds(k, density, 0.15))
-    assert got is not None
-    assert torch.equal(got, expected)
+    _assert_masks_like_the_torch_path(magnitudes, density, seed)
 
 
 def test_long_rows_take_the_compared_count():
@@ -103,12 +99,7 @@ def test_long_rows_take_the_compared_count():
     jit_della, _ = _loops()
     n = jit_della.EVEN_ROW + 5
     magnitudes = _task_vector_rows(1, n, 3, 0.05)
-    draw = torch.randint(0, 65536, magnitudes.shape, dtype=torch.int32,
-                         generator=torch.Generator().manual_seed(3))  # fmt: skip
-    expected = draw < (keep_probabilities(magnitudes, 0.5, 0.15) * 65536).round_()
-    got = _della_fast.keep_mask(magnitudes, draw, lambda k: keep_thresholds(k, 0.5, 0.15))
-    assert got is not None
-    assert torch.equal(got, expected)
+    _assert_masks_like_the_torch_path(magnitudes, 0.5, 3)
 
 
 def test_scan_rank_is_the_stable_rank():
