@@ -51,7 +51,11 @@ _SHORT_ROW = 64  # shorter rows take the float64 loop (too few terms to average 
 @intrinsic
 def _wide(typingctx: Any) -> Any:
     """Let LLVM vectorise the calling function with 512-bit vectors where the CPU has them
-    (its ``prefer-vector-width`` attribute; LLVM prefers 256 bits on AVX-512 CPUs)."""
+    (its ``prefer-vector-width`` attribute; LLVM prefers 256 bits on AVX-512 CPUs). Kept
+    beside `_numba_start`'s process-wide choice (``HUBMERGE_VECTOR_BITS``) on purpose: the
+    `_jit_sum` loops add in the order of their vector lanes, so pinning their width keeps the
+    KL's bits independent of that setting on AVX-512 CPUs (0.25B outputs cmp-identical with
+    256 and 512)."""
 
     def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
         set.add(builder.function.attributes, '"prefer-vector-width"="512"')  # (not in _known)
