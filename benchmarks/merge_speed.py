@@ -7,6 +7,14 @@ pages sampled separately), input GB/s, each run against the bare read/write boun
 the same repeat (`bare_copy.py`), and ratios to mergekit and to another hubmerge checkout.
 The table ends with the command that produced it.
 
+Every run starts from the same memory state: the previous run's output is deleted and the
+script waits ``--settle`` seconds (default 3) before the next one. On a VM whose guest hands
+freed pages back to its host (virtio-balloon free page reporting, ~2 s after they are freed),
+writing into pages freed less than ~1 s earlier is far cheaper than writing into any others:
+on the 2-core VM of the README, the bound's 2.2 GB write took 0.8 s right after the previous
+output was deleted and 2.5–4 s three seconds later. Without the wait, the bound (which writes
+at once) gets the cheap pages and a merge (which writes after ~1.5 s of imports) does not.
+
 Usage:
     python benchmarks/merge_speed.py --sizes 0.25B,1B --repeats 3 \
         [--mergekit /path/to/venv/bin/mergekit-yaml] [--baseline /path/to/old/checkout] \
@@ -258,6 +266,9 @@ def main() -> None:
     parser.add_argument("--baseline", type=Path, help="another hubmerge checkout to compare")
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "hm-bench")
     parser.add_argument("--out", type=Path, help="where outputs are written (default: --work)")
+    parser.add_argument(
+        "--settle", type=float, default=3.0, help="seconds from deleting an output to the next run"
+    )
     args = parser.parse_args()
     args.work = args.work.resolve()  # the tools run from their own checkouts
     args.out = args.out.resolve() if args.out else None
@@ -287,6 +298,7 @@ def main() -> None:
             for method, tool, cmd, checkout in jobs if repeat % 2 == 0 else jobs[::-1]:
                 out = out_root / f"out-{method}-{tool}"
                 shutil.rmtree(out, ignore_errors=True)
+                time.sleep(args.settle)  # the same memory state for every run (module docstring)
                 run = run_measured([*cmd, str(out)], checkout)
                 shutil.rmtree(out, ignore_errors=True)
                 samples.setdefault((method, tool), []).append(run)
