@@ -25,7 +25,7 @@ from merging.errors import MergeCancelled, RecipeError
 from merging.io.headers import TensorHeader
 from merging.io.source import TensorSource
 from merging.io.writer import DEFAULT_SHARD_SIZE, ShardWriter
-from merging.methods import get_method, random_stream
+from merging.methods import get_method, random_stream, release_scratch
 from merging.outputs import TOKENIZER_FILES, TORCH_DTYPES, Extras, config_dtype, write_extras
 from merging.plan import PlannedTensor, build_plan, layer_index, plan_sources
 from merging.progress import Progress, ProgressCallback
@@ -228,6 +228,7 @@ def merge(
         if pool is not None:
             pool.shutdown()
         torch.set_num_threads(torch_threads)
+        release_scratch()  # (the kernels' reused buffers: an idle process keeps none)
     pinned = {key: model.pinned for key, model in resolved.items()}
     seconds = time.perf_counter() - started
     logger.info("merged %d tensors into %s in %.1f s", len(headers), path, seconds)

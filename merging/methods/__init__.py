@@ -27,6 +27,7 @@ from merging.methods import (  # noqa: F401  (registration)
 )
 from merging.methods._base import METHODS, Method, MethodParams, SourceParams, register
 from merging.methods._ops import RandomStream
+from merging.methods._spare import release_all as release_scratch
 from merging.recipe import evaluate_parameter
 
 if TYPE_CHECKING:
@@ -40,6 +41,7 @@ __all__ = [
     "get_method",
     "random_stream",
     "register",
+    "release_scratch",
     "resolve_params",
 ]
 

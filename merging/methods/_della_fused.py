@@ -6,7 +6,8 @@
 reduction pass handles the whole rows that *start* in it, reading them from the stored
 tensors (a row may run past the chunk's end), so no row is ever cut: draws, |δ|, the ranked
 keep mask and the L1 norms of a row come from one loop (`_jit_della_rows.observe_rows`), and
-the masks go into one flat byte mask per model; the generator states of a model's mask blocks
+the masks go into one flat byte mask per model (buffers reused from tensor to tensor,
+`_spare`); the generator states of a model's mask blocks
 are seeded for the whole tensor at its first chunk (`_streams`). The output pass is TIES's
 compiled masked loop (`_compiled.family_apply`) for ``della`` and
 `_jit_della_rows.linear_apply` for ``della_linear``, both writing the output dtype into the
@@ -30,7 +31,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from merging.methods import _compiled, _della_fast
+from merging.methods import _compiled, _della_fast, _spare
 from merging.methods._loaders import Loops
 from merging.methods._ops import BLOCK, RandomStream
 from merging.methods._streams import block_streams
@@ -87,7 +88,9 @@ class FusedDella:
         self.numel = base.numel()
         self.cols = kernel.cols
         self.keys = DellaKeys(kernel.rng)
-        self.masks = [np.empty(self.numel, np.bool_) if s else None for s in kernel.sparse]
+        owned: list[np.ndarray] = []  # (reused buffers: fresh pages fault in, `_spare`)
+        self.masks = [_spare.MASKS.take(self.numel, owned) if s else None for s in kernel.sparse]
+        _spare.MASKS.give_when_gone(self, owned)
         self.tables = [
             None if not s else kernel._thresholds(i)(self.cols).to(torch.int32).numpy()
             for i, s in enumerate(kernel.sparse)
@@ -152,8 +155,8 @@ class FusedDella:
 
     def keep(self, index: int, offset: int, length: int) -> Tensor:
         mask = self.masks[index]
-        assert mask is not None
-        return torch.from_numpy(mask[offset : offset + length])
+        assert mask is not None  # (a copy: the mask's buffer is reused once this is gone)
+        return torch.from_numpy(mask[offset : offset + length].copy())
 
     def apply_into(
         self, base: Tensor, inputs: Sequence[Tensor], offset: int, out: Tensor,

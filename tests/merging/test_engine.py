@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -24,7 +25,7 @@ from merging.errors import (
     ShapeMismatchError,
     VocabMismatchError,
 )
-from merging.methods import random_stream
+from merging.methods import _spare, random_stream
 from tests.helpers.tiny import build_llama, state_dict
 from tests.merging.method_helpers import method_parameters
 
@@ -102,6 +103,15 @@ def test_every_method_merges_loads_and_matches_its_function(name, tiny_models, t
         torch.testing.assert_close(merged[tensor], value, rtol=1e-5, atol=1e-6, msg=tensor)
     logits = forward(result.output)
     assert logits.shape == (1, 4, 384)
+
+
+def test_a_finished_merge_leaves_no_spare_scratch_buffers(tiny_models, tmp_path):
+    """The kernels' reused buffers (`_spare`) are dropped when a merge ends: an idle server
+    process keeps none."""
+    _spare.MASKS.give([np.empty(4096, np.bool_)])  # as a finished tensor would leave one
+    assert _spare.MASKS.spare_bytes() == 4096
+    merge(recipe_for("della", tiny_models), tmp_path / "out", options=MergeOptions(device="cpu"))
+    assert _spare.MASKS.spare_bytes() == 0
 
 
 def test_bf16_output_is_the_float32_result_cast(tiny_models, tmp_path):
