@@ -290,6 +290,8 @@ def main() -> None:
             recipe.write_text(recipe_yaml(method, base, inputs))
             if not jobs:  # the bound is the same for every method: run it once per repeat
                 jobs.append(("(all)", "bare", [sys.executable, str(bare), str(recipe)], None))
+            if method in SLICE_PLANS:  # ... but a slice plan writes another number of layers
+                jobs.append((method, "bare", [sys.executable, str(bare), str(recipe)], None))
             for tool, (cmd, checkout) in tools_for(recipe, args).items():
                 jobs.append((method, tool, cmd, checkout))
         samples: dict[tuple[str, str], list[dict[str, float]]] = {}
@@ -304,8 +306,8 @@ def main() -> None:
                 samples.setdefault((method, tool), []).append(run)
                 print(json.dumps({"size": size, "method": method, "tool": tool, **run}),
                       file=sys.stderr, flush=True)  # fmt: skip
-        bare_runs = samples[("(all)", "bare")]
         for (method, tool), runs in samples.items():
+            bare_runs = samples.get((method, "bare"), samples[("(all)", "bare")])
             med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
             med["gbps"] = total_in / 1e9 / med["wall"]
             # paired ratios: each run against the bound measured in the same repeat
