@@ -179,6 +179,13 @@ def release_masks(masks: Sequence[np.ndarray | None]) -> None:
                     free.append(mask)
 
 
+def drop_spare_masks() -> None:
+    """Drop the recycled masks (the engine, when a merge ends: an idle process keeps none, and
+    a server merging many shapes does not collect one list per chunk size)."""
+    with _lock:
+        _free_masks.clear()
+
+
 def keep_mask(rng: Any, source: int, offset: int, length: int, density: float) -> Tensor:
     """`RandomStream.mask` (the same draws, bit for bit) with the generator in compiled code:
     each block's stream starts where NumPy's seeding puts it, split into interleaved lanes."""
