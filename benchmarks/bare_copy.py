@@ -60,7 +60,7 @@ def _output_sizes(base: Path, recipe: dict) -> list[int]:
             header = json.loads(handle.read(length))
         for name, entry in header.items():
             found = re.match(r"model\.layers\.(\d+)\.", name)
-            if found and name != "__metadata__":
+            if found:
                 layers.add(int(found.group(1)))
                 start, stop = entry["data_offsets"]
                 layer_bytes += stop - start

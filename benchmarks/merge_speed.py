@@ -318,12 +318,13 @@ def main() -> None:
                 r["merge"] / b["wall"] for r, b in zip(runs, bare_runs, strict=True)
             )
             rows.append({"size": size, "method": method, "tool": tool, **med})
-    print_table(rows, command, args.repeats)
+    print_table(rows, command, args.repeats, args.settle)
 
 
-def print_table(rows: list[dict[str, Any]], command: str, repeats: int) -> None:
+def print_table(rows: list[dict[str, Any]], command: str, repeats: int, settle: float) -> None:
     print(f"\nCommand: {command}")
-    print(f"Medians of {repeats} paired repeats; x bare = median of per-repeat wall / bare wall.\n")
+    print(f"Medians of {repeats} paired repeats, each run {settle:g} s after the last output was "
+          "deleted; x bare = median of per-repeat wall / bare wall.\n")  # fmt: skip
     print("merge s: the merge itself as hubmerge logs it (wall s less the interpreter's start and "
           "imports).\n")  # fmt: skip
     print("| size | method | tool | wall s | merge s | CPU s | x bare | merge x bare | peak RSS GB "
