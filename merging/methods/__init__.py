@@ -26,9 +26,8 @@ from merging.methods import (  # noqa: F401  (registration)
     task_arithmetic,
 )
 from merging.methods._base import METHODS, Method, MethodParams, SourceParams, register
-from merging.methods._compiled import drop_spare_masks
 from merging.methods._ops import RandomStream
-from merging.methods._spare import release_all
+from merging.methods._spare import release_all as release_scratch
 from merging.recipe import evaluate_parameter
 
 if TYPE_CHECKING:
@@ -102,10 +101,3 @@ def resolve_params(
 def random_stream(seed: int, tensor_name: str) -> RandomStream:
     """Randomness for one tensor, from ``(seed, tensor_name)``: independent of order and threads."""
     return RandomStream(seed, tensor_name)
-
-
-def release_scratch() -> None:
-    """Drop the kernels' reused buffers (DELLA's whole-tensor masks, DARE's chunk masks): the
-    engine calls this when a merge ends."""
-    release_all()
-    drop_spare_masks()

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from merging.methods import _spare
 from merging.methods._loaders import Loops
 from merging.methods._numba_start import AVAILABLE
 from merging.methods._ops import BLOCK, keep_threshold
@@ -53,7 +54,7 @@ def as_array(x: Tensor) -> np.ndarray:
 
 
 Kind = tuple[torch.dtype, torch.dtype, int]  # base dtype, inputs' dtype, number of inputs
-_lock = threading.Lock()  # (the recycled buffers below)
+_lock = threading.Lock()  # (the recycled histogram buffers below)
 _loops: Any = None  # the `_jit_loops` module, once imported
 _select_loops: Any = None  # `_jit_select`
 _dare_loops: Any = None  # `_jit_dare`
@@ -155,42 +156,11 @@ def _warm_up(base_dtype: torch.dtype, input_dtype: torch.dtype, models: int) -> 
                      lambda_=1.0, out=out)  # fmt: skip
 
 
-_free_masks: dict[int, list[np.ndarray]] = {}
-KEPT_MASKS = 64  # recycled mask buffers per size (DARE's chunks: mostly one size, 1 MB each)
-
-
-def mask_buffer(length: int) -> np.ndarray:
-    """A bool buffer for a DARE keep-mask, recycled (`release_masks`): a fresh megabyte is
-    faulted in and zeroed by the kernel page by page, a reused one is not."""
-    with _lock:
-        free = _free_masks.get(length)
-        if free:
-            return free.pop()
-    return np.empty(length, dtype=np.bool_)
-
-
-def release_masks(masks: Sequence[np.ndarray | None]) -> None:
-    """Hand masks back for reuse once nothing reads them any more."""
-    with _lock:
-        for mask in masks:
-            if mask is not None and mask.dtype == np.bool_ and mask.ndim == 1:
-                free = _free_masks.setdefault(mask.size, [])
-                if len(free) < KEPT_MASKS:
-                    free.append(mask)
-
-
-def drop_spare_masks() -> None:
-    """Drop the recycled masks (the engine, when a merge ends: an idle process keeps none, and
-    a server merging many shapes does not collect one list per chunk size)."""
-    with _lock:
-        _free_masks.clear()
-
-
 def keep_mask(rng: Any, source: int, offset: int, length: int, density: float) -> Tensor:
     """`RandomStream.mask` (the same draws, bit for bit) with the generator in compiled code:
     each block's stream starts where NumPy's seeding puts it, split into interleaved lanes."""
     states, incs = block_streams(rng, source, offset, length, _dare_loops.seed_streams)
-    out = mask_buffer(length)
+    out = _spare.mask_buffer(length)
     start = offset - offset // BLOCK * BLOCK
     _loops.keep_mask(states, incs, start, keep_threshold(density), out.view(np.uint8))
     return torch.from_numpy(out)

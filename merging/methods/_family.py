@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from merging.methods import _compiled
+from merging.methods import _compiled, _spare
 from merging.methods._kernels import ELEMENTWISE_CHUNK, SUM_PART, Kernel
 from merging.methods._ops import (
     RandomStream,
@@ -180,7 +180,7 @@ class FamilyKernel(Kernel):
         """DARE's reduction step compiled, a run of `SUM_PART` elements at a time: the mask,
         |δ| and the mask as floats in one loop, then torch's sum and dot of the run while its
         float views are in cache."""
-        keep = torch.from_numpy(_compiled.mask_buffer(x.numel()))
+        keep = torch.from_numpy(_spare.mask_buffer(x.numel()))
         parts = {}
         for start in range(0, x.numel(), SUM_PART):
             stop = min(x.numel(), start + SUM_PART)
@@ -350,7 +350,7 @@ class FamilyKernel(Kernel):
             lambda_=self.params.lambda_,
             out=out,
         )
-        _compiled.release_masks(keeps)  # (each chunk's masks are read by this call only)
+        _spare.release_masks(keeps)  # (each chunk's masks are read by this call only)
         return result
 
     def _consensus_weights(self) -> tuple[list[float], list[float]]:

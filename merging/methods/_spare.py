@@ -1,4 +1,4 @@
-"""Whole-tensor scratch buffers, reused from one tensor to the next while merges run.
+"""Scratch buffers reused from chunk to chunk and tensor to tensor while merges run.
 
 A page the process has not touched before costs a page fault and a zeroing the first time it
 is written, and on a VM whose guest hands freed memory back to its host (as the 2-core VM of
@@ -9,14 +9,17 @@ tensor: DELLA's keep masks (one byte per element and model) are above that size 
 tensors of a 70B model (a 8192 × 28672 projection: 235 MB a model). At 1B only the embeddings
 and the LM head are (~30,000 of a DELLA merge's ~210,000 page faults, ~0.2 CPU s, which the
 merge's wall time does not show against its noise). Kernels take such buffers from a
-`SparePool` instead and hand them back when their tensor is done; `release_all` (the engine,
-when a merge ends) drops what is kept, so an idle server holds none.
+`SparePool` instead and hand them back when their tensor is done. DARE's chunk masks (a
+megabyte each, mostly one size) are recycled by size (`mask_buffer`, `release_masks`).
+`release_all` (the engine, when a merge ends) drops what both keep, so an idle server holds
+none, and a server merging many shapes does not keep a list for every chunk size it saw.
 """
 
 from __future__ import annotations
 
 import threading
 import weakref
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -70,10 +73,35 @@ class SparePool:
 # DELLA's keep masks. Two tensors are in flight at once, each with a mask per model; four
 # spare ones at most, so the masks never hold more than twice what those tensors need.
 MASKS = SparePool(np.bool_, kept=4)
-POOLS = (MASKS,)
+
+_chunk_lock = threading.Lock()
+_free_masks: dict[int, list[np.ndarray]] = {}
+KEPT_MASKS = 64  # recycled mask buffers per size (DARE's chunks: mostly one size, 1 MB each)
+
+
+def mask_buffer(length: int) -> np.ndarray:
+    """A bool buffer for a DARE keep-mask, recycled (`release_masks`): a fresh megabyte is
+    faulted in and zeroed by the kernel page by page, a reused one is not."""
+    with _chunk_lock:
+        free = _free_masks.get(length)
+        if free:
+            return free.pop()
+    return np.empty(length, dtype=np.bool_)
+
+
+def release_masks(masks: Sequence[np.ndarray | None]) -> None:
+    """Hand masks back for reuse once nothing reads them any more."""
+    with _chunk_lock:
+        for mask in masks:
+            if mask is not None and mask.dtype == np.bool_ and mask.ndim == 1:
+                free = _free_masks.setdefault(mask.size, [])
+                if len(free) < KEPT_MASKS:
+                    free.append(mask)
 
 
 def release_all() -> None:
-    """Drop every pool's spare buffers (called when a merge ends)."""
-    for pool in POOLS:
-        pool.release()
+    """Drop every spare buffer: DELLA's whole-tensor masks and DARE's chunk masks (called when
+    a merge ends)."""
+    MASKS.release()
+    with _chunk_lock:
+        _free_masks.clear()

@@ -25,7 +25,7 @@ from merging.errors import (
     ShapeMismatchError,
     VocabMismatchError,
 )
-from merging.methods import _compiled, _spare, random_stream
+from merging.methods import _spare, random_stream
 from tests.helpers.tiny import build_llama, state_dict
 from tests.merging.method_helpers import method_parameters
 
@@ -110,11 +110,11 @@ def test_a_finished_merge_leaves_no_spare_scratch_buffers(tiny_models, tmp_path)
     process keeps none."""
     _spare.MASKS.give([np.empty(4096, np.bool_)])  # as a finished tensor would leave one
     chunk_mask = np.empty(4096, np.bool_)
-    _compiled.release_masks([chunk_mask])  # and a DARE chunk
+    _spare.release_masks([chunk_mask])  # and a DARE chunk
     assert _spare.MASKS.spare_bytes() == 4096
     merge(recipe_for("della", tiny_models), tmp_path / "out", options=MergeOptions(device="cpu"))
     assert _spare.MASKS.spare_bytes() == 0
-    assert _compiled.mask_buffer(4096) is not chunk_mask  # not recycled any more
+    assert _spare.mask_buffer(4096) is not chunk_mask  # not recycled any more
 
 
 def test_bf16_output_is_the_float32_result_cast(tiny_models, tmp_path):
