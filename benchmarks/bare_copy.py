@@ -59,7 +59,7 @@ def _output_sizes(base: Path, recipe: dict) -> list[int]:
             (length,) = struct.unpack("<Q", handle.read(8))
             header = json.loads(handle.read(length))
         for name, entry in header.items():
-            found = re.match(r"model\.layers\.(\d+)\.", name)
+            found = re.match(r"model\.layers\.(\d+)\.", name)  # (the benchmark's Llamas)
             if found:
                 layers.add(int(found.group(1)))
                 start, stop = entry["data_offsets"]
