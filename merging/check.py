@@ -103,6 +103,7 @@ def compare_sources(
     out_dtype: str,
     vocab_policy: str = "error",
     prefetch: int = 2,
+    allow_crimes: bool = False,
 ) -> CompatibilityReport:
     """Check that every source has every reference tensor with the same shape.
 
@@ -110,9 +111,7 @@ def compare_sources(
     both sizes; ``base`` keeps the reference's row count; ``union`` takes the largest.
     """
     report = CompatibilityReport(reference.label, [reference, *others])
-    archs = {s.architecture for s in report.sources if s.config}
-    if len(archs) > 1:
-        report.errors.append(f"architectures differ: {', '.join(sorted(archs))}")
+    _check_architectures(report, allow_crimes)
     _check_tied(report)
     for other in others:
         missing = [n for n in reference.headers if n not in other.headers]
@@ -151,6 +150,7 @@ def compare_plan(
     vocab_policy: str = "error",
     prefetch: int = 2,
     vocab_rows: int | None = None,
+    allow_crimes: bool = False,
 ) -> CompatibilityReport:
     """Check a plan's inputs from headers: each output tensor's inputs exist and agree in shape.
 
@@ -163,13 +163,11 @@ def compare_plan(
     if not plan.sliced:
         report = compare_sources(
             reference, others, out_dtype=out_dtype, prefetch=prefetch,
-            vocab_policy="base" if vocab_rows else vocab_policy,
+            vocab_policy="base" if vocab_rows else vocab_policy, allow_crimes=allow_crimes,
         )  # fmt: skip
     else:
         report = CompatibilityReport(reference.label, [reference, *others])
-        archs = {s.architecture for s in report.sources if s.config}
-        if len(archs) > 1:
-            report.errors.append(f"architectures differ: {', '.join(sorted(archs))}")
+        _check_architectures(report, allow_crimes)
         _check_tied(report)
         report.errors += plan.errors
         if not plan.errors:
@@ -199,6 +197,25 @@ def compare_plan(
     report.plan = plan.summary()
     _estimate(report, prefetch)
     return report
+
+
+def _check_architectures(report: CompatibilityReport, allow_crimes: bool) -> None:
+    """Sources whose configs name different architectures: an error, or with ``allow_crimes``
+    (mergekit's ``--allow-crimes``) a warning, the tensors still checked name by name."""
+    archs = {s.architecture for s in report.sources if s.config}
+    if len(archs) <= 1:
+        return
+    named = ", ".join(sorted(archs))
+    if allow_crimes:
+        report.warnings.append(
+            f"architectures differ: {named} (allowed by allow_crimes); tensors are matched by "
+            f"name and shape, and the output's config is {report.reference}'s"
+        )
+    else:
+        report.errors.append(
+            f"architectures differ: {named}; to merge them anyway where their tensors line "
+            "up, set allow_crimes: true in the recipe (or pass --allow-crimes)"
+        )
 
 
 def _check_tied(report: CompatibilityReport) -> None:
@@ -293,7 +310,7 @@ def check_recipe(
         vocab = build_vocab(recipe, plan, local, infos, named=folders)
     report = compare_plan(
         plan, infos, out_dtype=out_dtype, vocab_policy=recipe.vocab_policy,
-        vocab_rows=vocab.rows if vocab else None,
+        vocab_rows=vocab.rows if vocab else None, allow_crimes=recipe.allow_crimes,
     )  # fmt: skip
     if vocab is None and (recipe.tokenizer or recipe.tokenizer_source):
         report.plan.append("embedding rows mapped by token (vocabulary built at merge time)")

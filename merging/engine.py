@@ -63,6 +63,10 @@ class MergeOptions:
         threads: compute threads (default: every core on CPU, 1 on an accelerator); on CPU each
             works on its own chunks with torch single-threaded per op, which stays fast when
             the machine is busy (OpenMP-parallel small ops do not).
+        copy_tokenizer: copy the reference's tokenizer files into the output (mergekit's
+            ``--copy-tokenizer``, on by default). A tokenizer the recipe builds
+            (``tokenizer_source`` / ``tokenizer:``) is always written: the embedding rows
+            follow it.
     """
 
     device: str | None = None
@@ -75,6 +79,7 @@ class MergeOptions:
     prefetch: int = 2
     readers: int = 2
     threads: int | None = None
+    copy_tokenizer: bool = True
 
 
 @dataclass(frozen=True)
@@ -156,6 +161,7 @@ def merge(
     report = compare_plan(
         plan, infos, out_dtype=out_dtype_name, vocab_policy=recipe.vocab_policy,
         prefetch=options.prefetch, vocab_rows=vocab.rows if vocab else None,
+        allow_crimes=recipe.allow_crimes,
     )  # fmt: skip
     report.warnings[:0] = list(recipe.warnings)
     report.warnings += vocab.warnings if vocab else []  # tokens beyond a model's vocab_size
@@ -220,7 +226,8 @@ def merge(
                     write_oldest()
             finally:
                 pipeline.close()
-            extras = Extras(recipe, method, plan, infos, resolved, report, out_dtype_name)
+            extras = Extras(recipe, method, plan, infos, resolved, report, out_dtype_name,
+                            copy_tokenizer=options.copy_tokenizer)  # fmt: skip
             write_extras(writer, extras, vocab)
             path = writer.finish()
     finally:

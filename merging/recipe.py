@@ -190,6 +190,9 @@ class Recipe(BaseModel):
             ``(seed, tensor name)``.
         allow_pickle: permit PyTorch ``.bin`` checkpoints (loaded with ``weights_only=True``).
         trust_remote_code: recorded only; hubmerge never executes model code.
+        allow_crimes: merge sources whose configs name different architectures (mergekit's
+            ``--allow-crimes``); their tensor names and shapes must still line up, and the
+            output's config is the reference's. Off: such sources are refused.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
@@ -209,6 +212,7 @@ class Recipe(BaseModel):
     seed: int = 0
     allow_pickle: bool = False
     trust_remote_code: bool = False
+    allow_crimes: bool = False
     strict: bool = False
     align: AlignSettings | None = None  # permute sources into one basis first (merging.align)
     _warnings: tuple[str, ...] = PrivateAttr(default=())

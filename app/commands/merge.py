@@ -1,9 +1,13 @@
-"""``hubmerge merge RECIPE -o OUT``: run a recipe."""
+"""``hubmerge merge RECIPE -o OUT`` (or ``RECIPE OUT``, as mergekit-yaml takes it): run a recipe.
+
+mergekit-yaml's options are accepted too (`mergekit_flags`)."""
 
 from __future__ import annotations
 
 import argparse
+import logging
 
+from app.commands import mergekit_flags
 from app.commands._common import add_token_options, read_token, tqdm_progress
 
 
@@ -19,21 +23,42 @@ def _size(text: str) -> int:
 def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = subparsers.add_parser("merge", help="merge models as a recipe says")
     p.add_argument("recipe", help="recipe YAML (hubmerge or mergekit format)")
-    p.add_argument("-o", "--output", required=True, help="output folder (appears when complete)")
+    p.add_argument("out_path", nargs="?", metavar="OUT", help="output folder (as -o)")
+    p.add_argument("-o", "--output", help="output folder (appears when complete)")
     p.add_argument("--device", help="cpu, cuda, cuda:1, … (default: accelerator if present)")
     p.add_argument("--shard-size", type=_size, default="5GB", help="max shard size (5GB)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.add_argument("--dry-run", action="store_true", help="check only; read no weights")
     p.add_argument("--strict", action="store_true", help="keys without effect are errors")
     add_token_options(p)
+    mergekit_flags.add_arguments(p)
     p.set_defaults(run=run)
+
+
+def output_folder(args: argparse.Namespace) -> str:
+    """The output folder from ``-o`` or the second argument (mergekit-yaml's place for it)."""
+    if args.output and args.out_path and args.output != args.out_path:
+        raise SystemExit(f"hubmerge merge: two output folders given ({args.out_path}, -o "
+                         f"{args.output}); give one")  # fmt: skip
+    output = args.output or args.out_path
+    if not output:
+        raise SystemExit("hubmerge merge: give the output folder (hubmerge merge RECIPE OUT, "
+                         "or -o OUT)")  # fmt: skip
+    return str(output)
 
 
 def run(args: argparse.Namespace) -> int:
     from merging import MergeOptions, load_recipe, merge
     from merging.check import check_recipe
 
+    output = output_folder(args)
+    if args.mergekit_verbosity:
+        logging.getLogger().setLevel(logging.DEBUG)
     recipe = load_recipe(args.recipe, strict=args.strict)
+    settings = {"device": args.device, "shard_size": args.shard_size}
+    recipe, settings, notes = mergekit_flags.apply(args, recipe, settings)
+    for note in notes:
+        print(f"note: {note}")
     for warning in recipe.warnings:
         print(f"warning: {warning}")
     token = read_token(args)
@@ -41,17 +66,13 @@ def run(args: argparse.Namespace) -> int:
         report = check_recipe(recipe, token=token)
         print(report.render())
         return 0 if report.ok else 1
-    update, close = tqdm_progress()
+    update, close = (None, lambda: None) if mergekit_flags.quiet(args) else tqdm_progress()
     try:
         result = merge(
             recipe,
-            args.output,
+            output,
             options=MergeOptions(
-                device=args.device,
-                shard_size=args.shard_size,
-                overwrite=args.overwrite,
-                token=token,
-                progress=update,
+                overwrite=args.overwrite, token=token, progress=update, **settings
             ),
         )
     finally:

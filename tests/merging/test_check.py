@@ -99,6 +99,19 @@ def test_missing_tensor_and_architecture_are_errors():
     assert "model.norm.weight" in str(caught.value)
 
 
+def test_allow_crimes_lets_different_architectures_merge_where_their_tensors_line_up():
+    mistral = _info("ft", arch="MistralForCausalLM")
+    refused = compare_sources(_info("base"), [mistral], out_dtype="float32")
+    assert not refused.ok
+    assert "set allow_crimes: true" in refused.errors[0]
+    allowed = compare_sources(_info("base"), [mistral], out_dtype="float32", allow_crimes=True)
+    assert allowed.ok
+    assert "allowed by allow_crimes" in allowed.warnings[0]
+    del mistral.headers["model.norm.weight"]  # tensors are still checked name by name
+    missing = compare_sources(_info("base"), [mistral], out_dtype="float32", allow_crimes=True)
+    assert not missing.ok and "lacks 1 tensor(s)" in missing.errors[0]
+
+
 def test_extra_tensors_and_tied_embeddings_warn():
     other = _info("ft", tie=True, extra={"extra.weight": ((2,), "F32")})
     report = compare_sources(_info("base"), [other], out_dtype="float32")
