@@ -18,6 +18,7 @@ logger = logging.getLogger("hubmerge")
 
 COMMAND_MODULES = (
     "app.commands.merge",
+    "app.commands.multi",
     "app.commands.check",
     "app.commands.evaluate",
     "app.commands.lora",

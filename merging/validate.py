@@ -23,9 +23,9 @@ from merging.recipe import (
     Recipe,
     Slice,
     parse_recipe_syntax,
-    read_recipe_data,
     scalars_of,
 )
+from merging.recipe_text import read_recipe_data
 
 NO_OP = {
     "int8_mask": "hubmerge computes in float32 and masks exactly, so int8_mask is a no-op",
