@@ -25,14 +25,20 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
     p.add_argument("recipe", help="recipe YAML (hubmerge or mergekit format)")
     p.add_argument("out_path", nargs="?", metavar="OUT", help="output folder (as -o)")
     p.add_argument("-o", "--output", help="output folder (appears when complete)")
+    add_run_options(p, overwrite="replace an existing output", dry_run="check only")
+    p.set_defaults(run=run)
+
+
+def add_run_options(p: argparse.ArgumentParser, *, overwrite: str, dry_run: str) -> None:
+    """The options of every command that merges: device, shards, overwrite, dry run, strict,
+    token, and mergekit-yaml's."""
     p.add_argument("--device", help="cpu, cuda, cuda:1, … (default: accelerator if present)")
     p.add_argument("--shard-size", type=_size, default="5GB", help="max shard size (5GB)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
-    p.add_argument("--dry-run", action="store_true", help="check only; read no weights")
+    p.add_argument("--overwrite", action="store_true", help=overwrite)
+    p.add_argument("--dry-run", action="store_true", help=f"{dry_run}; read no weights")
     p.add_argument("--strict", action="store_true", help="keys without effect are errors")
     add_token_options(p)
     mergekit_flags.add_arguments(p)
-    p.set_defaults(run=run)
 
 
 def output_folder(args: argparse.Namespace) -> str:

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from app.commands import mergekit_flags
-from app.commands._common import add_token_options, read_token, tqdm_progress
-from app.commands.merge import _size
+from app.commands._common import read_token, tqdm_progress
+from app.commands.merge import add_run_options
 
 if TYPE_CHECKING:
     from merging.multi import Stage
@@ -31,13 +31,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
                    help="folder of the named stages' outputs (DIR/name)")  # fmt: skip
     p.add_argument("--lazy", action=argparse.BooleanOptionalAction, default=True,
                    help="leave a stage whose output records the same recipe (default)")  # fmt: skip
-    p.add_argument("--device", help="cpu, cuda, cuda:1, … (default: accelerator if present)")
-    p.add_argument("--shard-size", type=_size, default="5GB", help="max shard size (5GB)")
-    p.add_argument("--overwrite", action="store_true", help="merge a stage again over its folder")
-    p.add_argument("--dry-run", action="store_true", help="validate and check; read no weights")
-    p.add_argument("--strict", action="store_true", help="keys without effect are errors")
-    add_token_options(p)
-    mergekit_flags.add_arguments(p)
+    add_run_options(p, overwrite="merge a stage again over its folder",
+                    dry_run="validate, and check the stages whose inputs exist")  # fmt: skip
     p.set_defaults(run=run)
 
 
