@@ -230,8 +230,10 @@ def run_multi(
             continue
         if current is not None and not options.overwrite:
             why = (
-                "merged from another recipe" if current is False else
-                f"merged before {', '.join(fed)} was merged again" if fed else "merged already"
+                f"merged before {', '.join(fed)} was merged again" if current and fed else
+                "merged already (lazy is off)" if current else
+                "merged from another recipe" if (folder / RECIPE_FILE).is_file() else
+                f"with no {RECIPE_FILE} to say what it holds (not a hubmerge output?)"
             )  # fmt: skip
             raise OutputError(
                 f"{_label(stage)}: {folder} exists, {why}; give overwrite (--overwrite) to merge "

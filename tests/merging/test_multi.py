@@ -81,6 +81,9 @@ def test_lazy_reruns_leave_up_to_date_stages_and_refuse_stale_ones(tiny_models, 
     with pytest.raises(OutputError, match=r"final merge.*before blend was merged again"):
         run_multi(parse_multi(text, inter), final, options=OPTIONS)
     assert (inter / "blend").is_dir()
+    (final / "hubmerge_recipe.yaml").unlink()  # e.g. a folder mergekit wrote
+    with pytest.raises(OutputError, match=r"final merge.*with no hubmerge_recipe\.yaml"):
+        run_multi(parse_multi(text, inter), final, options=OPTIONS)
     before = state_dict(final)
     overwrite = MergeOptions(device="cpu", threads=1, overwrite=True)
     assert all(run_multi(parse_multi(changed, inter), final, options=overwrite))
