@@ -71,34 +71,38 @@ def _patch(value: Any, names: dict[str, Path], used: set[str]) -> Any:
     return f"{names[model]}{plus}{adapter}"
 
 
+def _patch_key(
+    mapping: Any, key: str, names: dict[str, Path], used: set[str], *, tokenizer: bool = False
+) -> None:
+    """``mapping[key]``, a model reference, patched in place where ``mapping`` has it (for a
+    ``tokenizer`` source, the keywords ``base`` / ``union`` are not references)."""
+    value = mapping.get(key) if isinstance(mapping, dict) else None
+    if isinstance(value, str) and not (tokenizer and value in KEYWORDS):
+        mapping[key] = _patch(value, names, used)
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
 def _patch_document(doc: dict[str, Any], names: dict[str, Path], used: set[str]) -> None:
     """Every model reference of one document, in place (malformed parts are left for the
     recipe's own validation to report)."""
-    if "base_model" in doc:
-        doc["base_model"] = _patch(doc["base_model"], names, used)
-    for entry in doc.get("models") or []:
-        if isinstance(entry, dict) and "model" in entry:
-            entry["model"] = _patch(entry["model"], names, used)
-    for piece in doc.get("slices") or []:
-        if not isinstance(piece, dict):
-            continue
-        if "base_model" in piece:
-            piece["base_model"] = _patch(piece["base_model"], names, used)
-        for source in piece.get("sources") or []:
-            if isinstance(source, dict) and "model" in source:
-                source["model"] = _patch(source["model"], names, used)
-    if doc.get("tokenizer_source") not in KEYWORDS and "tokenizer_source" in doc:
-        doc["tokenizer_source"] = _patch(doc["tokenizer_source"], names, used)
+    _patch_key(doc, "base_model", names, used)
+    _patch_key(doc, "tokenizer_source", names, used, tokenizer=True)
+    for entry in _list(doc.get("models")):
+        _patch_key(entry, "model", names, used)
+    for piece in _list(doc.get("slices")):
+        _patch_key(piece, "base_model", names, used)
+        for source in _list(piece.get("sources") if isinstance(piece, dict) else None):
+            _patch_key(source, "model", names, used)
     tokenizer = doc.get("tokenizer")
     if isinstance(tokenizer, dict):
-        if tokenizer.get("source") not in KEYWORDS and "source" in tokenizer:
-            tokenizer["source"] = _patch(tokenizer["source"], names, used)
-        for token in (tokenizer.get("tokens") or {}).values():
-            if isinstance(token, dict) and "source" in token:
-                token["source"] = _patch(token["source"], names, used)
-    align = doc.get("align")
-    if isinstance(align, dict) and "to" in align:
-        align["to"] = _patch(align["to"], names, used)
+        _patch_key(tokenizer, "source", names, used, tokenizer=True)
+        tokens = tokenizer.get("tokens")
+        for token in tokens.values() if isinstance(tokens, dict) else []:
+            _patch_key(token, "source", names, used, tokenizer=True)
+    _patch_key(doc.get("align"), "to", names, used)
 
 
 def _label(stage: Stage | str | None) -> str:

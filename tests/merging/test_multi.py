@@ -4,12 +4,15 @@ their output folders, everything validated before the first merge, lazy re-runs.
 from __future__ import annotations
 
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from merging import MergeOptions, RecipeError, merge, parse_recipe
 from merging.errors import OutputError
@@ -151,3 +154,45 @@ def test_an_unnamed_final_merge_needs_an_output_folder(tmp_path):
     multi = parse_multi(_documents(STAGE), tmp_path)
     with pytest.raises(RecipeError, match="give the output folder"):
         run_multi(multi, None)
+
+
+names = st.one_of(st.none(), st.sampled_from(["a", "b", "c", "a/b", "..", ""]), st.integers(),
+                  st.lists(st.text(max_size=3), max_size=2))  # fmt: skip
+mappings = st.dictionaries(st.text(max_size=4), st.text(max_size=4))
+references = st.one_of(st.sampled_from(["a", "b", "c", "a+x/y", "org/m"]), st.integers(),
+                       st.none(), mappings)  # fmt: skip
+
+
+@st.composite
+def _stage_documents(draw: st.DrawFn) -> list[Any]:
+    docs: list[Any] = []
+    for _ in range(draw(st.integers(1, 4))):
+        if draw(st.integers(0, 9)) == 0:
+            docs.append(draw(st.one_of(st.text(max_size=5), st.lists(st.integers(), max_size=2))))
+            continue
+        doc: dict[str, Any] = {"merge_method": draw(st.sampled_from(["linear", "ties", "x"]))}
+        if draw(st.booleans()):
+            doc["name"] = draw(names)
+        doc["models"] = [{"model": draw(references)} for _ in range(draw(st.integers(0, 3)))]
+        for key in draw(st.lists(st.sampled_from(["base_model", "tokenizer_source"]),
+                                 max_size=2)):  # fmt: skip
+            doc[key] = draw(references)
+        if draw(st.booleans()):
+            doc["slices"] = [{"sources": [{"model": draw(references), "layer_range": [0, 1]}]}]
+        docs.append(doc)
+    return docs
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_stage_documents())
+def test_arbitrary_multi_stage_documents_parse_or_are_refused(docs: list[Any]) -> None:
+    with tempfile.TemporaryDirectory() as folder:
+        try:
+            multi = parse_multi(yaml.safe_dump_all(docs), folder)
+        except RecipeError as err:
+            message = str(err)
+            assert message.strip(), "a RecipeError must say what is wrong"
+            return
+        order = [stage.name for stage in multi.stages]
+        for index, stage in enumerate(multi.stages):  # each stage after what it reads
+            assert all(order.index(need) < index for need in stage.needs)
