@@ -61,6 +61,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """The arguments; a command's optional output folder (``out_path``) may come after its
+    options too, as click lets mergekit-yaml take it (``merge RECIPE --cuda OUT``: argparse
+    alone binds positionals only where they first appear)."""
+    args, extras = parser.parse_known_args(argv)
+    late = [e for e in extras if not e.startswith("-")]
+    if getattr(args, "out_path", "") is None and len(late) == 1 and late == extras:
+        args.out_path, extras = late[0], []
+    if extras:
+        parser.error(f"unrecognized arguments: {' '.join(extras)}")
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     # importing the commands imports torch: hundreds of thousands of long-lived objects, whose
     # creation would trigger full garbage collections (~0.2 s); made uncollected, then frozen
@@ -70,7 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         gc.enable()
         gc.freeze()
-    args = parser.parse_args(argv)
+    args = _parse(parser, argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",

@@ -112,6 +112,15 @@ def test_allow_crimes_merges_a_relabelled_architecture(tiny_models, tmp_path, ca
     assert config["architectures"] == ["LlamaForCausalLM"]  # the reference's
 
 
+def test_the_output_folder_may_follow_the_options(tiny_models, tmp_path, capsys):
+    recipe = _recipe(tmp_path, tiny_models)  # as click lets mergekit-yaml take it
+    assert main(["merge", recipe, "--lazy-unpickle", str(tmp_path / "late")]) == 0
+    assert (tmp_path / "late" / "config.json").is_file()
+    with pytest.raises(SystemExit):
+        main(["merge", recipe, "--quiet", str(tmp_path / "x"), str(tmp_path / "y")])
+    assert "unrecognized arguments" in capsys.readouterr().err
+
+
 def test_the_output_folder_is_given_once(tiny_models, tmp_path):
     recipe = _recipe(tmp_path, tiny_models)
     with pytest.raises(SystemExit, match="two output folders"):
