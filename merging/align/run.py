@@ -132,7 +132,7 @@ def _move_into_place(staged: Path, output: Path, *, overwrite: bool) -> None:
     old = None
     if output.exists():
         if not overwrite:
-            raise OutputError(f"{output} already exists (use overwrite to replace it)")
+            raise OutputError(f"{output} already exists (--overwrite replaces it)")
         old = output.with_name(f".{output.name}.hubmerge-old-{os.getpid()}")
         os.rename(output, old)
     os.rename(staged, output)
@@ -176,7 +176,7 @@ def align_models(
     started = time.perf_counter()
     output = Path(output).absolute()
     if output.exists() and not overwrite:
-        raise OutputError(f"{output} already exists (use overwrite to replace it)")
+        raise OutputError(f"{output} already exists (--overwrite replaces it)")
     if method not in ("weights", "activations"):
         raise AlignmentError(f"unknown alignment method {method!r}: weights or activations")
     resolved_a = resolve_model(str(reference), token=token, endpoint=endpoint)

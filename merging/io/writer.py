@@ -119,7 +119,7 @@ class ShardWriter:
     ) -> None:
         self.destination = Path(destination).absolute()
         if self.destination.exists() and not overwrite:
-            raise OutputError(f"{self.destination} already exists (use overwrite to replace it)")
+            raise OutputError(f"{self.destination} already exists (--overwrite replaces it)")
         self.overwrite = overwrite
         self.shards = plan_shards(tensors, max_shard_bytes)
         self._shard_of = {h.name: i for i, s in enumerate(self.shards) for h in s.tensors}
