@@ -68,23 +68,23 @@ def write_extras(writer: ShardWriter, extras: Extras, vocab: Vocab | None) -> No
     if (reference_dir / "generation_config.json").is_file():
         writer.copy_file(reference_dir / "generation_config.json")
     donor = recipe.base_model or plan.reference
-    tokenizer_files = None
-    if vocab is not None or extras.copy_tokenizer:
+    if vocab is None and not extras.copy_tokenizer:  # nothing built, nothing copied
+        if recipe.chat_template:
+            report.warnings.append(
+                "chat_template: not written (no tokenizer is copied into the output: "
+                "copy_tokenizer is off)"
+            )
+    else:
         tokenizer_files = write_tokenizer(
             recipe, vocab, extras.path_of(donor), {k: extras.path_of(k) for k in plan.sources}
         )
-    elif recipe.chat_template:
-        report.warnings.append(
-            "chat_template: not written (no tokenizer is copied into the output: copy_tokenizer "
-            "is off)"
-        )
-    if tokenizer_files is not None:
-        for name, content in tokenizer_files.items():
-            writer.add_file(name, content)
-    elif extras.copy_tokenizer:
-        for name in TOKENIZER_FILES:
-            if (reference_dir / name).is_file():
-                writer.copy_file(reference_dir / name)
+        if tokenizer_files is None:
+            for name in TOKENIZER_FILES:
+                if (reference_dir / name).is_file():
+                    writer.copy_file(reference_dir / name)
+        else:
+            for name, content in tokenizer_files.items():
+                writer.add_file(name, content)
     first = plan.tensors[0] if plan.tensors else None
     params = first.params if first is not None else None
     writer.add_file("hubmerge_recipe.yaml", recipe.to_yaml())
