@@ -41,23 +41,23 @@ def add_run_options(p: argparse.ArgumentParser, *, overwrite: str, dry_run: str)
     mergekit_flags.add_arguments(p)
 
 
-def output_folder(args: argparse.Namespace) -> str:
+def output_folder(args: argparse.Namespace, *, required: bool = True) -> str | None:
     """The output folder from ``-o`` or the second argument (mergekit-yaml's place for it)."""
     if args.output and args.out_path and args.output != args.out_path:
-        raise SystemExit(f"hubmerge merge: two output folders given ({args.out_path}, -o "
-                         f"{args.output}); give one")  # fmt: skip
+        raise SystemExit(f"hubmerge {args.command}: two output folders given ({args.out_path}, "
+                         f"-o {args.output}); give one")  # fmt: skip
     output = args.output or args.out_path
-    if not output:
-        raise SystemExit("hubmerge merge: give the output folder (hubmerge merge RECIPE OUT, "
-                         "or -o OUT)")  # fmt: skip
-    return str(output)
+    if required and not output:
+        raise SystemExit(f"hubmerge {args.command}: give the output folder (hubmerge "
+                         f"{args.command} RECIPE OUT, or -o OUT)")  # fmt: skip
+    return None if output is None else str(output)
 
 
 def run(args: argparse.Namespace) -> int:
     from merging import MergeOptions, load_recipe, merge
     from merging.check import check_recipe
 
-    output = output_folder(args)
+    output = str(output_folder(args))
     if args.mergekit_verbosity:
         logging.getLogger().setLevel(logging.DEBUG)
     recipe = load_recipe(args.recipe, strict=args.strict)

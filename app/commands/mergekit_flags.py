@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from merging import Recipe
+from merging.outputs import TORCH_DTYPES
 
-DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 UNNAMED_DTYPE_BYTES = 2  # a recipe without a dtype: mergekit's published merges are 16-bit
 KMB = {"k": 10**3, "m": 10**6, "b": 10**9}
 
@@ -142,7 +142,8 @@ def apply(
     if options.get("device") == "auto":  # mergekit's --device auto: hubmerge's default
         options["device"] = None
     if given(args, "out-shard-size") is not None:
-        width = DTYPE_BYTES.get(recipe.out_dtype or recipe.dtype or "", UNNAMED_DTYPE_BYTES)
+        named = TORCH_DTYPES.get(recipe.out_dtype or recipe.dtype or "")
+        width = UNNAMED_DTYPE_BYTES if named is None else named.itemsize
         options["shard_size"] = given(args, "out-shard-size") * width
     if given(args, "copy-tokenizer") is False:
         options["copy_tokenizer"] = False

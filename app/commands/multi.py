@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from app.commands import mergekit_flags
 from app.commands._common import read_token, tqdm_progress
-from app.commands.merge import add_run_options
+from app.commands.merge import add_run_options, output_folder
 
 if TYPE_CHECKING:
     from merging.multi import Stage
@@ -44,19 +44,17 @@ def run(args: argparse.Namespace) -> int:
     from merging import MergeOptions
     from merging.multi import check_stages, parse_multi, run_multi
 
-    if args.output and args.out_path and args.output != args.out_path:
-        raise SystemExit("hubmerge multi: two output folders given; give one")
-    output = args.output or args.out_path
+    output = output_folder(args, required=False)
     if args.mergekit_verbosity:
         logging.getLogger().setLevel(logging.DEBUG)
     multi = parse_multi(args.recipe, args.intermediate_dir, strict=args.strict)
     if any(stage.name is None for stage in multi.stages) and not output:
         raise SystemExit("hubmerge multi: the recipe has an unnamed final merge: give OUT")
-    settings: dict[str, Any] = {"device": args.device, "shard_size": args.shard_size}
+    given: dict[str, Any] = {"device": args.device, "shard_size": args.shard_size}
     stages: list[Stage] = []
-    notes: list[str] = []
-    for stage in multi.stages:
-        recipe, settings, notes = mergekit_flags.apply(args, stage.recipe, settings)
+    settings, notes = given, list[str]()
+    for stage in multi.stages:  # (one MergeOptions for every stage: the final stage's, run last)
+        recipe, settings, notes = mergekit_flags.apply(args, stage.recipe, given)
         stages.append(dataclasses.replace(stage, recipe=recipe))
     multi = dataclasses.replace(multi, stages=tuple(stages))
     for note in notes:
