@@ -29,11 +29,11 @@ from typing import Any
 from merging.check import CompatibilityReport, check_recipe
 from merging.engine import MergeOptions, MergeResult, merge
 from merging.errors import OutputError, RecipeError
+from merging.outputs import RECIPE_FILE
 from merging.recipe import Recipe
 from merging.recipe_text import read_documents
 from merging.validate import parse_recipe
 
-RECIPE_FILE = "hubmerge_recipe.yaml"  # (written beside every output: `merging.outputs`)
 STAGE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 KEYWORDS = {"base", "union"}  # tokenizer_source values that are not model references
 

@@ -19,6 +19,7 @@ from merging.recipe import Recipe
 from merging.sources import ResolvedModel
 from merging.tokenizer import Vocab, write_tokenizer
 
+RECIPE_FILE = "hubmerge_recipe.yaml"  # the recipe as merged, beside every output
 TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 TOKENIZER_FILES = (
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
@@ -87,7 +88,7 @@ def write_extras(writer: ShardWriter, extras: Extras, vocab: Vocab | None) -> No
                 writer.add_file(name, content)
     first = plan.tensors[0] if plan.tensors else None
     params = first.params if first is not None else None
-    writer.add_file("hubmerge_recipe.yaml", recipe.to_yaml())
+    writer.add_file(RECIPE_FILE, recipe.to_yaml())
     writer.add_file(
         "README.md",
         render_card(
@@ -97,4 +98,6 @@ def write_extras(writer: ShardWriter, extras: Extras, vocab: Vocab | None) -> No
     )  # fmt: skip
 
 
-__all__ = ["TOKENIZER_FILES", "TORCH_DTYPES", "Extras", "config_dtype", "write_extras"]
+__all__ = [
+    "RECIPE_FILE", "TOKENIZER_FILES", "TORCH_DTYPES", "Extras", "config_dtype", "write_extras",
+]  # fmt: skip

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from merging.align.run import align_models
 from merging.errors import MergeCancelled, RecipeError
+from merging.outputs import RECIPE_FILE
 
 if TYPE_CHECKING:
     from merging.engine import MergeOptions, MergeResult
@@ -104,8 +105,8 @@ def _record_in_output(
             text.replace(marker, section + "\n" + marker, 1) if marker in text else text + section
         )
         _replace_file(card, text)
-    if (output / "hubmerge_recipe.yaml").is_file():
-        _replace_file(output / "hubmerge_recipe.yaml", recipe.to_yaml())
+    if (output / RECIPE_FILE).is_file():
+        _replace_file(output / RECIPE_FILE, recipe.to_yaml())
     _replace_file(output / "alignment.json", json.dumps({"target": target, "sources": records},
                                                         indent=1) + "\n")  # fmt: skip
 
